@@ -1,0 +1,410 @@
+"""Configuration: frozen dataclasses validated on construction, and one loader.
+
+Precedence is CLI > environment > config file > defaults. Every setting has a dotted
+name (``rates.lms``) used in the TOML file, in error messages and in the manifest.
+Credentials come from the environment or the file only, never from a flag, so they
+cannot land in shell history. Secrets are wrapped in :class:`Secret`, whose ``repr``
+and ``str`` are masked.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from harvester.errors import ConfigError
+
+DEFAULT_API_BASE: Final = "https://api.edx.org"
+TOKEN_PATH: Final = "/oauth2/v1/access_token"
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str``, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that must send it."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_UNITS: Final = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+                 "h": 3600.0, "hour": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A request budget: at most ``count`` requests in any ``period`` seconds."""
+
+    count: float
+    period: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "count", float(self.count))
+        object.__setattr__(self, "period", float(self.period))
+        if not (self.count > 0 and math.isfinite(self.count)):
+            raise ConfigError(f"rate count must be a positive number, got {self.count!r}")
+        if not (self.period > 0 and math.isfinite(self.period)):
+            raise ConfigError(f"rate period must be positive seconds, got {self.period!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """Parse ``N/min``, ``N/s`` or ``N/h`` (``60/min`` is DRF's ``60/minute``)."""
+        m = _RATE_RE.match(text)
+        if not m:
+            raise ValueError("expected N/min, N/s or N/h, e.g. 60/min")
+        return cls(float(m.group(1)), _UNITS[m.group(2)])
+
+    @property
+    def per_second(self) -> float:
+        """Long-run requests per second this budget allows."""
+        return self.count / self.period
+
+    def __str__(self) -> str:
+        count = int(self.count) if float(self.count).is_integer() else self.count
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.period)
+        return f"{count}/{unit}" if unit else f"{count}/{self.period}s"
+
+
+def _check_url(name: str, value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name}: expected an http(s) URL such as {DEFAULT_API_BASE}, "
+                          f"got {value!r}")
+    if parts.username or parts.password:
+        raise ConfigError(f"{name}: credentials in the URL are not allowed; "
+                          "use EDX_CLIENT_ID / EDX_CLIENT_SECRET")
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or not math.isfinite(value):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}: must be {bound}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """Where the API is and how to authenticate."""
+
+    base: str = DEFAULT_API_BASE
+    token_url: str = ""
+    client_id: str = ""
+    client_secret: Secret = field(default_factory=lambda: Secret(""))
+    connect_timeout: float = 10.0
+    read_timeout: float = 35.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", self.base.rstrip("/"))
+        _check_url("api.base", self.base)
+        if not self.token_url:
+            object.__setattr__(self, "token_url", self.base + TOKEN_PATH)
+        _check_url("api.token_url", self.token_url)
+        _positive("api.connect_timeout", self.connect_timeout)
+        _positive("api.read_timeout", self.read_timeout)
+
+    def require_credentials(self) -> None:
+        """Raise a ConfigError unless both client id and secret are set."""
+        missing = [n for n, v in (("EDX_CLIENT_ID", self.client_id),
+                                  ("EDX_CLIENT_SECRET", self.client_secret)) if not v]
+        if missing:
+            raise ConfigError(f"missing credentials: set {' and '.join(missing)} in the "
+                              "environment (or api.client_id / api.client_secret in the config)")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """The three throttles: rate per endpoint class, concurrency, and page fan-out."""
+
+    lms: Rate = field(default_factory=lambda: Rate(60, 60))
+    learners: Rate = field(default_factory=lambda: Rate(60, 60))
+    concurrency: int = 8
+    page_concurrency: int = 4
+    catalog_concurrency: int = 2
+
+    def __post_init__(self) -> None:
+        _positive("harvest.concurrency", self.concurrency)
+        _positive("harvest.page_concurrency", self.page_concurrency)
+        _positive("harvest.catalog_concurrency", self.catalog_concurrency)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """Numbers for the retry policy (see ``policy.RetryPolicy``)."""
+
+    max_tries: int = 8
+    max_time: float = 900.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 60.0
+    gateway_400_retries: int = 2
+    max_wait: float = 300.0
+
+    def __post_init__(self) -> None:
+        _positive("retry.max_tries", self.max_tries)
+        _positive("retry.max_time", self.max_time)
+        _positive("retry.backoff_base", self.backoff_base, allow_zero=True)
+        _positive("retry.backoff_cap", self.backoff_cap, allow_zero=True)
+        _positive("retry.gateway_400_retries", self.gateway_400_retries, allow_zero=True)
+        _positive("retry.max_wait", self.max_wait, allow_zero=True)
+
+
+@dataclass(frozen=True, slots=True)
+class HarvestOptions:
+    """What to harvest and how."""
+
+    catalogs: tuple[str, ...] = ()
+    page_size: int = 250
+    details: bool = True
+    max_rewalks: int = 2
+    detail_404_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.page_size <= 10_000:
+            raise ConfigError(f"harvest.page_size: must be 1..10000, got {self.page_size!r}")
+        _positive("harvest.max_rewalks", self.max_rewalks, allow_zero=True)
+        _positive("harvest.detail_404_retries", self.detail_404_retries, allow_zero=True)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputOptions:
+    """Where and how output and logs go."""
+
+    out: Path = Path("out")
+    gzip: bool = False
+    quiet: bool = False
+    log_format: str = "text"
+    progress: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"output.log_format: must be 'text' or 'json', "
+                              f"got {self.log_format!r}")
+        if self.progress not in ("auto", "on", "off"):
+            raise ConfigError(f"output.progress: must be 'auto', 'on' or 'off', "
+                              f"got {self.progress!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a run needs, validated."""
+
+    api: ApiConfig = field(default_factory=ApiConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    harvest: HarvestOptions = field(default_factory=HarvestOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings as plain data for the manifest: secrets removed."""
+        out: dict[str, Any] = {}
+        for section in fields(self):
+            part = getattr(self, section.name)
+            data: dict[str, Any] = {}
+            for f in fields(part):
+                value = getattr(part, f.name)
+                if isinstance(value, Secret):
+                    continue
+                if isinstance(value, Rate | Path):
+                    value = str(value)
+                elif isinstance(value, tuple):
+                    value = list(value)
+                data[f.name] = value
+            out[section.name] = data
+        return out
+
+
+# --- loading -----------------------------------------------------------------------------
+
+def _as_bool(v: object) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(v, str) and v.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _as_int(v: object) -> int:
+    if isinstance(v, bool):
+        raise ValueError("expected an integer")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v):
+        return int(v)
+    raise ValueError("expected an integer")
+
+
+def _as_float(v: object) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected a number")
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        return float(v)
+    raise ValueError("expected a number")
+
+
+def _as_str(v: object) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a string")
+    return v
+
+
+def _as_rate(v: object) -> Rate:
+    if isinstance(v, Rate):
+        return v
+    return Rate.parse(_as_str(v))
+
+
+def _as_str_tuple(v: object) -> tuple[str, ...]:
+    if isinstance(v, str):
+        items = [p.strip() for p in v.split(",") if p.strip()]
+    elif isinstance(v, list | tuple) and all(isinstance(i, str) for i in v):
+        items = [i.strip() for i in v if i.strip()]
+    else:
+        raise ValueError("expected a list of strings")
+    return tuple(dict.fromkeys(items))  # keep order, drop repeats
+
+
+#: dotted name -> (section, attribute, parser). The single source of valid keys.
+SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
+    "api.base": ("api", "base", _as_str),
+    "api.token_url": ("api", "token_url", _as_str),
+    "api.client_id": ("api", "client_id", _as_str),
+    "api.client_secret": ("api", "client_secret", lambda v: Secret(_as_str(v))),
+    "api.connect_timeout": ("api", "connect_timeout", _as_float),
+    "api.read_timeout": ("api", "read_timeout", _as_float),
+    "rates.lms": ("limits", "lms", _as_rate),
+    "rates.learners": ("limits", "learners", _as_rate),
+    "harvest.concurrency": ("limits", "concurrency", _as_int),
+    "harvest.page_concurrency": ("limits", "page_concurrency", _as_int),
+    "harvest.catalog_concurrency": ("limits", "catalog_concurrency", _as_int),
+    "harvest.catalogs": ("harvest", "catalogs", _as_str_tuple),
+    "harvest.page_size": ("harvest", "page_size", _as_int),
+    "harvest.details": ("harvest", "details", _as_bool),
+    "harvest.max_rewalks": ("harvest", "max_rewalks", _as_int),
+    "harvest.detail_404_retries": ("harvest", "detail_404_retries", _as_int),
+    "retry.max_tries": ("retry", "max_tries", _as_int),
+    "retry.max_time": ("retry", "max_time", _as_float),
+    "retry.backoff_base": ("retry", "backoff_base", _as_float),
+    "retry.backoff_cap": ("retry", "backoff_cap", _as_float),
+    "retry.gateway_400_retries": ("retry", "gateway_400_retries", _as_int),
+    "retry.max_wait": ("retry", "max_wait", _as_float),
+    "output.out": ("output", "out", lambda v: Path(_as_str(v))),
+    "output.gzip": ("output", "gzip", _as_bool),
+    "output.quiet": ("output", "quiet", _as_bool),
+    "output.log_format": ("output", "log_format", _as_str),
+    "output.progress": ("output", "progress", _as_str),
+}
+
+#: Environment variables and the settings they feed.
+ENV: Final[dict[str, str]] = {
+    "EDX_CLIENT_ID": "api.client_id",
+    "EDX_CLIENT_SECRET": "api.client_secret",
+    "EDX_API_BASE": "api.base",
+    "EDX_TOKEN_URL": "api.token_url",
+}
+
+#: Sections other commands own; the harvest loader accepts and ignores them.
+FOREIGN_SECTIONS: Final = frozenset({"learners", "sync"})
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """Read a TOML config file into ``{"section.key": value}``; unknown keys are errors."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    flat: dict[str, object] = {}
+    for section, body in data.items():
+        if section in FOREIGN_SECTIONS:
+            if isinstance(body, dict):
+                flat.update({f"{section}.{k}": v for k, v in body.items()})
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: top-level key {section!r} must be a [section]; "
+                              f"sections are {sorted({k.split('.')[0] for k in SCHEMA})}")
+        for key, value in body.items():
+            name = f"{section}.{key}"
+            if name not in SCHEMA:
+                raise ConfigError(f"{path}: unknown setting {name!r}; valid: "
+                                  f"{', '.join(k for k in SCHEMA if k.startswith(section + '.'))}"
+                                  if any(k.startswith(section + ".") for k in SCHEMA)
+                                  else f"{path}: unknown section [{section}]")
+            flat[name] = value
+    return flat
+
+
+def build_settings(*layers: Mapping[str, object]) -> Settings:
+    """Merge layers (lowest precedence first) of ``{"section.key": raw}`` into Settings."""
+    merged: dict[str, object] = {}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if v is not None})
+    sections: dict[str, dict[str, Any]] = {s: {} for s in
+                                           ("api", "limits", "retry", "harvest", "output")}
+    for name, raw in merged.items():
+        spec = SCHEMA.get(name)
+        if spec is None:
+            continue  # a foreign section's key (learners.*, sync.*)
+        section, attr, parse = spec
+        try:
+            sections[section][attr] = parse(raw)
+        except (ValueError, TypeError) as exc:
+            shown = "***" if attr == "client_secret" else repr(raw)
+            raise ConfigError(f"{name}: {exc} (got {shown})") from None
+    return Settings(
+        api=ApiConfig(**sections["api"]),
+        limits=LimitsConfig(**sections["limits"]),
+        retry=RetryConfig(**sections["retry"]),
+        harvest=HarvestOptions(**sections["harvest"]),
+        output=OutputOptions(**sections["output"]),
+    )
+
+
+def env_layer(environ: Mapping[str, str]) -> dict[str, object]:
+    """The settings the environment provides (empty values are ignored)."""
+    return {name: environ[var] for var, name in ENV.items() if environ.get(var)}
+
+
+def load_settings(
+    *,
+    cli: Mapping[str, object],
+    environ: Mapping[str, str],
+    config_file: Path | None,
+) -> tuple[Settings, dict[str, object]]:
+    """Load settings with precedence CLI > env > file > defaults.
+
+    Returns the settings and the raw merged file layer (for sections other commands own).
+    """
+    file_layer = read_config_file(config_file) if config_file else {}
+    return build_settings(file_layer, env_layer(environ), cli), file_layer

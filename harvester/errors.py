@@ -1,0 +1,139 @@
+"""The harvester's exception tree.
+
+Every failure the harvester can report is one of these. Library errors (aiohttp,
+orjson, OSError from the disk) are translated into this tree at one boundary each:
+``client.py`` for HTTP, ``sinks.py``/``state.py`` for the disk. Messages are one line,
+name what failed and never contain a secret, a token or learner data.
+
+::
+
+    HarvestError
+    ├── ConfigError              bad config, flag or environment (exit 2)
+    ├── AuthError                the token endpoint refused our credentials (exit 2)
+    ├── RequestError             no usable HTTP response
+    │   ├── ConnectError         could not connect
+    │   ├── ReadTimeout          connected, no complete answer in time
+    │   └── ConnectionLost       reset / closed mid-response / truncated body
+    ├── ApiError                 an HTTP response we cannot use as data
+    │   ├── RateLimited          429 (carries the advertised wait)
+    │   ├── ServerError          5xx
+    │   ├── GatewayError         400 on a well-formed GET (the gateway's remap of upstream errors)
+    │   ├── Unauthorized         401
+    │   ├── Forbidden            403
+    │   ├── NotFound             404 (InvalidPage: 404 "Invalid page.")
+    │   ├── UnexpectedStatus     any other status
+    │   └── PayloadError         a 2xx whose body is not the JSON we expect
+    │       └── UnexpectedXML    XML although we asked for JSON
+    ├── SinkError                the output could not be written (disk full, permissions)
+    └── StateError               resume ledger unusable, incompatible or locked
+"""
+
+from __future__ import annotations
+
+
+class HarvestError(Exception):
+    """Base of every error the harvester raises on purpose."""
+
+
+class ConfigError(HarvestError):
+    """A config value, flag or environment variable is missing or invalid."""
+
+
+class AuthError(HarvestError):
+    """The token endpoint refused the client credentials, or answered nonsense."""
+
+
+class RequestError(HarvestError):
+    """No usable HTTP response arrived (connection, timeout, reset, truncation)."""
+
+    def __init__(self, message: str, *, endpoint: str = "", url: str = "") -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.url = url
+
+
+class ConnectError(RequestError):
+    """The TCP/TLS connection could not be made."""
+
+
+class ReadTimeout(RequestError):
+    """The server did not answer completely within the read timeout."""
+
+
+class ConnectionLost(RequestError):
+    """The connection was reset or closed before the whole body arrived."""
+
+
+class ApiError(HarvestError):
+    """The server answered, but not with data we can use.
+
+    ``url`` is the request URL without credentials (we never put any in URLs);
+    ``detail`` is a short, sanitised excerpt of the body.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        endpoint: str = "",
+        url: str = "",
+        detail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.endpoint = endpoint
+        self.url = url
+        self.detail = detail
+
+
+class RateLimited(ApiError):
+    """429. ``retry_after`` is the advertised wait in seconds, or None if none was given."""
+
+    def __init__(self, message: str, *, retry_after: float | None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class ServerError(ApiError):
+    """5xx from the server or the gateway."""
+
+
+class GatewayError(ApiError):
+    """400 on a GET we know is well formed: api.edx.org remaps upstream errors to 400."""
+
+
+class Unauthorized(ApiError):
+    """401: the token was refused (expired, revoked or malformed)."""
+
+
+class Forbidden(ApiError):
+    """403: these credentials may not see this resource. Never retried."""
+
+
+class NotFound(ApiError):
+    """404. On detail endpoints this may be a transient upstream failure."""
+
+
+class InvalidPage(NotFound):
+    """404 ``{"detail": "Invalid page."}``: the page is past the end of the list."""
+
+
+class UnexpectedStatus(ApiError):
+    """A status the harvester has no rule for."""
+
+
+class PayloadError(ApiError):
+    """A 2xx whose body is not valid JSON of the expected shape."""
+
+
+class UnexpectedXML(PayloadError):
+    """The server answered XML although the request sent ``Accept: application/json``."""
+
+
+class SinkError(HarvestError):
+    """Output could not be written; what was already written and renamed stays valid."""
+
+
+class StateError(HarvestError):
+    """The resume ledger is unusable, belongs to an incompatible run, or is locked."""

@@ -1,0 +1,155 @@
+"""Observability: run counters, structured logging, and secret redaction.
+
+Log records carry a stable event name (``harvest.catalog_done``) and flat fields; the
+text formatter prints ``event k=v``, the JSON formatter one object per line. A redacting
+filter masks every registered secret (client secret, each issued token) in the final
+line, whatever code path put it there. Nothing here changes control flow.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import orjson
+
+LOGGER_NAME = "harvester"
+log = logging.getLogger(LOGGER_NAME)
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters for one run; shared by the client (requests) and the pipeline (items)."""
+
+    started: float = field(default_factory=time.monotonic)
+    requests: Counter[tuple[str, int]] = field(default_factory=Counter)
+    transport_errors: Counter[str] = field(default_factory=Counter)
+    retries: Counter[str] = field(default_factory=Counter)
+    throttled: int = 0
+    bytes_in: int = 0
+    not_modified: int = 0
+    tokens: int = 0
+    items_written: int = 0
+    pages: int = 0
+    details: int = 0
+
+    def count_request(self, endpoint: str, status: int, nbytes: int) -> None:
+        """Record one HTTP response."""
+        self.requests[(endpoint, status)] += 1
+        self.bytes_in += nbytes
+        if status == 429:
+            self.throttled += 1
+        elif status == 304:
+            self.not_modified += 1
+
+    def total_requests(self, endpoint: str | None = None) -> int:
+        """Responses received, for one endpoint class or all."""
+        return sum(n for (ep, _), n in self.requests.items() if endpoint in (None, ep))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for the manifest."""
+        by_class: dict[str, dict[str, int]] = {}
+        for (ep, status), n in sorted(self.requests.items()):
+            by_class.setdefault(ep, {})[str(status)] = n
+        return {
+            "requests": by_class,
+            "requests_total": self.total_requests(),
+            "transport_errors": dict(self.transport_errors),
+            "retries": sum(self.retries.values()),
+            "retries_by_cause": dict(self.retries),
+            "throttled_429": self.throttled,
+            "not_modified_304": self.not_modified,
+            "bytes_in": self.bytes_in,
+            "tokens_issued": self.tokens,
+            "pages": self.pages,
+            "details": self.details,
+            "items_written": self.items_written,
+            "wall_seconds": round(time.monotonic() - self.started, 3),
+        }
+
+
+class Redactor(logging.Filter):
+    """Masks registered secrets in every record that passes through a handler."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, secret: str) -> None:
+        """Never print this string (ignored when too short to be a real secret)."""
+        if len(secret) >= 6:
+            with self._lock:
+                self._secrets.add(secret)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every registered secret replaced by ``***``."""
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = getattr(record, "fields", None)
+        if self._secrets:
+            record.msg = self.scrub(record.getMessage())
+            record.args = None
+            if isinstance(fields, dict):
+                record.fields = {k: self.scrub(v) if isinstance(v, str) else v
+                                 for k, v in fields.items()}
+        return True
+
+
+REDACTOR = Redactor()
+
+
+def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log a structured event: a stable name and flat fields."""
+    if log.isEnabledFor(level):
+        log.log(level, name, extra={"fields": fields})
+
+
+class TextFormatter(logging.Formatter):
+    """``HH:MM:SS level event k=v ...`` for humans."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = getattr(record, "fields", None) or {}
+        tail = " ".join(f"{k}={v}" for k, v in fields.items())
+        line = f"{ts} {record.levelname.lower():7s} {record.getMessage()}"
+        return f"{line} {tail}" if tail else line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            data.update(fields)
+        return orjson.dumps(data, default=str).decode()
+
+
+def setup_logging(*, fmt: str = "text", quiet: bool = False, stream: TextIO | None = None
+                  ) -> logging.Handler:
+    """Send harvester logs to stderr (or ``stream``) with redaction; returns the handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(REDACTOR)
+    for old in list(log.handlers):
+        log.removeHandler(old)
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+    return handler

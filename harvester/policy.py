@@ -1,0 +1,297 @@
+"""Retry policy and request throttles: pure values and small clock-driven gates.
+
+* :class:`RetryPolicy` decides *whether* to retry and *how long* to wait, from the error
+  and the causes of earlier retries. It is immutable and does no I/O; ``client.py`` drives
+  the ``backoff`` package with it (see ``RetryPolicy.wait_gen``).
+* :class:`RateGate` is one endpoint class's request budget. A budget of N per period means
+  what the server means (DRF's sliding log): never more than N requests in any window of
+  the period. It spaces requests evenly with ``aiolimiter`` (bucket of one, so no burst)
+  and keeps a sliding log as a hard guarantee, with a small margin for network jitter.
+  A 429 pauses every caller of the gate for the advertised wait.
+
+Time is injected (``clock``/``sleep``) so tests move it by assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import Final
+
+from aiolimiter import AsyncLimiter
+
+from harvester.config import Rate, RetryConfig
+from harvester.errors import (
+    ApiError,
+    GatewayError,
+    PayloadError,
+    RateLimited,
+    RequestError,
+    ServerError,
+    UnexpectedStatus,
+    UnexpectedXML,
+)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+_BODY_WAIT_RE: Final = re.compile(r"Expected available in (\d+(?:\.\d+)?) seconds?", re.I)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date.
+
+    Returns None when the header is absent or unparsable; negative waits become 0.
+    ``now`` is wall-clock epoch seconds (injected for tests).
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        wall = time.time() if now is None else now
+        seconds = when.timestamp() - wall
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def parse_throttle_body(text: str | None) -> float | None:
+    """The N of DRF's ``Request was throttled. Expected available in N seconds.``."""
+    if not text:
+        return None
+    m = _BODY_WAIT_RE.search(text)
+    return float(m.group(1)) if m else None
+
+
+def advertised_wait(header: str | None, body: str | None, *, now: float | None = None
+                    ) -> float | None:
+    """The server's requested wait: the header first, else the DRF body text.
+
+    A wait of 0 means "no advice" (back off normally), so it is returned as None:
+    retrying at once would only burn the attempts (cf. dlt#4036).
+    """
+    wait = parse_retry_after(header, now=now)
+    if wait is None:
+        wait = parse_throttle_body(body)
+    if wait is None or wait <= 0:
+        return None
+    return wait
+
+
+# --- retry policy ----------------------------------------------------------------------
+
+#: Causes a request can be retried for, as recorded in a call's history.
+CAUSE_TRANSPORT: Final = "transport"
+CAUSE_PAYLOAD: Final = "payload"
+CAUSE_SERVER: Final = "server"
+CAUSE_GATEWAY_400: Final = "gateway_400"
+CAUSE_THROTTLED: Final = "throttled"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """What to retry and how long to wait. Immutable; no I/O.
+
+    Retried: no response (connect, timeout, reset, truncated body), invalid JSON on a 2xx,
+    5xx, 429 and, a few times only, a 400 on a well-formed GET (the gateway maps upstream
+    errors to 400). Never retried: 401 (the client refreshes and replays once itself),
+    403, 404 (detail 404s are retried later by the pipeline, not here), XML answers.
+    """
+
+    max_tries: int = 8
+    max_time: float = 900.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 60.0
+    gateway_400_retries: int = 2
+    max_wait: float = 300.0
+
+    @classmethod
+    def from_config(cls, cfg: RetryConfig) -> RetryPolicy:
+        """Build the policy from validated config numbers."""
+        return cls(cfg.max_tries, cfg.max_time, cfg.backoff_base, cfg.backoff_cap,
+                   cfg.gateway_400_retries, cfg.max_wait)
+
+    @staticmethod
+    def cause(error: BaseException) -> str | None:
+        """The retry cause for an error, or None when it must not be retried."""
+        if isinstance(error, RequestError):
+            return CAUSE_TRANSPORT
+        if isinstance(error, UnexpectedXML):
+            return None
+        if isinstance(error, PayloadError):
+            return CAUSE_PAYLOAD
+        if isinstance(error, RateLimited):
+            return CAUSE_THROTTLED
+        if isinstance(error, ServerError):
+            return CAUSE_SERVER
+        if isinstance(error, GatewayError):
+            return CAUSE_GATEWAY_400
+        if isinstance(error, UnexpectedStatus) and error.status in (408, 409, 425):
+            return CAUSE_SERVER
+        return None
+
+    def should_retry(self, error: BaseException, history: tuple[str, ...]) -> bool:
+        """Whether another attempt is allowed after ``error``, given earlier retry causes."""
+        cause = self.cause(error)
+        if cause is None:
+            return False
+        if len(history) + 1 >= self.max_tries:
+            return False
+        if cause == CAUSE_GATEWAY_400:
+            return history.count(CAUSE_GATEWAY_400) < self.gateway_400_retries
+        return True
+
+    def backoff(self, attempt: int, rand: float) -> float:
+        """Exponential back-off with jitter for retry number ``attempt`` (1-based).
+
+        Half fixed, half random ("equal jitter"): never zero unless the base is zero, so a
+        fleet of workers does not retry in lock-step.
+        """
+        ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** max(0, attempt - 1))
+        return ceiling / 2 + ceiling / 2 * rand
+
+    def delay(self, error: BaseException, attempt: int, rand: float) -> float:
+        """How long the retry loop itself sleeps before retry ``attempt``.
+
+        A 429 that advertised a wait sleeps 0 here: the endpoint class's :class:`RateGate`
+        pauses every worker for that wait (clamped to ``max_wait``), this one included.
+        """
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            return 0.0
+        return self.backoff(attempt, rand)
+
+    def clamp_wait(self, wait: float) -> float:
+        """An advertised wait, bounded so a hostile header cannot park us for a day."""
+        return min(max(0.0, wait), self.max_wait)
+
+    def wait_gen(self, rand: Callable[[], float]) -> Callable[..., Generator[float, object, None]]:
+        """A ``backoff`` wait generator that asks this policy for each delay."""
+        policy = self
+
+        def gen(**_: object) -> Generator[float, object, None]:
+            attempt = 0
+            error = yield 0.0  # primed by backoff with send(None)
+            while True:
+                attempt += 1
+                exc = error if isinstance(error, BaseException) else ApiError("?", status=0)
+                error = yield policy.delay(exc, attempt, rand())
+
+        return gen
+
+
+# --- throttles ---------------------------------------------------------------------------
+
+class Ticket:
+    """One granted request slot. ``stamp()`` right before sending moves its log entry to
+    the real send time, so time spent between the grant and the send (a token refresh)
+    never lets two requests land closer than the budget allows."""
+
+    __slots__ = ("_clock", "at")
+
+    def __init__(self, at: float, clock: Clock) -> None:
+        self.at = at
+        self._clock = clock
+
+    def stamp(self) -> None:
+        """Record now as this request's send time (never earlier than the grant)."""
+        self.at = max(self.at, self._clock())
+
+
+class RateGate:
+    """An endpoint class's request budget, shared by every worker of that class."""
+
+    def __init__(
+        self,
+        name: str,
+        rate: Rate,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        margin: float | None = None,
+        smooth: bool = True,
+    ) -> None:
+        self.name = name
+        self.rate = rate
+        self._clock = clock
+        self._sleep = sleep
+        # Requests arrive at the server a little after we send them, by varying amounts;
+        # this much extra window absorbs that jitter at ~1-2% of throughput.
+        self.margin = margin if margin is not None else min(0.5, max(0.02, 0.02 * rate.period))
+        self._window = rate.period + self.margin
+        self._capacity = max(1, math.floor(rate.count))
+        self._log: deque[Ticket] = deque()
+        self._lock = asyncio.Lock()
+        self._pause_until = 0.0
+        # A bucket of one drains at the budget's rate: even spacing, never a burst.
+        self._spacer = AsyncLimiter(1, rate.period / rate.count) if smooth else None
+        self.pauses = 0
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds left of the current 429 pause (0 when not paused)."""
+        return max(0.0, self._pause_until - self._clock())
+
+    def pause(self, seconds: float) -> None:
+        """Stop every caller of this gate for ``seconds`` from now (a 429's advice)."""
+        until = self._clock() + seconds
+        if until > self._pause_until:
+            self._pause_until = until
+            self.pauses += 1
+
+    async def acquire(self) -> Ticket:
+        """Wait until one more request fits the budget; return its ticket."""
+        if self._spacer is not None:
+            await self._spacer.acquire()
+        async with self._lock:  # FIFO: one waiter computes its slot at a time
+            while True:
+                now = self._clock()
+                if now < self._pause_until:
+                    await self._sleep(self._pause_until - now)
+                    continue
+                while self._log and self._log[0].at <= now - self._window:
+                    self._log.popleft()
+                if len(self._log) < self._capacity:
+                    ticket = Ticket(now, self._clock)
+                    self._log.append(ticket)
+                    return ticket
+                await self._sleep(max(0.0, self._log[0].at + self._window - now))
+
+
+class OpenGate:
+    """The gate for endpoint classes the server does not throttle (content pages)."""
+
+    name = "content"
+    pauses = 0
+    paused_for = 0.0
+
+    def __init__(self, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._pause_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Honour a 429 even here: a gateway-level throttle may answer one."""
+        self._pause_until = max(self._pause_until, self._clock() + seconds)
+
+    async def acquire(self) -> Ticket:
+        """Grant at once unless a 429 pause is in force."""
+        now = self._clock()
+        if now < self._pause_until:
+            await self._sleep(self._pause_until - now)
+        return Ticket(self._clock(), self._clock)

@@ -1,0 +1,205 @@
+"""NDJSON output: route, encode, store.
+
+* :func:`catalog_dirname` routes a catalog to ``catalog=<uuid>``; anything that is not a
+  plain UUID is percent-encoded and tagged with a hash, so nothing a server sends can name
+  a path outside OUT.
+* :func:`encode_item` turns an API object into one line: the object's keys unchanged, plus
+  ``_harvest``.
+* :class:`PartFile` writes ``<name>.part`` (optionally gzip) and, on ``commit()``, fsyncs
+  it, renames it to its final name and reports lines, bytes and sha256. A run that dies
+  leaves only ``.part`` files: nothing that looks complete.
+* :class:`CatalogSink` holds one catalog's files; :func:`write_json_atomic` writes the
+  manifest (temp file, fsync, rename).
+
+OSErrors become :class:`~harvester.errors.SinkError` here, naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final
+from urllib.parse import quote
+
+import orjson
+
+from harvester.errors import SinkError
+from harvester.models import JSONDict, file_stem
+
+_UUID_RE: Final = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                             r"[0-9a-fA-F]{12}$")
+PART: Final = ".part"
+
+
+@contextmanager
+def disk_errors(path: Path | str) -> Iterator[None]:
+    """Translate OSError into SinkError naming the file (disk full, permissions...)."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SinkError(f"cannot write {path}: {reason}") from exc
+
+
+def catalog_dirname(catalog_uuid: str) -> str:
+    """``catalog=<uuid>`` for a real UUID; a safe, unique encoding for anything else."""
+    if _UUID_RE.match(catalog_uuid):
+        return f"catalog={catalog_uuid.lower()}"
+    digest = hashlib.sha256(catalog_uuid.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    safe = quote(catalog_uuid, safe="-_")[:80]  # encodes '/', '.', '%', NUL, ...
+    return f"catalog=x-{safe}-{digest}"
+
+
+def encode_item(record: JSONDict, meta: JSONDict) -> bytes:
+    """One NDJSON line: the API object unchanged, plus ``_harvest``."""
+    out = dict(record)
+    out["_harvest"] = meta
+    return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def encode_line(obj: Any) -> bytes:
+    """One NDJSON line for our own records (errors, catalogs)."""
+    return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What the manifest says about one committed file."""
+
+    name: str
+    lines: int
+    bytes: int
+    sha256: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for the manifest."""
+        return {"lines": self.lines, "bytes": self.bytes, "sha256": self.sha256}
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes as stored."""
+    h = hashlib.sha256()
+    with disk_errors(path), path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename still happened
+    finally:
+        os.close(fd)
+
+
+class PartFile:
+    """An output file written as ``<final>.part`` and renamed only when complete."""
+
+    def __init__(self, final: Path, *, compress: bool = False, private: bool = False) -> None:
+        self.final = final
+        self.path = final.with_name(final.name + PART)
+        self.lines = 0
+        self._private = private
+        with disk_errors(self.path):
+            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if private else 0o777)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            fd = os.open(self.path, flags, 0o600 if private else 0o644)
+            self._raw: IO[bytes] = os.fdopen(fd, "wb", buffering=1 << 16)
+        self._gz: gzip.GzipFile | None = (
+            gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)
+            if compress else None)
+
+    def write(self, line: bytes) -> None:
+        """Append one complete line."""
+        with disk_errors(self.path):
+            (self._gz or self._raw).write(line)
+        self.lines += 1
+
+    def _close(self, *, sync: bool) -> None:
+        with disk_errors(self.path):
+            if self._gz is not None:
+                self._gz.close()
+            self._raw.flush()
+            if sync:
+                os.fsync(self._raw.fileno())
+            self._raw.close()
+
+    def commit(self) -> FileInfo:
+        """Flush, fsync, rename to the final name; report what was written."""
+        self._close(sync=True)
+        with disk_errors(self.final):
+            os.replace(self.path, self.final)
+            fsync_dir(self.final.parent)
+            size = self.final.stat().st_size
+        return FileInfo(self.final.name, self.lines, size, sha256_file(self.final))
+
+    def abandon(self) -> None:
+        """Close without renaming: the ``.part`` stays, visibly incomplete."""
+        # Closing after a failure must not mask that failure.
+        with contextlib.suppress(Exception):
+            self._close(sync=False)
+
+
+class CatalogSink:
+    """One catalog's output directory: a ``PartFile`` per content type, opened lazily."""
+
+    def __init__(self, out: Path, catalog_uuid: str, *, compress: bool = False) -> None:
+        self.catalog_uuid = catalog_uuid
+        self.dir = out / catalog_dirname(catalog_uuid)
+        self._compress = compress
+        self._files: dict[str, PartFile] = {}
+
+    def write(self, content_type: str, line: bytes) -> None:
+        """Append an encoded item line to its content type's file."""
+        stem = file_stem(content_type)
+        f = self._files.get(stem)
+        if f is None:
+            ext = ".ndjson.gz" if self._compress else ".ndjson"
+            f = self._files[stem] = PartFile(self.dir / f"{stem}{ext}", compress=self._compress)
+        f.write(line)
+
+    def commit(self) -> dict[str, FileInfo]:
+        """Commit every file of the catalog (a catalog with no items gets its directory)."""
+        with disk_errors(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
+        infos = {}
+        for f in self._files.values():
+            info = f.commit()
+            infos[info.name] = info
+        self._files.clear()
+        return infos
+
+    def abandon(self) -> None:
+        """Close every file without renaming."""
+        for f in self._files.values():
+            f.abandon()
+        self._files.clear()
+
+
+def write_json_atomic(path: Path, data: Any, *, private: bool = False) -> None:
+    """Write JSON to ``path`` atomically: temp file, fsync, rename, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
