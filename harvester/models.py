@@ -57,9 +57,9 @@ def item_key(item: JSONDict, content_type: str) -> str | None:
 
 
 def key_digest(content_type: str, key: str) -> int:
-    """A compact 64-bit identity for dedupe sets: ~60 bytes per item instead of a string."""
+    """A compact 63-bit identity for dedupe sets: ~60 bytes per item instead of a string."""
     raw = hashlib.blake2b(f"{content_type}\x00{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(raw, "big")
+    return int.from_bytes(raw, "big") >> 1  # 63 bits: fits SQLite's signed INTEGER
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,41 +107,64 @@ def fsync_dir(path: Path) -> None:
 
 
 class PartFile:
-    """An output file written as ``<final>.part`` and renamed only when complete."""
+    """An output file written as ``<final>.part`` and renamed only when complete.
 
-    def __init__(self, final: Path, *, compress: bool = False, private: bool = False) -> None:
+    ``checkpoint()`` makes everything written so far durable and returns the committed
+    ``(size, lines)``; with gzip it ends the current gzip member, so the file is a valid
+    (multi-member) gzip stream at every checkpoint. ``resume_at`` reopens an existing
+    ``.part`` and cuts it back to a committed size, dropping anything written after it.
+    """
+
+    def __init__(self, final: Path, *, compress: bool = False, private: bool = False,
+                 resume_at: tuple[int, int] | None = None) -> None:
         self.final = final
         self.path = final.with_name(final.name + PART)
         self.lines = 0
-        self._private = private
+        self._compress = compress
         with disk_errors(self.path):
             final.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if private else 0o777)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-            fd = os.open(self.path, flags, 0o600 if private else 0o644)
+            if resume_at is not None and self.path.exists():
+                size, self.lines = resume_at
+                fd = os.open(self.path, os.O_RDWR)
+                if os.fstat(fd).st_size < size:
+                    os.close(fd)
+                    raise SinkError(f"{self.path} is shorter than the ledger says "
+                                    "(was it edited?); rerun with --restart")
+                os.ftruncate(fd, size)
+                os.lseek(fd, size, os.SEEK_SET)
+            else:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                             0o600 if private else 0o644)
             self._raw: IO[bytes] = os.fdopen(fd, "wb", buffering=1 << 16)
-        self._gz: gzip.GzipFile | None = (
-            gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)
-            if compress else None)
+        self._gz: gzip.GzipFile | None = None
 
     def write(self, line: bytes) -> None:
         """Append one complete line."""
         with disk_errors(self.path):
-            (self._gz or self._raw).write(line)
+            if self._compress:
+                if self._gz is None:
+                    self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6,
+                                             mtime=0)
+                self._gz.write(line)
+            else:
+                self._raw.write(line)
         self.lines += 1
 
-    def _close(self, *, sync: bool) -> None:
+    def checkpoint(self) -> tuple[int, int]:
+        """Flush and fsync; return the durable ``(size, lines)``."""
         with disk_errors(self.path):
             if self._gz is not None:
-                self._gz.close()
+                self._gz.close()  # ends this gzip member; leaves the file open
+                self._gz = None
             self._raw.flush()
-            if sync:
-                os.fsync(self._raw.fileno())
-            self._raw.close()
+            os.fsync(self._raw.fileno())
+            return self._raw.tell(), self.lines
 
     def commit(self) -> FileInfo:
-        """Flush, fsync, rename to the final name; report what was written."""
-        self._close(sync=True)
+        """Flush, fsync, close, rename to the final name; report what was written."""
+        self.checkpoint()
         with disk_errors(self.final):
+            self._raw.close()
             os.replace(self.path, self.final)
             fsync_dir(self.final.parent)
             size = self.final.stat().st_size
@@ -151,43 +174,15 @@ class PartFile:
         """Close without renaming: the ``.part`` stays, visibly incomplete."""
         # Closing after a failure must not mask that failure.
         with contextlib.suppress(Exception):
-            self._close(sync=False)
+            if self._gz is not None:
+                self._gz.close()
+            self._raw.close()
 
 
-class CatalogSink:
-    """One catalog's output directory: a ``PartFile`` per content type, opened lazily."""
-
-    def __init__(self, out: Path, catalog_uuid: str, *, compress: bool = False) -> None:
-        self.catalog_uuid = catalog_uuid
-        self.dir = out / catalog_dirname(catalog_uuid)
-        self._compress = compress
-        self._files: dict[str, PartFile] = {}
-
-    def write(self, content_type: str, line: bytes) -> None:
-        """Append an encoded item line to its content type's file."""
-        stem = file_stem(content_type)
-        f = self._files.get(stem)
-        if f is None:
-            ext = ".ndjson.gz" if self._compress else ".ndjson"
-            f = self._files[stem] = PartFile(self.dir / f"{stem}{ext}", compress=self._compress)
-        f.write(line)
-
-    def commit(self) -> dict[str, FileInfo]:
-        """Commit every file of the catalog (a catalog with no items gets its directory)."""
-        with disk_errors(self.dir):
-            self.dir.mkdir(parents=True, exist_ok=True)
-        infos = {}
-        for f in self._files.values():
-            info = f.commit()
-            infos[info.name] = info
-        self._files.clear()
-        return infos
-
-    def abandon(self) -> None:
-        """Close every file without renaming."""
-        for f in self._files.values():
-            f.abandon()
-        self._files.clear()
+def output_path(out: Path, catalog_uuid: str, content_type: str, *, compress: bool) -> Path:
+    """Where a catalog's items of one content type go (the final name)."""
+    ext = ".ndjson.gz" if compress else ".ndjson"
+    return out / catalog_dirname(catalog_uuid) / f"{file_stem(content_type)}{ext}"
 
 
 def write_json_atomic(path: Path, data: Any, *, private: bool = False) -> None:
@@ -203,3 +198,32 @@ def write_json_atomic(path: Path, data: Any, *, private: bool = False) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+
+
+def clear_outputs(out: Path) -> None:
+    """Remove a previous run's outputs from OUT (``--restart``): only files we create."""
+    with disk_errors(out):
+        for d in out.glob("catalog=*"):
+            if d.is_dir() and not d.is_symlink():
+                for f in d.iterdir():
+                    if f.is_file() and (f.name.endswith((".ndjson", ".ndjson.gz", PART))):
+                        f.unlink()
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+        for name in ("manifest.json", "catalogs.ndjson", "errors.ndjson",
+                     "catalogs.ndjson.part", "errors.ndjson.part"):
+            with contextlib.suppress(FileNotFoundError):
+                (out / name).unlink()
+        spool = out / ".state" / "spool"
+        if spool.is_dir():
+            for f in spool.iterdir():
+                f.unlink()
+
+
+def iter_lines(path: Path, *, compressed: bool = False) -> Iterator[bytes]:
+    """Complete lines of an NDJSON file (``.gz`` multi-member aware)."""
+    opener: Any = gzip.open if compressed else open
+    with disk_errors(path), opener(path, "rb") as fh:
+        for line in fh:
+            if line.endswith(b"\n"):
+                yield line

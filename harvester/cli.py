@@ -1,0 +1,253 @@
+"""The command line: parse, load settings, run, map the outcome to an exit code.
+
+Wiring only. Exit codes: 0 complete, 3 partial (everything else written), 2 usage,
+config, auth or state errors, 1 unexpected, 130/143 after SIGINT/SIGTERM (files closed,
+nothing half-written looks complete; rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from harvester import __version__
+from harvester.config import Settings, load_settings
+from harvester.errors import AuthError, ConfigError, HarvestError, SinkError, StateError
+from harvester.obs import REDACTOR, event, setup_logging
+from harvester.pipeline import EXIT_UNEXPECTED, EXIT_USAGE, Harvest, RunResult
+
+T = TypeVar("T")
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (see config/)")
+    p.add_argument("--api-base", dest="api.base", help="API base URL (env EDX_API_BASE)")
+    p.add_argument("--token-url", dest="api.token_url", help="OAuth2 token URL (env EDX_TOKEN_URL)")
+    p.add_argument("--rate-lms", dest="rates.lms", metavar="N/min|N/s",
+                   help="budget of catalog-list + detail calls (default 60/min)")
+    p.add_argument("--rate-learners", dest="rates.learners", metavar="N/min|N/s",
+                   help="budget of learner-summary calls (default 60/min)")
+    p.add_argument("--concurrency", dest="harvest.concurrency", type=int,
+                   help="max requests in flight (default 8)")
+    p.add_argument("--quiet", dest="output.quiet", action="store_const", const=True,
+                   help="only warnings and errors")
+    p.add_argument("--log-format", dest="output.log_format", choices=("text", "json"))
+    p.add_argument("--progress", dest="output.progress", choices=("auto", "on", "off"),
+                   help="live progress display (auto: on a TTY)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree for every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="harvester",
+        description="Bulk harvester for the edX Enterprise API. Credentials come from "
+                    "EDX_CLIENT_ID / EDX_CLIENT_SECRET (or the config file), never flags.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    h = sub.add_parser("harvest", help="catalogs -> pages -> details -> NDJSON per catalog")
+    h.add_argument("--out", dest="output.out", help="output directory (default ./out)")
+    _add_common(h)
+    h.add_argument("--catalog", dest="harvest.catalogs", action="append", metavar="UUID",
+                   help="only this catalog (repeatable)")
+    h.add_argument("--page-size", dest="harvest.page_size", type=int,
+                   help="items asked per content page (default 250; servers may clamp)")
+    h.add_argument("--page-concurrency", dest="harvest.page_concurrency", type=int,
+                   help="content pages in flight per catalog (default 4)")
+    h.add_argument("--no-details", dest="harvest.details", action="store_const", const=False,
+                   help="write listing records only (a fast dump)")
+    h.add_argument("--gzip", dest="output.gzip", action="store_const", const=True,
+                   help="write .ndjson.gz")
+    mode = h.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the unfinished run in --out (the default)")
+    mode.add_argument("--restart", action="store_true",
+                      help="discard any run in --out and start over")
+
+    d = sub.add_parser("demo", help="harvest the built-in simulator into ./out/demo")
+    d.add_argument("--out", type=Path, default=Path("out/demo"))
+    d.add_argument("--catalogs", type=int, default=3)
+    d.add_argument("--items", type=int, default=120)
+
+    sub.add_parser("sim", help="run the api.edx.org simulator (see `harvester sim --help`)",
+                   add_help=False)
+    return parser
+
+
+def _cli_layer(ns: argparse.Namespace) -> dict[str, object]:
+    return {k: v for k, v in vars(ns).items() if "." in k and v is not None}
+
+
+def _settings(ns: argparse.Namespace) -> Settings:
+    settings, _ = load_settings(cli=_cli_layer(ns), environ=os.environ,
+                                config_file=getattr(ns, "config", None))
+    return settings
+
+
+def run_async(make: Callable[[], Awaitable[T]]) -> tuple[T | None, int | None]:
+    """Run a coroutine; SIGINT/SIGTERM cancel it cleanly. Returns (result, signal exit)."""
+    caught: list[int] = []
+
+    async def main() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_signal(signum: int) -> None:
+            if not caught:
+                caught.append(signum)
+                event("run.signal", signal=signal.Signals(signum).name)
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            return await make()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    try:
+        return asyncio.run(main()), None
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        sig = caught[0] if caught else signal.SIGINT
+        return None, EXIT_SIGTERM if sig == signal.SIGTERM else EXIT_SIGINT
+
+
+def _print_summary(result: RunResult, *, stream: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = stream or sys.stdout
+    console = Console(file=out, width=None if out.isatty() else 110)
+    manifest = result.manifest or {}
+    table = Table(title=f"harvest {manifest.get('run_id', '')}: {result.status}")
+    for col in ("catalog", "title", "count", "unique", "dupes", "details", "not found",
+                "gaps", "status"):
+        table.add_column(col, justify="right" if col not in ("catalog", "title") else "left")
+    for uuid, c in (manifest.get("catalogs") or {}).items():
+        table.add_row(uuid[:8], str(c.get("title", ""))[:28], str(c.get("count_reported")),
+                      str(c.get("unique_found")), str(c.get("duplicates_dropped")),
+                      str(c.get("details_fetched")), str(c.get("not_found")),
+                      str(c.get("gaps")), str(c.get("status")))
+    console.print(table)
+    totals = manifest.get("totals") or {}
+    console.print(f"requests {totals.get('requests_total')}  retries {totals.get('retries')}  "
+                  f"429s {totals.get('throttled_429')}  wall {totals.get('wall_seconds')} s")
+    console.print(f"output: {result.out.resolve()}  (manifest.json, catalogs.ndjson, "
+                  "catalog=<uuid>/*.ndjson, errors.ndjson)")
+
+
+def _live(harvest: Harvest, enabled: bool) -> Any:
+    """A rich Live display of per-catalog progress, or a no-op context."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    def render() -> Table:
+        p = harvest.progress()
+        eta = p["eta_s"]
+        t = Table(title=f"items {p['items']}  written {p['written']}  requests "
+                        f"{p['requests']}  429s {p['throttled']}  "
+                        f"ETA {'-' if eta is None else f'{eta // 60}m{eta % 60:02d}s'}")
+        for col in ("catalog", "phase", "pages", "items", "details", "not found"):
+            t.add_column(col)
+        for cs in harvest.catalogs[:20]:
+            t.add_row(cs.uuid[:13], cs.phase, f"{cs.pages}/{cs.pages_planned or '?'}",
+                      str(cs.unique), f"{cs.details_done}", str(cs.not_found))
+        return t
+
+    return Live(console=Console(stderr=True), get_renderable=render, refresh_per_second=4,
+                transient=True)
+
+
+def cmd_harvest(ns: argparse.Namespace) -> int:
+    """``harvester harvest``."""
+    settings = _settings(ns)
+    setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
+    show = settings.output.progress == "on" or (
+        settings.output.progress == "auto" and sys.stderr.isatty() and not settings.output.quiet)
+    harvest = Harvest(settings, restart=ns.restart)
+
+    async def go() -> RunResult:
+        with _live(harvest, show):
+            return await harvest.run()
+
+    result, sig_code = run_async(go)
+    if sig_code is not None:
+        print(f"harvester: interrupted; partial files stay as .part. Rerun the same command "
+              f"to resume from {settings.output.out}.", file=sys.stderr)
+        return sig_code
+    assert result is not None
+    if result.message:
+        print(result.message, file=sys.stderr)
+    elif not settings.output.quiet:
+        _print_summary(result)
+    return result.exit_code
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    """``harvester demo``: the simulator in-process, a small harvest, a summary."""
+    from harvester.sim import SimConfig, SimServer
+
+    setup_logging(quiet=True)
+    sim_cfg = SimConfig(catalogs=ns.catalogs, items=ns.items, rate_lms="100/s",
+                        rate_learners="100/s", latency_ms=5.0)
+
+    async def go() -> RunResult:
+        async with SimServer(sim_cfg, port=0) as srv:
+            print(f"simulator on {srv.base_url}: {ns.catalogs} catalogs x {ns.items} items, "
+                  "rate limit scaled to 100/s")
+            settings, _ = load_settings(cli={
+                "api.base": srv.base_url, "api.client_id": srv.client_id,
+                "api.client_secret": srv.client_secret, "output.out": str(ns.out),
+                "rates.lms": "100/s", "rates.learners": "100/s", "harvest.concurrency": 16,
+                "retry.backoff_base": 0.05,
+            }, environ={}, config_file=None)
+            return await Harvest(settings, restart=True).run()
+
+    result, sig_code = run_async(go)
+    if sig_code is not None:
+        return sig_code
+    assert result is not None
+    _print_summary(result)
+    return result.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``harvester`` command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "sim":
+        from harvester.sim.__main__ import main as sim_main
+
+        return sim_main(args[1:])
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as exc:  # argparse already printed usage
+        return EXIT_USAGE if exc.code not in (0, None) else 0
+    handlers = {"harvest": cmd_harvest, "demo": cmd_demo}
+    try:
+        return handlers[ns.command](ns)
+    except (ConfigError, AuthError, StateError) as exc:
+        print(f"harvester: {REDACTOR.scrub(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except SinkError as exc:
+        print(f"harvester: {REDACTOR.scrub(str(exc))} (everything committed so far is kept; "
+              "rerun to resume)", file=sys.stderr)
+        return EXIT_UNEXPECTED
+    except HarvestError as exc:
+        print(f"harvester: {REDACTOR.scrub(str(exc))}", file=sys.stderr)
+        return EXIT_UNEXPECTED

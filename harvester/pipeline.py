@@ -1,0 +1,830 @@
+"""Orchestration of a harvest: the only module that creates tasks.
+
+One ``asyncio.TaskGroup`` owns every task: the writer, the detail workers, a progress
+ticker and one job per catalog. Data moves on bounded queues (catalog jobs -> detail
+queue -> workers -> writer queue), so memory stays flat however large a catalog is.
+
+A catalog job:
+
+1. **lists** the catalog: page 1 teaches ``count`` and the real page size, the remaining
+   pages are fetched concurrently by number (``page_concurrency`` workers), items are
+   deduped by ``(content_type, key|uuid)`` and spooled to disk; if fewer unique items
+   than ``count`` were found (the server's order is unstable), the list is walked again,
+   up to ``max_rewalks`` times;
+2. **fetches details** for every spooled item that has a detail endpoint, through the
+   shared LMS budget; a detail 404 for a listed item is retried in a later pass, then
+   recorded as ``not_found``;
+3. **commits** its files under their final names.
+
+Everything written goes through the writer, which checkpoints into the resume ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import re
+import time
+import uuid as uuidlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from harvester import __version__
+from harvester.client import (
+    ApiClient,
+    Endpoint,
+    catalogs_path,
+    content_path,
+    detail_path,
+)
+from harvester.config import Settings
+from harvester.errors import (
+    ApiError,
+    AuthError,
+    Forbidden,
+    HarvestError,
+    InvalidPage,
+    NotFound,
+    RequestError,
+    SinkError,
+    StateError,
+    Unauthorized,
+    UnexpectedXML,
+)
+from harvester.models import (
+    Catalog,
+    JSONDict,
+    Page,
+    content_type_of,
+    detail_segment,
+    item_key,
+    key_digest,
+)
+from harvester.obs import Stats, event
+from harvester.paginate import ListingPlan, PageRequest
+from harvester.policy import Clock, RateGate, Sleep
+from harvester.sinks import (
+    PartFile,
+    catalog_dirname,
+    clear_outputs,
+    encode_item,
+    encode_line,
+    iter_lines,
+    write_json_atomic,
+)
+from harvester.state import STATE_DIR, Ledger, RunLock, WalkPlan
+from harvester.writer import (
+    ERRORS_KEY,
+    Barrier,
+    CatalogInfo,
+    CommitCatalog,
+    CommitErrors,
+    FileKey,
+    Message,
+    PageDone,
+    PhaseChange,
+    WalkPlanned,
+    Write,
+    Writer,
+)
+
+#: Shapes of keys the detail endpoints can route (Django URL patterns of the LMS).
+_DETAIL_KEY_RE: Final = {
+    "course": re.compile(r"^[^/+]+\+[^/+]+$"),
+    "courserun": re.compile(r"^[^/+]+\+[^/+]+\+[^/?]+$"),
+    "program": re.compile(r"^[^/?#]+$"),
+}
+EXIT_OK: Final = 0
+EXIT_UNEXPECTED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_PARTIAL: Final = 3
+
+
+def now_iso() -> str:
+    """UTC now, ISO-8601 with milliseconds and Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fingerprint(settings: Settings) -> str:
+    """What must not change between an interrupted run and its resumption."""
+    parts = {
+        "api": settings.api.base,
+        "catalogs": sorted(settings.harvest.catalogs),
+        "page_size": settings.harvest.page_size,
+        "details": settings.harvest.details,
+        "gzip": settings.output.gzip,
+    }
+    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    names = {"catalogs": "the catalog set (--catalog)", "page_size": "--page-size",
+             "details": "details on/off (--no-details)", "gzip": "--gzip",
+             "api": "the API base URL"}
+    changed = [names[k] for k in names if old.get(k) != new.get(k)]
+    return ", ".join(changed) or "the settings"
+
+
+@dataclass(slots=True)
+class CatalogState:
+    """In-memory counters of one catalog; persisted as ``info`` at every checkpoint."""
+
+    uuid: str
+    title: str
+    phase: str = "new"
+    count_reported: int | None = None
+    unique: int = 0
+    duplicates: int = 0
+    pages: int = 0
+    pages_planned: int = 0
+    walks: int = 0
+    page_size_used: int = 0
+    clamped: bool = False
+    gaps: int = 0
+    details_total: int = 0
+    details_done: int = 0
+    listing_only: int = 0
+    not_found: int = 0
+    failed: int = 0
+    error: str | None = None
+    files: dict[str, Any] = field(default_factory=dict)
+    outstanding: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    deferred: list[DetailJob] = field(default_factory=list)
+
+    _PERSIST: tuple[str, ...] = (
+        "count_reported", "unique", "duplicates", "pages", "pages_planned", "walks",
+        "page_size_used", "clamped", "gaps", "details_total", "details_done", "listing_only",
+        "not_found", "failed", "error", "files")
+
+    def info(self) -> dict[str, Any]:
+        """The persisted counters."""
+        return {k: getattr(self, k) for k in self._PERSIST}
+
+    def load(self, info: dict[str, Any]) -> None:
+        """Restore counters saved by an earlier session."""
+        for k in self._PERSIST:
+            if k in info:
+                setattr(self, k, info[k])
+
+    def manifest(self) -> dict[str, Any]:
+        """This catalog's entry in the manifest."""
+        files = self.files
+        return {
+            "title": self.title,
+            "dir": catalog_dirname(self.uuid),
+            "status": self.phase,
+            "count_reported": self.count_reported,
+            "unique_found": self.unique,
+            "duplicates_dropped": self.duplicates,
+            "gaps": self.gaps,
+            "walks": self.walks,
+            "pages": self.pages,
+            "page_size_used": self.page_size_used,
+            "page_size_clamped": self.clamped,
+            "details_fetched": self.details_done,
+            "listing_only": self.listing_only,
+            "not_found": self.not_found,
+            "failed": self.failed,
+            "error": self.error,
+            "lines": {name: f["lines"] for name, f in files.items()},
+            "files": files,
+        }
+
+
+@dataclass(slots=True)
+class DetailJob:
+    """One item whose detail is to be fetched."""
+
+    cs: CatalogState
+    content_type: str
+    key: str
+    digest: int
+    listing: JSONDict
+    attempt: int = 0
+
+
+@dataclass(slots=True)
+class RunResult:
+    """How a run ended."""
+
+    status: str
+    exit_code: int
+    out: Path
+    manifest: dict[str, Any] | None
+    message: str = ""
+
+
+class Harvest:
+    """One ``harvester harvest`` run."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        restart: bool = False,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+        detail_404_delay: float = 30.0,
+        stats: Stats | None = None,
+    ) -> None:
+        self.settings = settings
+        self.out = settings.output.out
+        self.restart = restart
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand
+        self.detail_404_delay = detail_404_delay
+        self.stats = stats or Stats()
+        self.catalogs: list[CatalogState] = []
+        self.run_id = ""
+        self.started_at = ""
+        self._wq: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=4096)
+        self._dq: asyncio.Queue[DetailJob | None] = asyncio.Queue(
+            maxsize=settings.limits.concurrency * 4)
+        self._client: ApiClient | None = None
+        self._writer: Writer | None = None
+        self._ledger: Ledger | None = None
+        self._errors = 0
+
+    # --- entry point -----------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        """Run (or resume) the harvest into ``settings.output.out``."""
+        self.settings.api.require_credentials()
+        lock = RunLock(self.out)
+        lock.acquire()
+        try:
+            ledger = self._ledger = Ledger(self.out)
+            try:
+                early = self._open_run(ledger)
+                if early is not None:
+                    return early
+                return await self._run(ledger)
+            finally:
+                ledger.close()
+        finally:
+            lock.release()
+
+    def _open_run(self, ledger: Ledger) -> RunResult | None:
+        fp = fingerprint(self.settings)
+        if self.restart:
+            ledger.reset()
+            clear_outputs(self.out)
+        elif not ledger.is_empty():
+            if ledger.meta("status") == "complete" and ledger.meta("fingerprint") == fp:
+                manifest = _read_json(self.out / "manifest.json")
+                return RunResult("complete", EXIT_OK, self.out, manifest,
+                                 f"{self.out} already holds a complete harvest "
+                                 f"(run {ledger.meta('run_id')}); nothing to do. "
+                                 "Use --restart to harvest again.")
+            if ledger.meta("fingerprint") != fp:
+                old = orjson.loads(ledger.meta("fingerprint_parts") or "{}")
+                new = self._fp_parts()
+                raise StateError(
+                    f"{self.out} holds an unfinished run with different settings "
+                    f"({_describe_change(old, new)} changed); resuming would mix two "
+                    "harvests. Rerun with the original settings, or use --restart "
+                    "to discard it, or choose another --out")
+            if ledger.meta("status") == "complete":
+                ledger.reset()
+                clear_outputs(self.out)
+        if ledger.is_empty():
+            self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuidlib.uuid4().hex[:8]}"
+            self.started_at = now_iso()
+            ledger.set_meta(fingerprint=fp, fingerprint_parts=orjson.dumps(
+                self._fp_parts()).decode(), run_id=self.run_id, started_at=self.started_at,
+                status="running", version=__version__)
+        else:
+            self.run_id = ledger.meta("run_id") or ""
+            self.started_at = ledger.meta("started_at") or now_iso()
+            event("harvest.resume", run_id=self.run_id, out=str(self.out))
+        return None
+
+    def _fp_parts(self) -> dict[str, Any]:
+        h = self.settings
+        return {"api": h.api.base, "catalogs": sorted(h.harvest.catalogs),
+                "page_size": h.harvest.page_size, "details": h.harvest.details,
+                "gzip": h.output.gzip}
+
+    async def _run(self, ledger: Ledger) -> RunResult:
+        t0 = self._clock()
+        async with ApiClient(self.settings, stats=self.stats, clock=self._clock,
+                             sleep=self._sleep, rand=self._rand) as client:
+            self._client = client
+            catalogs = await self._catalog_list(client, ledger)
+            writer = self._writer = Writer(self.out, ledger, compress=self.settings.output.gzip,
+                                           clock=self._clock)
+            self._prepare_resume(writer, ledger, catalogs)
+            n_workers = self.settings.limits.concurrency if self.settings.harvest.details else 0
+            async with asyncio.TaskGroup() as tg:
+                writer_task = tg.create_task(writer.run(self._wq), name="writer")
+                workers = [tg.create_task(self._detail_worker(), name=f"detail-{i}")
+                           for i in range(n_workers)]
+                ticker = tg.create_task(self._ticker(), name="ticker")
+                listing_slots = asyncio.Semaphore(self.settings.limits.catalog_concurrency)
+                async with asyncio.TaskGroup() as jobs:
+                    for cs in self.catalogs:
+                        if cs.phase not in ("done",):
+                            jobs.create_task(self._catalog_job(cs, listing_slots),
+                                             name=f"catalog-{cs.uuid[:8]}")
+                for _ in workers:
+                    await self._dq.put(None)
+                ticker.cancel()
+                commit = CommitErrors()
+                await self._wq.put(commit)
+                errors_info = await commit.done
+                await self._wq.put(None)
+                await writer_task
+        wall = self._clock() - t0
+        return self._finish(ledger, catalogs, errors_info.as_dict(), wall)
+
+    # --- catalogs --------------------------------------------------------------------------
+
+    async def _catalog_list(self, client: ApiClient, ledger: Ledger) -> list[Catalog]:
+        saved = ledger.catalogs()
+        if saved:
+            cats = [Catalog(u, str(r.get("title", "")), r) for u, r, _, _ in saved]
+            for (u, r, phase, info) in saved:
+                cs = CatalogState(u, str(r.get("title", "")), phase=phase)
+                cs.load(info)
+                self.catalogs.append(cs)
+            return cats
+        listed: dict[str, Catalog] = {}
+
+        async def take(page: Page) -> None:
+            for rec in page.results:
+                u = rec.get("uuid")
+                if isinstance(u, str) and u and u not in listed:
+                    listed[u] = Catalog(u, str(rec.get("title") or ""), rec)
+
+        await self._walk_pages(client, Endpoint.LMS, catalogs_path(), 100, take, parallel=1)
+        wanted = self.settings.harvest.catalogs
+        if wanted:
+            cats = [listed.get(u) or Catalog(u, "", {"uuid": u}) for u in wanted]
+            missing = [u for u in wanted if u not in listed]
+            if missing:
+                event("harvest.catalog_not_listed", catalogs=",".join(missing))
+        else:
+            cats = list(listed.values())
+        ledger.save_catalogs((c.uuid, c.record) for c in cats)
+        self.catalogs = [CatalogState(c.uuid, c.title) for c in cats]
+        event("harvest.catalogs", count=len(cats))
+        return cats
+
+    def _prepare_resume(self, writer: Writer, ledger: Ledger, catalogs: list[Catalog]) -> None:
+        keys: list[FileKey] = [ERRORS_KEY]
+        for cs in self.catalogs:
+            keys.append(("spool", cs.uuid))
+            keys.extend(("out", cs.uuid, t) for t in
+                        ("course", "courserun", "program", "learnerpathway", "other"))
+        writer.reopen_tracked(keys)
+        self._errors = (writer.path_for(ERRORS_KEY).with_suffix(".ndjson.part").exists() and \
+            sum(1 for _ in iter_lines(writer.part_path(ERRORS_KEY)))) or 0
+
+    # --- one catalog -----------------------------------------------------------------------
+
+    async def _catalog_job(self, cs: CatalogState, slots: asyncio.Semaphore) -> None:
+        try:
+            if cs.phase in ("new", "listing"):
+                async with slots:
+                    await self._list_catalog(cs)
+            if self.settings.harvest.details and cs.phase in ("listed", "details"):
+                await self._details_phase(cs)
+            await self._commit_catalog(cs)
+        except (AuthError, SinkError, StateError):
+            raise
+        except (Forbidden, Unauthorized, UnexpectedXML, ApiError, RequestError) as exc:
+            cs.phase = "failed"
+            cs.error = str(exc)
+            await self._error(cs.uuid, "catalog_failed", None, None, exc)
+            await self._wq.put(CatalogInfo(cs.uuid, cs.info()))
+            await self._wq.put(PhaseChange(cs.uuid, "failed"))
+            event("harvest.catalog_failed", catalog=cs.uuid, error=str(exc))
+
+    async def _list_catalog(self, cs: CatalogState) -> None:
+        assert self._client is not None
+        assert self._ledger is not None
+        details = self.settings.harvest.details
+        seen = self._rebuild_seen(cs) if cs.phase == "listing" else set()
+        if cs.phase == "new":
+            cs.phase = "listing"
+            await self._wq.put(PhaseChange(cs.uuid, "listing"))
+        walk = max(1, self._ledger.last_walk(cs.uuid))
+        while True:
+            cs.walks = walk
+            await self._walk_catalog(cs, walk, seen)
+            short = cs.count_reported is not None and cs.unique < cs.count_reported
+            if short and walk <= self.settings.harvest.max_rewalks:
+                event("harvest.rewalk", catalog=cs.uuid, walk=walk + 1, unique=cs.unique,
+                      count=cs.count_reported)
+                walk += 1
+                continue
+            break
+        cs.gaps = max(0, (cs.count_reported or 0) - cs.unique)
+        if cs.gaps:
+            await self._error(cs.uuid, "gap", None, None,
+                              f"{cs.gaps} of {cs.count_reported} items never appeared in "
+                              f"{cs.walks} walks of the list")
+        cs.phase = "listed" if details else "committing"
+        await self._wq.put(CatalogInfo(cs.uuid, cs.info()))
+        await self._wq.put(PhaseChange(cs.uuid, cs.phase))
+        barrier = Barrier()
+        await self._wq.put(barrier)
+        await barrier.done
+        event("harvest.listed", catalog=cs.uuid, count=cs.count_reported, unique=cs.unique,
+              duplicates=cs.duplicates, pages=cs.pages, page_size=cs.page_size_used,
+              walks=cs.walks)
+
+    def _rebuild_seen(self, cs: CatalogState) -> set[int]:
+        """On resume mid-listing: the identities already spooled (or written)."""
+        assert self._writer is not None
+        seen: set[int] = set()
+        if self.settings.harvest.details:
+            path = self._writer.part_path(("spool", cs.uuid))
+            if path.exists():
+                for line in iter_lines(path):
+                    seen.add(int(orjson.loads(line)["d"]))
+        else:
+            for ctype in ("course", "courserun", "program", "learnerpathway", "other"):
+                path = self._writer.part_path(("out", cs.uuid, ctype))
+                if path.exists():
+                    for line in iter_lines(path, compressed=self.settings.output.gzip):
+                        h = orjson.loads(line)["_harvest"]
+                        seen.add(key_digest(h["content_type"], h["key"]))
+        cs.unique = len(seen)
+        return seen
+
+    async def _walk_catalog(self, cs: CatalogState, walk: int, seen: set[int]) -> None:
+        assert self._client is not None
+        assert self._ledger is not None
+        done_pages = self._ledger.pages_done(cs.uuid, walk)
+
+        async def take(page: Page) -> None:
+            await self._take_page(cs, walk, page, seen)
+
+        recorded = self._ledger.walk_plan(cs.uuid, walk)
+        plan: ListingPlan | None = None
+        if recorded is not None and 1 in done_pages:
+            plan = ListingPlan(self.settings.harvest.page_size, count=recorded.count,
+                               page_size=recorded.page_size, total_pages=recorded.total_pages)
+
+        async def on_plan(p: ListingPlan) -> None:
+            cs.count_reported = p.count
+            cs.page_size_used = p.page_size
+            cs.clamped = p.clamped
+            cs.pages_planned = p.total_pages or 0
+            await self._wq.put(WalkPlanned(cs.uuid, walk, WalkPlan(p.count, p.page_size,
+                                                                   p.total_pages)))
+            if p.clamped:
+                event("harvest.page_size_clamped", catalog=cs.uuid,
+                      asked=self.settings.harvest.page_size, got=p.page_size)
+
+        await self._walk_pages(
+            self._client, Endpoint.CONTENT, content_path(cs.uuid),
+            self.settings.harvest.page_size, take,
+            parallel=self.settings.limits.page_concurrency, plan=plan, skip=done_pages,
+            on_plan=on_plan, on_page_error=lambda n, e: self._error(
+                cs.uuid, "page_failed", None, None, e, page=n))
+
+    async def _walk_pages(
+        self,
+        client: ApiClient,
+        endpoint: Endpoint,
+        path: str,
+        page_size: int,
+        take: Callable[[Page], Awaitable[None]],
+        *,
+        parallel: int,
+        plan: ListingPlan | None = None,
+        skip: set[int] | None = None,
+        on_plan: Callable[[ListingPlan], Awaitable[None]] | None = None,
+        on_page_error: Callable[[int, HarvestError], Awaitable[None]] | None = None,
+    ) -> None:
+        """Walk a DRF list: page 1, then the planned pages concurrently by number, then
+        any pages beyond the plan one at a time. ``take`` gets each page in arrival order.
+        A page past the end (404 ``Invalid page.``) ends the walk quietly."""
+        skip = skip or set()
+
+        async def fetch(req: PageRequest) -> Page | None:
+            try:
+                page = await client.get_page(endpoint, path, req)
+            except InvalidPage:
+                return None
+            self.stats.pages += 1
+            return page
+
+        async def chain(page: Page, p: ListingPlan) -> None:
+            # Beyond the plan (the list grew, or there is no count): one page at a time.
+            nxt = p.after(page)
+            while nxt is not None:
+                got = await fetch(nxt)
+                if got is None:
+                    return
+                await take(got)
+                nxt = p.after(got)
+
+        if plan is None:
+            plan = ListingPlan(page_size)
+            first = await fetch(plan.first())
+            if first is None:
+                return
+            plan.learn(first)
+            if on_plan is not None:
+                await on_plan(plan)
+            await take(first)
+            if plan.total_pages is None:
+                await chain(first, plan)
+                return
+            if plan.total_pages == 1:
+                await chain(first, plan)
+                return
+        elif on_plan is not None:
+            await on_plan(plan)
+
+        todo: deque[int] = deque(n for n in plan.planned() if n not in skip)
+        assert plan is not None
+        fixed_plan = plan
+
+        async def worker() -> None:
+            while todo:
+                n = todo.popleft()
+                try:
+                    page = await fetch(fixed_plan.request(n))
+                except (Forbidden, Unauthorized, UnexpectedXML):
+                    raise
+                except (ApiError, RequestError) as exc:
+                    if on_page_error is None:
+                        raise
+                    await on_page_error(n, exc)
+                    continue
+                if page is None:
+                    continue
+                await take(page)
+                if n == fixed_plan.total_pages:
+                    await chain(page, fixed_plan)
+
+        async with asyncio.TaskGroup() as tg:
+            for i in range(min(parallel, len(todo))):
+                tg.create_task(worker(), name=f"pages-{i}")
+
+    async def _take_page(self, cs: CatalogState, walk: int, page: Page, seen: set[int]
+                         ) -> None:
+        details = self.settings.harvest.details
+        fetched_at = now_iso()
+        for rec in page.results:
+            ctype = content_type_of(rec)
+            key = item_key(rec, ctype)
+            if key is None:
+                await self._error(cs.uuid, "no_key", ctype, None,
+                                  "listed item has neither key nor uuid")
+                continue
+            digest = key_digest(ctype, key)
+            if digest in seen:
+                cs.duplicates += 1
+                continue
+            seen.add(digest)
+            cs.unique += 1
+            if details:
+                line = orjson.dumps({"d": digest, "t": ctype, "k": key, "r": rec},
+                                    option=orjson.OPT_APPEND_NEWLINE)
+                await self._wq.put(Write(("spool", cs.uuid), line))
+            else:
+                meta = self._meta(cs.uuid, ctype, key, rec, fetched_at, "listing")
+                await self._wq.put(Write(("out", cs.uuid, ctype), encode_item(rec, meta),
+                                         done=(cs.uuid, digest)))
+                self.stats.items_written += 1
+        cs.pages += 1
+        await self._wq.put(PageDone(cs.uuid, walk, page.number))
+        await self._wq.put(CatalogInfo(cs.uuid, cs.info()))
+
+    # --- details ---------------------------------------------------------------------------
+
+    async def _details_phase(self, cs: CatalogState) -> None:
+        assert self._writer is not None
+        assert self._ledger is not None
+        if cs.phase == "listed":
+            cs.phase = "details"
+            await self._wq.put(PhaseChange(cs.uuid, "details"))
+        done = self._ledger.done(cs.uuid)
+        spool = self._writer.part_path(("spool", cs.uuid))
+        cs.idle.clear()
+        total = 0
+        if spool.exists():
+            for line in iter_lines(spool):
+                entry = orjson.loads(line)
+                digest, ctype, key, rec = int(entry["d"]), entry["t"], entry["k"], entry["r"]
+                total += 1
+                if digest in done:
+                    continue
+                if detail_segment(ctype) is None or not self._routable(ctype, key):
+                    if detail_segment(ctype) is not None:
+                        await self._error(cs.uuid, "unroutable_key", ctype, key,
+                                          "key cannot be routed to its detail endpoint; "
+                                          "written from the listing")
+                    meta = self._meta(cs.uuid, ctype, key, rec, now_iso(), "listing")
+                    await self._wq.put(Write(("out", cs.uuid, ctype), encode_item(rec, meta),
+                                             done=(cs.uuid, digest)))
+                    cs.listing_only += 1
+                    self.stats.items_written += 1
+                    continue
+                cs.outstanding += 1
+                await self._dq.put(DetailJob(cs, ctype, key, digest, rec))
+        cs.details_total = total
+        attempt = 0
+        while True:
+            if cs.outstanding:
+                cs.idle.clear()
+                await cs.idle.wait()
+            if not cs.deferred:
+                break
+            attempt += 1
+            retry, cs.deferred = cs.deferred, []
+            event("harvest.detail_retry_pass", catalog=cs.uuid, items=len(retry),
+                  attempt=attempt)
+            await self._sleep(self.detail_404_delay * attempt)
+            for job in retry:
+                job.attempt += 1
+                cs.outstanding += 1
+                await self._dq.put(job)
+
+    @staticmethod
+    def _routable(ctype: str, key: str) -> bool:
+        pattern = _DETAIL_KEY_RE.get(ctype)
+        return bool(pattern and pattern.match(key)) and key not in (".", "..")
+
+    async def _detail_worker(self) -> None:
+        assert self._client is not None
+        client = self._client
+        while True:
+            job = await self._dq.get()
+            if job is None:
+                return
+            cs = job.cs
+            try:
+                await self._fetch_detail(client, job)
+            finally:
+                cs.outstanding -= 1
+                if cs.outstanding == 0:
+                    cs.idle.set()
+
+    async def _fetch_detail(self, client: ApiClient, job: DetailJob) -> None:
+        cs = job.cs
+        path = detail_path(cs.uuid, job.content_type, job.key)
+        assert path is not None
+        try:
+            resp = await client.get_json(Endpoint.LMS, path)
+            if not isinstance(resp.body, dict):
+                raise ApiError(f"detail of {job.content_type} is not a JSON object",
+                               status=resp.status)
+        except NotFound as exc:
+            if job.attempt < self.settings.harvest.detail_404_retries:
+                cs.deferred.append(job)  # discovery outages surface as 404: try later
+                return
+            cs.not_found += 1
+            await self._error(cs.uuid, "not_found", job.content_type, job.key, exc,
+                              done=(cs.uuid, job.digest))
+            return
+        except (AuthError, SinkError, StateError):
+            raise
+        except (Forbidden, Unauthorized, UnexpectedXML, ApiError, RequestError) as exc:
+            cs.failed += 1
+            await self._error(cs.uuid, "detail_failed", job.content_type, job.key, exc)
+            return
+        self.stats.details += 1
+        meta = self._meta(cs.uuid, job.content_type, job.key, job.listing, now_iso(), "detail")
+        await self._wq.put(Write(("out", cs.uuid, job.content_type),
+                                 encode_item(resp.body, meta), done=(cs.uuid, job.digest)))
+        cs.details_done += 1
+        self.stats.items_written += 1
+
+    # --- finishing -------------------------------------------------------------------------
+
+    async def _commit_catalog(self, cs: CatalogState) -> None:
+        cs.details_total = max(cs.details_total, cs.unique)
+        commit = CommitCatalog(cs.uuid)
+        await self._wq.put(commit)
+        infos = await commit.done
+        cs.files = {name: i.as_dict() for name, i in infos.items()}
+        cs.phase = "done"
+        await self._wq.put(CatalogInfo(cs.uuid, cs.info()))
+        await self._wq.put(PhaseChange(cs.uuid, "done"))
+        event("harvest.catalog_done", catalog=cs.uuid, unique=cs.unique,
+              details=cs.details_done, not_found=cs.not_found, failed=cs.failed, gaps=cs.gaps)
+
+    def _finish(self, ledger: Ledger, catalogs: list[Catalog], errors_info: dict[str, Any],
+                wall: float) -> RunResult:
+        problems = self._errors or any(
+            cs.phase != "done" or cs.gaps or cs.not_found or cs.failed for cs in self.catalogs)
+        status = "partial" if problems else "complete"
+        cat_part = PartFile(self.out / "catalogs.ndjson")
+        by_uuid = {c.uuid: c for c in catalogs}
+        for cs in self.catalogs:
+            rec: dict[str, Any] = (dict(by_uuid[cs.uuid].record) if cs.uuid in by_uuid
+                                   else {"uuid": cs.uuid})
+            rec["_harvest"] = {"dir": catalog_dirname(cs.uuid), "status": cs.phase,
+                               "items": cs.unique}
+            cat_part.write(encode_line(rec))
+        cat_info = cat_part.commit()
+        stats = self.stats.as_dict()
+        stats["wall_seconds"] = round(wall, 3)
+        manifest = {
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+            "ended_at": now_iso(),
+            "status": status,
+            "version": __version__,
+            "config": self.settings.public_dict(),
+            "catalogs": {cs.uuid: cs.manifest() for cs in self.catalogs},
+            "files": {"catalogs.ndjson": cat_info.as_dict(), "errors.ndjson": errors_info},
+            "totals": {
+                "catalogs": len(self.catalogs),
+                "items": sum(cs.unique for cs in self.catalogs),
+                "details_fetched": sum(cs.details_done for cs in self.catalogs),
+                "not_found": sum(cs.not_found for cs in self.catalogs),
+                "failed": sum(cs.failed for cs in self.catalogs),
+                "gaps": sum(cs.gaps for cs in self.catalogs),
+                "errors": self._errors,
+                **stats,
+            },
+        }
+        write_json_atomic(self.out / "manifest.json", manifest)
+        ledger.set_meta(status="complete" if status == "complete" else "finished-partial")
+        spool_dir = self.out / STATE_DIR / "spool"
+        if spool_dir.is_dir():
+            for f in spool_dir.iterdir():
+                f.unlink(missing_ok=True)
+        code = EXIT_OK if status == "complete" else EXIT_PARTIAL
+        return RunResult(status, code, self.out, manifest)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _meta(catalog: str, ctype: str, key: str, listing: JSONDict, fetched_at: str,
+              source: str) -> JSONDict:
+        return {
+            "catalog_uuid": catalog,
+            "content_type": ctype,
+            "key": key,
+            "aggregation_key": listing.get("aggregation_key"),
+            "content_last_modified": listing.get("content_last_modified"),
+            "fetched_at": fetched_at,
+            "source": source,
+        }
+
+    async def _error(self, catalog: str, kind: str, ctype: str | None, key: str | None,
+                     error: BaseException | str, *, page: int | None = None,
+                     done: tuple[str, int] | None = None) -> None:
+        rec: dict[str, Any] = {"catalog_uuid": catalog, "kind": kind, "at": now_iso()}
+        if ctype is not None:
+            rec["content_type"] = ctype
+        if key is not None:
+            rec["key"] = key
+        if page is not None:
+            rec["page"] = page
+        if isinstance(error, ApiError):
+            rec["status"] = error.status
+        if isinstance(error, BaseException):
+            rec["error"] = type(error).__name__
+        rec["message"] = str(error)
+        self._errors += 1
+        await self._wq.put(Write(ERRORS_KEY, encode_line(rec), done=done))
+
+    async def _ticker(self, every: float = 10.0) -> None:
+        while True:
+            await self._sleep(every)
+            event("harvest.progress", **self.progress())
+
+    def progress(self) -> dict[str, Any]:
+        """A snapshot for progress displays."""
+        gate = self._client.gates[Endpoint.LMS] if self._client else None
+        lms = gate.rate if isinstance(gate, RateGate) else None
+        remaining = sum(max(0, cs.unique - cs.details_done - cs.listing_only - cs.not_found
+                            - cs.failed) for cs in self.catalogs
+                        if self.settings.harvest.details and cs.phase not in ("done", "failed"))
+        eta = remaining / lms.per_second if lms else None
+        return {
+            "catalogs_done": sum(cs.phase == "done" for cs in self.catalogs),
+            "catalogs": len(self.catalogs),
+            "items": sum(cs.unique for cs in self.catalogs),
+            "written": self.stats.items_written,
+            "requests": self.stats.total_requests(),
+            "throttled": self.stats.throttled,
+            "eta_s": round(eta) if eta is not None else None,
+        }
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,286 @@
+"""The single writer stage: every byte of output goes through here, in order.
+
+Stages upstream send messages on one bounded queue: item lines (with the identity of the
+item they complete), finished pages, walk plans, per-catalog counters and phase changes.
+The writer appends lines to their ``.part`` files and, every second or every couple of
+thousand messages, checkpoints: flush and fsync every open file, *then* record in the
+ledger the files' sizes and every page and item those bytes hold. So the ledger never
+runs ahead of the data, and a crash loses at most the last second of work, which the
+rerun fetches again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from harvester.errors import SinkError
+from harvester.policy import Clock
+from harvester.sinks import FileInfo, PartFile, catalog_dirname, output_path
+from harvester.state import STATE_DIR, Checkpoint, Ledger, WalkPlan
+
+#: ("out", catalog, content_type) | ("spool", catalog) | ("errors",)
+FileKey = tuple[str, ...]
+ERRORS_KEY: Final[FileKey] = ("errors",)
+
+
+@dataclass(slots=True)
+class Write:
+    """Append ``data`` (one or more complete lines) to a file; ``done`` marks an item
+    ``(catalog, digest)`` as finished once these bytes are durable."""
+
+    key: FileKey
+    data: bytes
+    done: tuple[str, int] | None = None
+
+
+@dataclass(slots=True)
+class PageDone:
+    """Every item of this page has been sent to the writer before this message."""
+
+    catalog: str
+    walk: int
+    page: int
+
+
+@dataclass(slots=True)
+class WalkPlanned:
+    """Page 1 of a walk arrived; remember its plan."""
+
+    catalog: str
+    walk: int
+    plan: WalkPlan
+
+
+@dataclass(slots=True)
+class CatalogInfo:
+    """The latest counters of a catalog (for the manifest and resume)."""
+
+    catalog: str
+    info: dict[str, Any]
+
+
+@dataclass(slots=True)
+class PhaseChange:
+    """A catalog moved to another phase (``listed``, ``failed``...)."""
+
+    catalog: str
+    phase: str
+
+
+@dataclass(slots=True)
+class Barrier:
+    """Checkpoint now and resolve the future (used before reading a spool back)."""
+
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop()
+                                       .create_future())
+
+
+@dataclass(slots=True)
+class CommitErrors:
+    """Commit ``errors.ndjson`` (the last message of a run)."""
+
+    done: asyncio.Future[FileInfo] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(slots=True)
+class CommitCatalog:
+    """Commit a finished catalog's files under their final names."""
+
+    catalog: str
+    done: asyncio.Future[dict[str, FileInfo]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+Message = (Write | PageDone | WalkPlanned | CatalogInfo | PhaseChange | Barrier | CommitCatalog
+           | CommitErrors)
+
+
+class Writer:
+    """Owns every output file handle and the ledger's progress records."""
+
+    def __init__(
+        self,
+        out: Path,
+        ledger: Ledger,
+        *,
+        compress: bool = False,
+        clock: Clock = time.monotonic,
+        every_messages: int = 2000,
+        every_seconds: float = 1.0,
+        on_checkpoint: Callable[[], None] | None = None,
+    ) -> None:
+        self.out = out
+        self.ledger = ledger
+        self.compress = compress
+        self._clock = clock
+        self._every_messages = every_messages
+        self._every_seconds = every_seconds
+        self._on_checkpoint = on_checkpoint
+        self._files: dict[FileKey, PartFile] = {}
+        self._pending = Checkpoint.empty()
+        self._since = 0
+        self._last = clock()
+        self._tracked = ledger.files()
+        self.checkpoints = 0
+
+    # --- paths ------------------------------------------------------------------------------
+
+    def path_for(self, key: FileKey) -> Path:
+        """The final path of a file key."""
+        if key[0] == "out":
+            return output_path(self.out, key[1], key[2], compress=self.compress)
+        if key[0] == "spool":
+            return self.out / STATE_DIR / "spool" / f"{catalog_dirname(key[1])}.ndjson"
+        if key == ERRORS_KEY:
+            return self.out / "errors.ndjson"
+        raise ValueError(f"unknown file key {key!r}")
+
+    def part_path(self, key: FileKey) -> Path:
+        """The ``.part`` file being written for a key (readable after a Barrier)."""
+        final = self.path_for(key)
+        return final.with_name(final.name + ".part")
+
+    def _rel(self, part: PartFile) -> str:
+        return str(part.path.relative_to(self.out))
+
+    def _file(self, key: FileKey) -> PartFile:
+        f = self._files.get(key)
+        if f is None:
+            final = self.path_for(key)
+            rel = str(final.with_name(final.name + ".part").relative_to(self.out))
+            f = PartFile(final, compress=self.compress and key[0] == "out",
+                         resume_at=self._tracked.get(rel))
+            self._files[key] = f
+        return f
+
+    def reopen_tracked(self, keys: list[FileKey]) -> None:
+        """On resume: reopen these files now, cut back to their committed sizes."""
+        for key in keys:
+            final = self.path_for(key)
+            rel = str(final.with_name(final.name + ".part").relative_to(self.out))
+            if rel in self._tracked:
+                self._file(key)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self, queue: asyncio.Queue[Message | None]) -> None:
+        """Apply messages until a None arrives; checkpoint at least every second."""
+        try:
+            while True:
+                timeout = max(0.0, self._last + self._every_seconds - self._clock())
+                try:
+                    async with asyncio.timeout(timeout if self._pending else None):
+                        msg = await queue.get()
+                except TimeoutError:
+                    self.checkpoint()
+                    continue
+                if msg is None:
+                    break
+                self.apply(msg)
+                if self._since >= self._every_messages or \
+                        self._clock() - self._last >= self._every_seconds:
+                    self.checkpoint()
+        finally:
+            # Normal end, failure or cancellation alike: make what was written durable
+            # and recorded, then let go of the handles. Nothing is renamed here.
+            self.close()
+
+    def apply(self, msg: Message) -> None:
+        """Apply one message (sync: file writes are buffered and short)."""
+        pending = self._pending
+        self._since += 1
+        if isinstance(msg, Write):
+            f = self._file(msg.key)
+            f.write(msg.data)
+            pending.files[self._rel(f)] = (0, 0)  # filled in at checkpoint
+            if msg.done is not None:
+                pending.done.append(msg.done)
+        elif isinstance(msg, PageDone):
+            pending.pages.append((msg.catalog, msg.walk, msg.page))
+        elif isinstance(msg, WalkPlanned):
+            pending.walks.append((msg.catalog, msg.walk, msg.plan))
+        elif isinstance(msg, CatalogInfo):
+            pending.infos[msg.catalog] = msg.info
+        elif isinstance(msg, PhaseChange):
+            pending.phases[msg.catalog] = msg.phase
+        elif isinstance(msg, Barrier):
+            self.checkpoint()
+            if not msg.done.done():
+                msg.done.set_result(None)
+        elif isinstance(msg, CommitCatalog):
+            try:
+                infos = self.commit_catalog(msg.catalog)
+            except SinkError as exc:
+                if not msg.done.done():
+                    msg.done.set_exception(exc)
+            else:
+                if not msg.done.done():
+                    msg.done.set_result(infos)
+        elif isinstance(msg, CommitErrors):
+            try:
+                info = self.commit_errors()
+            except SinkError as exc:
+                if not msg.done.done():
+                    msg.done.set_exception(exc)
+            else:
+                if not msg.done.done():
+                    msg.done.set_result(info)
+
+    def checkpoint(self) -> None:
+        """fsync every file with pending writes, then record the batch in the ledger."""
+        cp, self._pending = self._pending, Checkpoint.empty()
+        self._since = 0
+        self._last = self._clock()
+        if not cp:
+            return
+        by_rel = {self._rel(f): f for f in self._files.values()}
+        for rel in list(cp.files):
+            cp.files[rel] = by_rel[rel].checkpoint()
+        self.ledger.record(cp)
+        self._tracked.update(cp.files)
+        self.checkpoints += 1
+        if self._on_checkpoint is not None:
+            self._on_checkpoint()
+
+    def commit_catalog(self, catalog: str) -> dict[str, FileInfo]:
+        """Checkpoint, then rename the catalog's ``.part`` files to their final names."""
+        self._pending.phases[catalog] = "committing"
+        self.checkpoint()
+        infos: dict[str, FileInfo] = {}
+        for key in [k for k in self._files if k[0] == "out" and k[1] == catalog]:
+            part = self._files.pop(key)
+            rel = self._rel(part)
+            info = part.commit()
+            infos[info.name] = info
+            self.ledger.forget_file(rel)
+            self._tracked.pop(rel, None)
+        self.path_for(("out", catalog, "course")).parent.mkdir(parents=True, exist_ok=True)
+        spool = self._files.pop(("spool", catalog), None)
+        if spool is not None:
+            spool.abandon()
+        return infos
+
+    def commit_errors(self) -> FileInfo:
+        """Commit ``errors.ndjson`` (written even when empty: no errors is an answer)."""
+        part = self._file(ERRORS_KEY)
+        self._files.pop(ERRORS_KEY)
+        rel = self._rel(part)
+        info = part.commit()
+        self.ledger.forget_file(rel)
+        self._tracked.pop(rel, None)
+        return info
+
+    def close(self) -> None:
+        """Final checkpoint (best effort on a broken disk), then close every handle."""
+        try:
+            self.checkpoint()
+        finally:
+            for f in self._files.values():
+                f.abandon()
+            self._files.clear()
