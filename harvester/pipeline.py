@@ -222,6 +222,92 @@ class RunResult:
     message: str = ""
 
 
+async def walk_pages(
+client: ApiClient,
+    endpoint: Endpoint,
+    path: str,
+    page_size: int,
+    take: Callable[[Page], Awaitable[None]],
+    *,
+    parallel: int,
+    plan: ListingPlan | None = None,
+    skip: set[int] | None = None,
+    on_plan: Callable[[ListingPlan], Awaitable[None]] | None = None,
+    on_page_error: Callable[[int, HarvestError], Awaitable[None]] | None = None,
+) -> None:
+    """Walk a DRF list: page 1, then the planned pages concurrently by number, then
+    any pages beyond the plan one at a time. ``take`` gets each page in arrival order.
+
+    A page past the end (404 ``Invalid page.``) ends the walk quietly. ``plan`` resumes a
+    walk whose page 1 is done; ``skip`` lists pages already taken. A page that fails
+    after its retries goes to ``on_page_error`` (or raises, without one); 401, 403 and
+    XML always raise, since every other page would fail the same way.
+    """
+    skip = skip or set()
+
+    async def fetch(req: PageRequest) -> Page | None:
+        try:
+            page = await client.get_page(endpoint, path, req)
+        except InvalidPage:
+            return None
+        self.stats.pages += 1
+        return page
+
+    async def chain(page: Page, p: ListingPlan) -> None:
+        # Beyond the plan (the list grew, or there is no count): one page at a time.
+        nxt = p.after(page)
+        while nxt is not None:
+            got = await fetch(nxt)
+            if got is None:
+                return
+            await take(got)
+            nxt = p.after(got)
+
+    if plan is None:
+        plan = ListingPlan(page_size)
+        first = await fetch(plan.first())
+        if first is None:
+            return
+        plan.learn(first)
+        if on_plan is not None:
+            await on_plan(plan)
+        await take(first)
+        if plan.total_pages is None:
+            await chain(first, plan)
+            return
+        if plan.total_pages == 1:
+            await chain(first, plan)
+            return
+    elif on_plan is not None:
+        await on_plan(plan)
+
+    todo: deque[int] = deque(n for n in plan.planned() if n not in skip)
+    assert plan is not None
+    fixed_plan = plan
+
+    async def worker() -> None:
+        while todo:
+            n = todo.popleft()
+            try:
+                page = await fetch(fixed_plan.request(n))
+            except (Forbidden, Unauthorized, UnexpectedXML):
+                raise
+            except (ApiError, RequestError) as exc:
+                if on_page_error is None:
+                    raise
+                await on_page_error(n, exc)
+                continue
+            if page is None:
+                continue
+            await take(page)
+            if n == fixed_plan.total_pages:
+                await chain(page, fixed_plan)
+
+    async with asyncio.TaskGroup() as tg:
+        for i in range(min(parallel, len(todo))):
+            tg.create_task(worker(), name=f"pages-{i}")
+
+
 class Harvest:
     """One ``harvester harvest`` run."""
 
@@ -366,7 +452,7 @@ class Harvest:
                 if isinstance(u, str) and u and u not in listed:
                     listed[u] = Catalog(u, str(rec.get("title") or ""), rec)
 
-        await self._walk_pages(client, Endpoint.LMS, catalogs_path(), 100, take, parallel=1)
+        await walk_pages(client, Endpoint.LMS, catalogs_path(), 100, take, parallel=1)
         wanted = self.settings.harvest.catalogs
         if wanted:
             cats = [listed.get(u) or Catalog(u, "", {"uuid": u}) for u in wanted]
@@ -488,93 +574,12 @@ class Harvest:
                 event("harvest.page_size_clamped", catalog=cs.uuid,
                       asked=self.settings.harvest.page_size, got=p.page_size)
 
-        await self._walk_pages(
+        await walk_pages(
             self._client, Endpoint.CONTENT, content_path(cs.uuid),
             self.settings.harvest.page_size, take,
             parallel=self.settings.limits.page_concurrency, plan=plan, skip=done_pages,
             on_plan=on_plan, on_page_error=lambda n, e: self._error(
                 cs.uuid, "page_failed", None, None, e, page=n))
-
-    async def _walk_pages(
-        self,
-        client: ApiClient,
-        endpoint: Endpoint,
-        path: str,
-        page_size: int,
-        take: Callable[[Page], Awaitable[None]],
-        *,
-        parallel: int,
-        plan: ListingPlan | None = None,
-        skip: set[int] | None = None,
-        on_plan: Callable[[ListingPlan], Awaitable[None]] | None = None,
-        on_page_error: Callable[[int, HarvestError], Awaitable[None]] | None = None,
-    ) -> None:
-        """Walk a DRF list: page 1, then the planned pages concurrently by number, then
-        any pages beyond the plan one at a time. ``take`` gets each page in arrival order.
-        A page past the end (404 ``Invalid page.``) ends the walk quietly."""
-        skip = skip or set()
-
-        async def fetch(req: PageRequest) -> Page | None:
-            try:
-                page = await client.get_page(endpoint, path, req)
-            except InvalidPage:
-                return None
-            self.stats.pages += 1
-            return page
-
-        async def chain(page: Page, p: ListingPlan) -> None:
-            # Beyond the plan (the list grew, or there is no count): one page at a time.
-            nxt = p.after(page)
-            while nxt is not None:
-                got = await fetch(nxt)
-                if got is None:
-                    return
-                await take(got)
-                nxt = p.after(got)
-
-        if plan is None:
-            plan = ListingPlan(page_size)
-            first = await fetch(plan.first())
-            if first is None:
-                return
-            plan.learn(first)
-            if on_plan is not None:
-                await on_plan(plan)
-            await take(first)
-            if plan.total_pages is None:
-                await chain(first, plan)
-                return
-            if plan.total_pages == 1:
-                await chain(first, plan)
-                return
-        elif on_plan is not None:
-            await on_plan(plan)
-
-        todo: deque[int] = deque(n for n in plan.planned() if n not in skip)
-        assert plan is not None
-        fixed_plan = plan
-
-        async def worker() -> None:
-            while todo:
-                n = todo.popleft()
-                try:
-                    page = await fetch(fixed_plan.request(n))
-                except (Forbidden, Unauthorized, UnexpectedXML):
-                    raise
-                except (ApiError, RequestError) as exc:
-                    if on_page_error is None:
-                        raise
-                    await on_page_error(n, exc)
-                    continue
-                if page is None:
-                    continue
-                await take(page)
-                if n == fixed_plan.total_pages:
-                    await chain(page, fixed_plan)
-
-        async with asyncio.TaskGroup() as tg:
-            for i in range(min(parallel, len(todo))):
-                tg.create_task(worker(), name=f"pages-{i}")
 
     async def _take_page(self, cs: CatalogState, walk: int, page: Page, seen: set[int]
                          ) -> None:
