@@ -250,7 +250,7 @@ client: ApiClient,
             page = await client.get_page(endpoint, path, req)
         except InvalidPage:
             return None
-        self.stats.pages += 1
+        client.stats.pages += 1
         return page
 
     async def chain(page: Page, p: ListingPlan) -> None:
