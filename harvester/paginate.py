@@ -153,7 +153,8 @@ class ListingPlan:
             return True
         if self.page_size and len(page.results) < self.page_size:
             return True
-        return self.count is not None and page.number * self.page_size >= self.count
+        count = page.count if page.count is not None else self.count  # the latest word
+        return count is not None and page.number * self.page_size >= count
 
     def after(self, page: Page) -> PageRequest | None:
         """The page to fetch after ``page`` beyond the plan, or None."""

@@ -1,0 +1,139 @@
+"""Retry policy, wait parsing and the rate gate, with fake time."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+
+import pytest
+
+from harvester.config import Rate
+from harvester.errors import (
+    ConnectionLost,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    PayloadError,
+    RateLimited,
+    ReadTimeout,
+    ServerError,
+    Unauthorized,
+    UnexpectedXML,
+)
+from harvester.policy import (
+    RateGate,
+    RetryPolicy,
+    advertised_wait,
+    parse_retry_after,
+    parse_throttle_body,
+)
+from tests.conftest import FakeTime
+
+POLICY = RetryPolicy(max_tries=5, gateway_400_retries=2, backoff_base=1.0, backoff_cap=8.0)
+
+
+@pytest.mark.parametrize("error", [
+    ReadTimeout("t"), ConnectionLost("r"), ServerError("5", status=503),
+    PayloadError("j", status=200), RateLimited("429", retry_after=3.0, status=429),
+    GatewayError("400", status=400),
+])
+def test_retryable(error: Exception) -> None:
+    assert POLICY.should_retry(error, ())
+
+
+@pytest.mark.parametrize("error", [
+    Forbidden("403", status=403), NotFound("404", status=404),
+    Unauthorized("401", status=401), UnexpectedXML("xml", status=200),
+])
+def test_never_retried(error: Exception) -> None:
+    """403 never; 404 and 401 are handled elsewhere; XML will not become JSON."""
+    assert not POLICY.should_retry(error, ())
+
+
+def test_caps_tries_and_gateway_400s() -> None:
+    err = ServerError("503", status=503)
+    assert POLICY.should_retry(err, ("server",) * 3)
+    assert not POLICY.should_retry(err, ("server",) * 4)  # 5th attempt was the last
+    gw = GatewayError("400", status=400)
+    assert POLICY.should_retry(gw, ("gateway_400",))
+    assert not POLICY.should_retry(gw, ("gateway_400", "gateway_400"))
+
+
+def test_backoff_grows_with_jitter_and_cap() -> None:
+    assert POLICY.backoff(1, 0.0) == 0.5 and POLICY.backoff(1, 1.0) == 1.0
+    assert POLICY.backoff(3, 0.0) == 2.0
+    assert POLICY.backoff(10, 1.0) == 8.0
+    assert RetryPolicy(backoff_base=0.0).backoff(5, 1.0) == 0.0
+
+
+def test_advertised_429_wait_is_left_to_the_gate() -> None:
+    """The gate pauses every worker; the retry loop adds nothing on top."""
+    assert POLICY.delay(RateLimited("x", retry_after=7.0, status=429), 1, 0.5) == 0.0
+    assert POLICY.delay(RateLimited("x", retry_after=None, status=429), 2, 0.0) == 1.0
+    assert POLICY.clamp_wait(10_000) == POLICY.max_wait
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+    date = email.utils.formatdate(1_000_030, usegmt=True)
+    assert parse_retry_after(date, now=1_000_000) == pytest.approx(30.0)
+
+
+def test_parse_throttle_body() -> None:
+    body = '{"detail":"Request was throttled. Expected available in 42 seconds."}'
+    assert parse_throttle_body(body) == 42.0
+    assert parse_throttle_body("Expected available in 1 second.") == 1.0
+    assert parse_throttle_body("nope") is None
+
+
+def test_advertised_wait_prefers_header_and_treats_zero_as_no_advice() -> None:
+    body = "Expected available in 9 seconds."
+    assert advertised_wait("3", body) == 3.0
+    assert advertised_wait(None, body) == 9.0
+    assert advertised_wait("0", None) is None  # back off normally (cf. dlt#4036)
+
+
+def test_wait_gen_drives_backoff_protocol() -> None:
+    gen = POLICY.wait_gen(lambda: 0.0)()
+    gen.send(None)
+    assert gen.send(ServerError("x", status=500)) == 0.5
+    assert gen.send(ServerError("x", status=500)) == 1.0
+
+
+async def test_gate_never_exceeds_budget_in_any_window(fake_time: FakeTime) -> None:
+    """5 per 10 s means at most 5 grants in any 10-second window, even when hammered."""
+    gate = RateGate("lms", Rate(5, 10), clock=fake_time, sleep=fake_time.sleep, smooth=False,
+                    margin=0.0)
+    stamps = [(await gate.acquire()).at for _ in range(23)]
+    for i, t in enumerate(stamps):
+        assert sum(1 for s in stamps[i:] if s < t + 10) <= 5
+    assert stamps[-1] - stamps[0] == pytest.approx(40.0)  # no slower than the budget
+
+
+async def test_gate_margin_widens_the_window(fake_time: FakeTime) -> None:
+    gate = RateGate("lms", Rate(2, 1), clock=fake_time, sleep=fake_time.sleep, smooth=False,
+                    margin=0.05)
+    stamps = [(await gate.acquire()).at for _ in range(3)]
+    assert stamps[2] - stamps[0] == pytest.approx(1.05)
+
+
+async def test_gate_pause_stops_everyone(fake_time: FakeTime) -> None:
+    """A 429's wait applies to every worker of the class."""
+    gate = RateGate("lms", Rate(100, 1), clock=fake_time, sleep=fake_time.sleep, smooth=False)
+    gate.pause(30)
+    t0 = fake_time.now
+    tickets = await asyncio.gather(*(gate.acquire() for _ in range(3)))
+    assert all(t.at >= t0 + 30 for t in tickets)
+
+
+async def test_ticket_stamp_moves_to_send_time(fake_time: FakeTime) -> None:
+    gate = RateGate("lms", Rate(1, 10), clock=fake_time, sleep=fake_time.sleep, smooth=False,
+                    margin=0.0)
+    ticket = await gate.acquire()
+    fake_time.now += 4  # e.g. a token refresh between grant and send
+    ticket.stamp()
+    nxt = await gate.acquire()
+    assert nxt.at == pytest.approx(ticket.at + 10)
