@@ -7,7 +7,7 @@ harvester against ``harvester.sim`` over real HTTP on 127.0.0.1, port 0.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,11 @@ from harvester.sim import SimConfig, SimServer
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's EDX_* / HARVESTER_* variables."""
     for name in list(os.environ):
         if name.startswith(("EDX_", "HARVESTER_")):
             monkeypatch.delenv(name)
-    yield
 
 
 class FakeTime:
