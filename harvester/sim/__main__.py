@@ -1,0 +1,103 @@
+"""``python -m harvester.sim``: serve the simulator until SIGINT/SIGTERM.
+
+Prints exactly one line on start, then serves::
+
+    base_url=http://127.0.0.1:PORT client_id=ID client_secret=SECRET
+
+Every :class:`~harvester.sim.config.SimConfig` field is a flag (``seed`` -> ``--seed``,
+``fault_kinds`` -> ``--fault-kinds 500,reset``, booleans as ``--etag/--no-etag``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import signal
+import sys
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from harvester.sim.config import SimConfig
+from harvester.sim.server import SimServer
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argparse parser with one flag per ``SimConfig`` field plus ``--host``/``--port``."""
+    parser = argparse.ArgumentParser(
+        prog="harvester sim", description="Local simulator of the edX Enterprise API."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    parser.add_argument("--port", type=int, default=0, help="port to bind (0 = any free)")
+    hints = typing.get_type_hints(SimConfig)
+    for field in dataclasses.fields(SimConfig):
+        flag = "--" + field.name.replace("_", "-")
+        hint = hints[field.name]
+        kwargs: dict[str, Any] = {"default": field.default, "help": field.metadata.get("help")}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            convert: Callable[[str], Any]
+            if hint is int:
+                convert = int
+            elif hint is float:
+                convert = float
+            elif hint == tuple[str, ...]:
+                convert = _csv
+            else:
+                convert = str  # str and str | None
+            kwargs["type"] = convert
+            kwargs["metavar"] = field.name.upper()
+        parser.add_argument(flag, dest=field.name, **kwargs)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """Build (and thereby validate) a ``SimConfig`` from parsed arguments."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SimConfig)}
+    return SimConfig(**values)
+
+
+async def _serve(cfg: SimConfig, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with SimServer(cfg, host=host, port=port) as srv:
+            line = (
+                f"base_url={srv.base_url} client_id={srv.client_id} "
+                f"client_secret={srv.client_secret}"
+            )
+            print(line, flush=True)
+            await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, serve until a stop signal, return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(_serve(cfg, args.host, args.port))
+    except OSError as exc:
+        print(f"harvester sim: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Simulator configuration: one frozen dataclass, validated once, plus rate parsing.
+
+Every field is also a CLI flag (``harvester/sim/__main__.py`` builds the parser from
+``dataclasses.fields(SimConfig)``), so a field added here is reachable from the shell too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = ["FAULT_KINDS", "Rate", "SimConfig", "parse_rate"]
+
+#: Every fault the simulator knows how to inject (see ``SimConfig.fault_kinds``).
+FAULT_KINDS: Final[tuple[str, ...]] = (
+    "500",
+    "502",
+    "503",
+    "504",
+    "reset",
+    "truncate",
+    "badjson",
+)
+
+# DRF reads only the first letter of the period ("60/minute" == "60/m"), so we do too.
+_PERIODS: Final[dict[str, float]] = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A throttle budget: at most ``count`` requests in any ``window`` seconds."""
+
+    count: int
+    window: float
+
+
+def parse_rate(text: str) -> Rate | None:
+    """Parse a DRF-style rate such as ``"60/min"`` or ``"20/s"``.
+
+    ``"0"``, ``"none"``, ``"off"`` and ``""`` switch throttling off and return ``None``.
+    A number before the period letter scales the window (``"100/10s"``), which DRF itself
+    does not allow but is handy for tests.
+
+    Raises:
+        ValueError: when the text is not a rate.
+    """
+    cleaned = text.strip().lower()
+    if cleaned in {"", "0", "none", "off"}:
+        return None
+    num_text, sep, period_text = cleaned.partition("/")
+    if not sep or not period_text:
+        raise ValueError(f"rate must look like '60/min', got {text!r}")
+    try:
+        count = int(num_text)
+    except ValueError:
+        raise ValueError(f"rate count must be an integer, got {text!r}") from None
+    if count < 0:
+        raise ValueError(f"rate count must be >= 0, got {text!r}")
+    if count == 0:
+        return None
+    digits = ""
+    while period_text and (period_text[0].isdigit() or period_text[0] == "."):
+        digits, period_text = digits + period_text[0], period_text[1:]
+    if not period_text or period_text[0] not in _PERIODS:
+        raise ValueError(f"rate period must start with one of s/m/h/d, got {text!r}")
+    scale = float(digits) if digits else 1.0
+    window = scale * _PERIODS[period_text[0]]
+    if not math.isfinite(window) or window <= 0:
+        raise ValueError(f"rate window must be positive, got {text!r}")
+    return Rate(count=count, window=window)
+
+
+def _help(text: str) -> dict[str, str]:
+    """Field metadata carrying the CLI help text."""
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything that shapes the simulated edX Enterprise API.
+
+    All knobs default to OFF so a bare ``SimConfig()`` behaves like a well-behaved
+    api.edx.org (with its real limits: 60/min on LMS endpoints, page size clamp 100).
+    """
+
+    seed: int = field(default=0, metadata=_help("seed for all data, credentials and RNGs"))
+    catalogs: int = field(default=3, metadata=_help("catalogs of the client's enterprise"))
+    items: int = field(default=2000, metadata=_help("content items per catalog at epoch 0"))
+    learners: int = field(default=500, metadata=_help("learner-summary rows per enterprise"))
+    epoch: int = field(default=0, metadata=_help("initial data epoch"))
+    mutation_rate: float = field(
+        default=0.05, metadata=_help("fraction of items changed per epoch (deletes/adds ~ /5)")
+    )
+    client_id: str | None = field(
+        default=None, metadata=_help("OAuth client id (default: derived from seed)")
+    )
+    client_secret: str | None = field(
+        default=None, metadata=_help("OAuth client secret (default: derived from seed)")
+    )
+    token_ttl: int = field(default=180, metadata=_help("JWT lifetime, seconds (expires_in)"))
+    max_page_size: int = field(default=100, metadata=_help("page_size clamp for catalogs"))
+    learner_max_page_size: int = field(
+        default=1000, metadata=_help("page_size clamp for learner-summary")
+    )
+    rate_lms: str = field(
+        default="60/min", metadata=_help("LMS budget (v1 list + details), e.g. 60/min, 0=off")
+    )
+    rate_learners: str = field(
+        default="60/min", metadata=_help("learner-summary budget, e.g. 60/min, 0=off")
+    )
+    limit_mode: str = field(
+        default="ignore", metadata=_help("'ignore' (gateway drops limit) or 'doc' (limit=size)")
+    )
+    accept_mode: str = field(
+        default="doc", metadata=_help("'doc' (XML unless JSON asked) or 'backend' (DRF)")
+    )
+    end_marker: str = field(
+        default="null", metadata=_help("last page's next: 'null' or 'empty' (\"\")")
+    )
+    public_base: str | None = field(
+        default=None, metadata=_help("base of next/previous links (default: own base_url)")
+    )
+    strip_retry_after: bool = field(
+        default=False, metadata=_help("drop Retry-After on 429 like the gateway")
+    )
+    gateway_remap: bool = field(
+        default=False, metadata=_help("map statuses outside 200/304/401/403/404/429/500 to 400")
+    )
+    latency_ms: float = field(default=0.0, metadata=_help("mean added latency, ms"))
+    jitter_ms: float = field(default=0.0, metadata=_help("uniform latency jitter, +/- ms"))
+    fault_rate: float = field(default=0.0, metadata=_help("probability of a fault (0..1)"))
+    fault_kinds: tuple[str, ...] = field(
+        default=FAULT_KINDS, metadata=_help("comma list of " + ",".join(FAULT_KINDS))
+    )
+    fault_token: bool = field(default=False, metadata=_help("faults also hit the token endpoint"))
+    detail_404_rate: float = field(
+        default=0.0, metadata=_help("fraction of items whose detail 404s")
+    )
+    detail_404_mode: str = field(
+        default="transient", metadata=_help("'transient' (first K calls) or 'permanent'")
+    )
+    detail_404_times: int = field(default=2, metadata=_help("K for transient detail 404s"))
+    shuffle: bool = field(default=False, metadata=_help("new item order on every content page"))
+    churn: float = field(
+        default=0.0, metadata=_help("per content page, chance the order rotates a little")
+    )
+    etag: bool = field(default=False, metadata=_help("ETag/Last-Modified + 304 on details"))
+
+    def __post_init__(self) -> None:
+        """Reject impossible settings early, with the field name in the message."""
+        _check(0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)")
+        _check(1 <= self.catalogs <= 1000, "catalogs", "must be in [1, 1000]")
+        _check(0 <= self.items <= 10_000_000, "items", "must be in [0, 10_000_000]")
+        _check(0 <= self.learners <= 10_000_000, "learners", "must be in [0, 10_000_000]")
+        _check(0 <= self.epoch <= 10_000, "epoch", "must be in [0, 10000]")
+        _check(0.0 <= self.mutation_rate <= 1.0, "mutation_rate", "must be in [0, 1]")
+        _check(self.token_ttl >= 1, "token_ttl", "must be >= 1")
+        _check(self.max_page_size >= 1, "max_page_size", "must be >= 1")
+        _check(self.learner_max_page_size >= 1, "learner_max_page_size", "must be >= 1")
+        for name in ("rate_lms", "rate_learners"):
+            try:
+                parse_rate(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        _check(self.limit_mode in {"ignore", "doc"}, "limit_mode", "must be 'ignore' or 'doc'")
+        _check(self.accept_mode in {"doc", "backend"}, "accept_mode", "must be 'doc' or 'backend'")
+        _check(self.end_marker in {"null", "empty"}, "end_marker", "must be 'null' or 'empty'")
+        if self.public_base is not None:
+            _check(
+                self.public_base.startswith(("http://", "https://")),
+                "public_base",
+                "must start with http:// or https://",
+            )
+        _check(self.latency_ms >= 0.0, "latency_ms", "must be >= 0")
+        _check(self.jitter_ms >= 0.0, "jitter_ms", "must be >= 0")
+        _check(0.0 <= self.fault_rate <= 1.0, "fault_rate", "must be in [0, 1]")
+        _check(
+            isinstance(self.fault_kinds, tuple) and len(self.fault_kinds) > 0,
+            "fault_kinds",
+            "must be a non-empty tuple",
+        )
+        unknown = sorted(set(self.fault_kinds) - set(FAULT_KINDS))
+        _check(not unknown, "fault_kinds", f"unknown kinds {unknown}; known: {FAULT_KINDS}")
+        _check(0.0 <= self.detail_404_rate <= 1.0, "detail_404_rate", "must be in [0, 1]")
+        _check(
+            self.detail_404_mode in {"transient", "permanent"},
+            "detail_404_mode",
+            "must be 'transient' or 'permanent'",
+        )
+        _check(self.detail_404_times >= 0, "detail_404_times", "must be >= 0")
+        _check(0.0 <= self.churn <= 1.0, "churn", "must be in [0, 1]")
+        for name in ("client_id", "client_secret"):
+            value = getattr(self, name)
+            _check(value is None or value != "", name, "must not be empty")
+
+    @property
+    def lms_rate(self) -> Rate | None:
+        """The parsed LMS budget (``None`` = unthrottled)."""
+        return parse_rate(self.rate_lms)
+
+    @property
+    def learners_rate(self) -> Rate | None:
+        """The parsed learner-summary budget (``None`` = unthrottled)."""
+        return parse_rate(self.rate_learners)
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}: {message}")

@@ -1,0 +1,352 @@
+"""The simulated world: catalogs, their membership over epochs, and learner rows.
+
+Design (all O(1) in catalog size per position; O(epoch) hash evaluations at most):
+
+* Catalog ``c`` position ``i`` at epoch 0 holds global id ``c * stride + i`` with
+  ``stride = items - items // 5``, so each catalog shares ~20% of its items with the next.
+* At each epoch ``k >= 1`` every slot is independently *replaced* with probability
+  ``mutation_rate / 5`` (the old item is deleted from that catalog, a brand-new item takes its
+  position) and ``~mutation_rate / 10`` new slots are appended at the tail.
+* Every item independently gets a *real change* with probability ``mutation_rate`` per epoch;
+  its version (the number of changes so far) feeds the generators in :mod:`.content`.
+
+New ids encode ``(epoch born, catalog, slot)`` so membership checks never scan.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from math import gcd
+from typing import Any, Final
+
+from harvester.sim.config import SimConfig
+from harvester.sim.content import Content
+from harvester.sim.hashing import BASE_TIME, days, iso, iso_date, mix, rand_uuid, unit
+
+__all__ = ["Dataset"]
+
+Json = dict[str, Any]
+
+_T_REPL, _T_GROW, _T_CHG, _T_CAT, _T_ENT, _T_LEARN, _T_CRED = range(200, 207)
+_NEW_BASE: Final = 10**11  # above every epoch-0 id (1001 catalogs x 10M items)
+_SLOT_BITS: Final = 26
+_CAT_BITS: Final = 10
+_MAX_SLOTS: Final = 1 << _SLOT_BITS
+
+_FIRST: Final = (
+    "Amélie",
+    "Bjørn",
+    "Chen",
+    "Dana",
+    "Émile",
+    "Fatima",
+    "Giulia",
+    "Hiroshi",
+    "Ines",
+    "José",
+    "Kwame",
+    "Lena",
+    "Mateo",
+    "Nadia",
+    "Oğuz",
+    "Priya",
+    "Zoë",
+)
+_LAST: Final = (
+    "Álvarez",
+    "Brown",
+    "Nguyễn",
+    "Dubois",
+    "Eriksen",
+    "Fischer",
+    "García",
+    "Horvát",
+    "Ivanova",
+    "Jäger",
+    "Kowalski",
+    "Li",
+    "Müller",
+    "O'Brien",
+    "Sato",
+)
+_COUNTRIES: Final = ("US", "GB", "DE", "FR", "IN", "BR", "JP", "CN", "ES", "NG", "CA", None)
+
+
+class Dataset:
+    """Deterministic, lazily generated data for one :class:`SimConfig`."""
+
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        seed = cfg.seed
+        self.seed = seed
+        self.items = cfg.items
+        self.stride = max(1, cfg.items - cfg.items // 5)
+        self.replace_p = cfg.mutation_rate / 5
+        self.change_p = cfg.mutation_rate
+        self.enterprise_uuid = rand_uuid(seed, _T_ENT, 0)
+        self.foreign_enterprise_uuid = rand_uuid(seed, _T_ENT, 1)
+        self.enterprise_name = ("Acme Learning Co.", "Globex Universität", "Initech Café")[seed % 3]
+        self.enterprise_slug = f"acme-{seed % 1000:03d}"
+        # Own catalogs are indexes 0..catalogs-1; the foreign one is index `catalogs`.
+        self.catalog_uuids = [rand_uuid(seed, _T_CAT, c) for c in range(cfg.catalogs + 1)]
+        self.foreign_index = cfg.catalogs
+        self.content = Content(seed, self.enterprise_uuid, self.enterprise_slug)
+        self._sizes: list[list[int]] = [[cfg.items] for _ in range(cfg.catalogs + 1)]
+        self.client_id = cfg.client_id or f"sim-{mix(seed, _T_CRED, 0):016x}"[:24]
+        secret = f"{mix(seed, _T_CRED, 1):016x}{mix(seed, _T_CRED, 2):016x}"
+        self.client_secret = cfg.client_secret or secret
+        # >= 32 bytes: PyJWT warns about shorter HMAC keys (and tests turn warnings into errors).
+        self.signing_key = "".join(f"{mix(seed, _T_CRED, 3, i):016x}" for i in range(4))
+
+    # -- catalog structure -------------------------------------------------------------------
+    def catalog_index(self, catalog_uuid: str) -> int | None:
+        """Index of a catalog (own or foreign) by UUID, case-insensitively."""
+        try:
+            return self.catalog_uuids.index(catalog_uuid.lower())
+        except ValueError:
+            return None
+
+    def size(self, c: int, epoch: int) -> int:
+        """Number of items of catalog ``c`` at ``epoch`` (memoised: O(epoch) once)."""
+        sizes = self._sizes[c]
+        while len(sizes) <= epoch:
+            k = len(sizes)
+            prev = sizes[-1]
+            grow = int(prev * self.replace_p / 2 + unit(self.seed, _T_GROW, c, k))
+            sizes.append(min(_MAX_SLOTS, prev + grow))
+        return sizes[epoch]
+
+    def _slot_birth(self, c: int, p: int, epoch: int) -> int:
+        if p < self.items:
+            return 0
+        self.size(c, epoch)
+        return bisect.bisect_right(self._sizes[c], p)
+
+    def _replaced(self, c: int, p: int, k: int) -> bool:
+        return unit(self.seed, _T_REPL, c, p, k) < self.replace_p
+
+    @staticmethod
+    def _new_gid(k: int, c: int, p: int) -> int:
+        return _NEW_BASE + (((k << _CAT_BITS) | c) << _SLOT_BITS | p)
+
+    def gid_at(self, c: int, p: int, epoch: int) -> int:
+        """Global id at position ``p`` of catalog ``c`` (caller ensures ``p < size``)."""
+        birth = self._slot_birth(c, p, epoch)
+        if self.replace_p > 0:
+            for k in range(epoch, birth, -1):
+                if self._replaced(c, p, k):
+                    return self._new_gid(k, c, p)
+        return c * self.stride + p if birth == 0 else self._new_gid(birth, c, p)
+
+    def contains(self, c: int, gid: int, epoch: int) -> bool:
+        """Whether item ``gid`` is a member of catalog ``c`` at ``epoch``."""
+        if gid < 0:
+            return False
+        if gid >= _NEW_BASE:
+            x = gid - _NEW_BASE
+            p = x & (_MAX_SLOTS - 1)
+            cc = (x >> _SLOT_BITS) & ((1 << _CAT_BITS) - 1)
+            k = x >> (_SLOT_BITS + _CAT_BITS)
+            if cc != c or k > epoch or p >= self.size(c, epoch):
+                return False
+        else:
+            p = gid - c * self.stride
+            if not 0 <= p < self.items:
+                return False
+        return self.gid_at(c, p, epoch) == gid
+
+    def version(self, gid: int, epoch: int) -> tuple[int, int]:
+        """``(number of real changes, epoch of the last one)`` of ``gid`` up to ``epoch``."""
+        birth = 0
+        if gid >= _NEW_BASE:
+            birth = (gid - _NEW_BASE) >> (_SLOT_BITS + _CAT_BITS)
+        count, last = 0, birth
+        if self.change_p > 0:
+            for k in range(birth + 1, epoch + 1):
+                if unit(self.seed, _T_CHG, gid, k) < self.change_p:
+                    count, last = count + 1, k
+        return count, last
+
+    def item(self, gid: int, epoch: int) -> Json:
+        """Listing form of ``gid`` as of ``epoch``."""
+        version, changed = self.version(gid, epoch)
+        return self.content.item(gid, version, changed, epoch)
+
+    def page_gids(self, c: int, epoch: int, positions: range, order: Order) -> list[int]:
+        """The ids at the given visible positions, through the request's ordering."""
+        return [self.gid_at(c, order.base_position(q), epoch) for q in positions]
+
+    def membership(self, c: int, epoch: int) -> set[int]:
+        """Every id in catalog ``c`` at ``epoch`` (O(N); ops endpoint and tests only)."""
+        return {self.gid_at(c, p, epoch) for p in range(self.size(c, epoch))}
+
+    def changes(self, a: int, b: int) -> list[dict[str, str]]:
+        """Ground-truth change feed from epoch ``a`` to ``b`` over the client's catalogs."""
+        out: list[dict[str, str]] = []
+        for c in range(self.foreign_index):
+            before, after = self.membership(c, a), self.membership(c, b)
+            rows: list[tuple[str, int]] = [("delete", g) for g in before - after]
+            rows += [("upsert", g) for g in after - before]
+            rows += [
+                ("upsert", g)
+                for g in before & after
+                if self.version(g, a)[0] != self.version(g, b)[0]
+            ]
+            entries = [
+                {
+                    "op": op,
+                    "catalog_uuid": self.catalog_uuids[c],
+                    "content_type": self.content.content_type(g),
+                    "key": self.content.content_key(g),
+                }
+                for op, g in rows
+            ]
+            entries.sort(key=lambda e: (e["op"], e["content_type"], e["key"]))
+            out += entries
+        return out
+
+    # -- catalog rows ------------------------------------------------------------------------
+    def catalog_row_v1(self, c: int) -> Json:
+        """``EnterpriseCustomerCatalogSerializer`` row (LMS)."""
+        created = BASE_TIME - days(400 - c)
+        return {
+            "uuid": self.catalog_uuids[c],
+            "title": f"{self.enterprise_name} catalog {c + 1}",
+            "enterprise_customer": self._owner(c),
+            "enterprise_catalog_query": 1000 + c,
+            "created": iso(created),
+            "modified": iso(created + days(30)),
+        }
+
+    def catalog_row_v2(self, c: int, epoch: int) -> Json:
+        """``EnterpriseCatalogSerializer`` row (enterprise-catalog)."""
+        row = self.catalog_row_v1(c)
+        return {
+            "uuid": row["uuid"],
+            "title": row["title"],
+            "enterprise_customer": row["enterprise_customer"],
+            "catalog_query_uuid": rand_uuid(self.seed, _T_CAT, c, 7),
+            "content_last_modified": iso(BASE_TIME + days(epoch) + days(1 / 24)),
+            "catalog_modified": row["modified"],
+            "query_title": f"Query {c + 1}",
+        }
+
+    def _owner(self, c: int) -> str:
+        return self.foreign_enterprise_uuid if c == self.foreign_index else self.enterprise_uuid
+
+    # -- learners ----------------------------------------------------------------------------
+    def learner_row(self, i: int, epoch: int) -> Json:
+        """Row ``i`` of learner-summary in its default ``-last_activity_date`` order."""
+        n = self.cfg.learners
+        rnd = random.Random(mix(self.seed, _T_LEARN, i))
+        nonnull = n - n // 10
+        today = BASE_TIME + days(epoch)
+        # Monotone in i with ~n/365 rows per day: many ties; the last tenth has no activity.
+        last_activity = None if i >= nonnull else iso_date(today - days(i * 365 // nonnull))
+        first, last = rnd.choice(_FIRST), rnd.choice(_LAST)
+        user_id = 10_000 + (mix(self.seed, _T_LEARN, i, 1) % 900_000)
+        username = f"learner{user_id}"
+        gid = mix(self.seed, _T_LEARN, i, 2) % max(1, self.items)
+        course_key = self.content.course_key(gid)
+        run = f"{rnd.randint(1, 3)}T{rnd.randint(2021, 2025)}"
+        enrolled = BASE_TIME - days(rnd.randint(20, 700))
+        start = enrolled + days(rnd.randint(-30, 30))
+        passed = rnd.random() < 0.35
+        grade = round(rnd.uniform(0.7, 1.0) if passed else rnd.uniform(0.0, 0.69), 2)
+        unenrolled = None if rnd.random() < 0.9 else iso_date(enrolled + days(rnd.randint(1, 60)))
+        price = rnd.choice(("49.00", "99.00", "199.00", "349.00"))
+        paid_by = rnd.choice(("enterprise", "enterprise", "learner"))
+        # Snowflake enrichment fails now and then: these two are null transiently.
+        enrich_ok = unit(self.seed, _T_LEARN, i, epoch, 3) >= 0.05
+        return {
+            "enrollment_id": 5_000_000 + i * 7 + self.seed % 7,
+            "enterprise_enrollment_id": 90_000 + i,
+            "is_consent_granted": rnd.random() < 0.95,
+            "paid_by": paid_by,
+            "user_current_enrollment_mode": rnd.choice(("verified", "audit")),
+            "enrollment_date": iso_date(enrolled),
+            "unenrollment_date": unenrolled,
+            "unenrollment_end_within_date": iso_date(enrolled + days(14)),
+            "is_refunded": None if unenrolled is None else rnd.random() < 0.5,
+            "seat_delivery_method": rnd.choice(("Subscription", "Learner Credit", "Coupon")),
+            "offer_id": None if rnd.random() < 0.7 else str(rnd.randint(1000, 9999)),
+            "offer_name": None,
+            "offer_type": None,
+            "coupon_code": None if rnd.random() < 0.8 else f"CODE{rnd.randint(1000, 9999)}",
+            "coupon_name": None,
+            "contract_id": None,
+            "course_list_price": price,
+            "amount_learner_paid": price if paid_by == "learner" else "0.00",
+            "course_key": course_key,
+            "courserun_key": f"course-v1:{course_key}+{run}",
+            "course_title": f"Course {gid}",
+            "course_pacing_type": rnd.choice(("self_paced", "instructor_paced")),
+            "course_start_date": iso(start),
+            "course_end_date": iso(start + days(7 * rnd.randint(4, 16))),
+            "course_duration_weeks": str(rnd.randint(4, 16)),
+            "course_max_effort": rnd.randint(5, 10),
+            "course_min_effort": rnd.randint(1, 4),
+            "course_primary_program": None,
+            "primary_program_type": None,
+            "course_primary_subject": rnd.choice(("computer-science", "business", "data")),
+            "has_passed": passed,
+            "last_activity_date": last_activity,
+            "progress_status": "Passed" if passed else rnd.choice(("In Progress", "Failed")),
+            "passed_date": iso(start + days(40)) if passed else None,
+            "current_grade": grade,
+            "letter_grade": "Pass" if passed else "Fail",
+            "enterprise_user_id": user_id + 7,
+            "user_email": f"{username}@example.com",
+            "user_account_creation_date": iso(enrolled - days(rnd.randint(1, 900))),
+            "user_country_code": rnd.choice(_COUNTRIES),
+            "user_username": username,
+            "user_first_name": first,
+            "user_last_name": last,
+            "enterprise_name": self.enterprise_name,
+            "enterprise_customer_uuid": self.enterprise_uuid,
+            "enterprise_sso_uid": None if rnd.random() < 0.5 else f"sso|{user_id:x}",
+            "created": iso(today),
+            "course_api_url": (
+                f"/enterprise/v1/enterprise-catalogs/{self.enterprise_uuid}/courses/"
+                f"course-v1:{course_key}+{run}"
+            ),
+            "total_learning_time_hours": round(rnd.uniform(0, 60), 1),
+            "is_subsidy": paid_by == "enterprise",
+            "course_product_line": rnd.choice(("OCM", "Executive Education", "Degree")),
+            "budget_id": None,
+            "enterprise_flex_group_name": None,
+            "enterprise_flex_group_uuid": None,
+            "course_progress": round(rnd.uniform(0, 1), 2) if enrich_ok else None,
+            "course_passing_grade": 0.7 if enrich_ok else None,
+        }
+
+
+class Order:
+    """Maps a *visible* position of one content-page request to a base position.
+
+    ``visible -> (a * visible + b + rotation) mod n`` with ``gcd(a, n) == 1``: a bijection,
+    O(1) per position. Plain order is ``a=1, b=0``; ``shuffle`` draws ``a, b`` per request;
+    ``churn`` contributes ``rotation``.
+    """
+
+    __slots__ = ("a", "b", "n", "rotation")
+
+    def __init__(self, n: int, a: int = 1, b: int = 0, rotation: int = 0) -> None:
+        self.n, self.a, self.b, self.rotation = n, a, b, rotation
+
+    def base_position(self, visible: int) -> int:
+        """The base position shown at ``visible``."""
+        if self.n == 0:
+            return visible
+        return (self.a * visible + self.b + self.rotation) % self.n
+
+    @classmethod
+    def shuffled(cls, n: int, rnd: random.Random, rotation: int = 0) -> Order:
+        """A random affine permutation of ``range(n)``."""
+        if n <= 1:
+            return cls(n, rotation=rotation)
+        a = rnd.randrange(1, n)
+        while gcd(a, n) != 1:
+            a = rnd.randrange(1, n)
+        return cls(n, a=a, b=rnd.randrange(n), rotation=rotation)
