@@ -113,6 +113,7 @@ class Writer:
         clock: Clock = time.monotonic,
         every_messages: int = 2000,
         every_seconds: float = 1.0,
+        idle_after: float = 0.05,
         on_checkpoint: Callable[[], None] | None = None,
     ) -> None:
         self.out = out
@@ -121,6 +122,7 @@ class Writer:
         self._clock = clock
         self._every_messages = every_messages
         self._every_seconds = every_seconds
+        self._idle_after = idle_after
         self._on_checkpoint = on_checkpoint
         self._files: dict[FileKey, PartFile] = {}
         self._pending = Checkpoint.empty()
@@ -170,10 +172,17 @@ class Writer:
     # --- the loop ---------------------------------------------------------------------------
 
     async def run(self, queue: asyncio.Queue[Message | None]) -> None:
-        """Apply messages until a None arrives; checkpoint at least every second."""
+        """Apply messages until a None arrives.
+
+        Checkpoints come when the queue goes idle (at most every ``idle_after`` seconds),
+        or every ``every_messages`` / ``every_seconds`` under sustained load. At the real
+        service's detail rate (one a second) that is one checkpoint per item, so a crash
+        costs only what was in flight; at listing speed it batches.
+        """
         try:
             while True:
-                timeout = max(0.0, self._last + self._every_seconds - self._clock())
+                wait = self._idle_after if queue.empty() else self._every_seconds
+                timeout = max(0.0, self._last + wait - self._clock())
                 try:
                     async with asyncio.timeout(timeout if self._pending else None):
                         msg = await queue.get()
