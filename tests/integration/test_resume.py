@@ -33,12 +33,12 @@ async def spawn(srv: SimServer, out: Path, tmp: Path, *extra: str
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
 
-async def wait_for(cond: object, proc: asyncio.subprocess.Process, timeout: float = 30) -> None:
+async def wait_for(cond: object, proc: asyncio.subprocess.Process, limit: float = 30) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit
     while not cond():  # type: ignore[operator]
         if proc.returncode is not None or loop.time() > deadline:
-            out, err = await proc.communicate()
+            _, err = await proc.communicate()
             pytest.fail(f"harvester ended early ({proc.returncode}): {err.decode()[-800:]}")
         await asyncio.sleep(0.002)
 
@@ -80,9 +80,9 @@ async def test_sigkill_at_random_moments_then_resume(start_sim: SimStarter, tmp_
     srv.state.stats.reset()
     out = tmp_path / "out"
     kills = 0
+    stats = srv.state.stats
     for moment in ("listing", "details", "late"):
         proc = await spawn(srv, out, tmp_path)
-        stats = srv.state.stats
         if moment == "listing":
             start = stats.snapshot()["requests"].get("content", {}).get("200", 0)
             await wait_for(lambda s=start: stats.snapshot()["requests"].get(  # type: ignore[misc]
