@@ -8,7 +8,6 @@ from typing import Any
 from unittest.mock import Mock
 
 import aiohttp
-
 import orjson
 import pytest
 from aioresponses import aioresponses
@@ -20,6 +19,7 @@ from harvester.obs import Stats
 from harvester.pipeline import Harvest
 from harvester.sinks import catalog_dirname
 
+
 class CompatResponse(aiohttp.ClientResponse):
     """aioresponses 0.7.9 builds responses without the ``stream_writer`` aiohttp 3.14
     requires (pnuckowski/aioresponses#289, fix pending in #288); aiohttp only reads its
@@ -30,7 +30,7 @@ class CompatResponse(aiohttp.ClientResponse):
         super().__init__(*args, **kwargs)
 
 
-class mocked(aioresponses):  # noqa: N801 - used like aioresponses itself
+class mocked(aioresponses):
     """aioresponses with :class:`CompatResponse` as every mock's response class."""
 
     def add(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
@@ -65,7 +65,7 @@ async def test_xml_answer_names_the_endpoint() -> None:
         m.get(re.compile(r".*/courses/.*"), status=200, body="<?xml version='1.0'?><root/>",
               content_type="application/xml")
         async with ApiClient(settings()) as c:
-            with pytest.raises(UnexpectedXML, match="courses/edX\\+X.*answered XML"):
+            with pytest.raises(UnexpectedXML, match=r"courses/edX\+X.*answered XML"):
                 await c.get_json(Endpoint.LMS, "/enterprise/v2/enterprise-catalogs/c/courses/edX+X")
 
 
