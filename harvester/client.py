@@ -290,6 +290,8 @@ class ApiClient:
                 token = await self.tokens.rejected(token)
                 ticket.stamp()
                 return await self._send(endpoint, url, token, etag)
+            finally:
+                ticket.stamp()  # the server counted it before answering: never earlier
 
     async def _send(self, endpoint: Endpoint, url: str, token: str, etag: str | None
                     ) -> Response:
