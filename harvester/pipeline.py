@@ -473,8 +473,9 @@ class Harvest:
             keys.extend(("out", cs.uuid, t) for t in
                         ("course", "courserun", "program", "learnerpathway", "other"))
         writer.reopen_tracked(keys)
-        self._errors = (writer.path_for(ERRORS_KEY).with_suffix(".ndjson.part").exists() and \
-            sum(1 for _ in iter_lines(writer.part_path(ERRORS_KEY)))) or 0
+        errors = writer.part_path(ERRORS_KEY)
+        # A resumed run still reports the errors its earlier sessions recorded.
+        self._errors = sum(1 for _ in iter_lines(errors)) if errors.exists() else 0
 
     # --- one catalog -----------------------------------------------------------------------
 

@@ -123,7 +123,12 @@ class PartFile:
         self._compress = compress
         with disk_errors(self.path):
             final.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if private else 0o777)
-            if resume_at is not None and self.path.exists():
+            if resume_at is not None and not self.path.exists():
+                # Never start an empty file in place of one the ledger knows: that
+                # would later be renamed over good data.
+                raise SinkError(f"{self.path} is missing although the resume ledger tracks "
+                                "it; rerun with --restart")
+            if resume_at is not None:
                 size, self.lines = resume_at
                 fd = os.open(self.path, os.O_RDWR)
                 if os.fstat(fd).st_size < size:
@@ -227,3 +232,12 @@ def iter_lines(path: Path, *, compressed: bool = False) -> Iterator[bytes]:
         for line in fh:
             if line.endswith(b"\n"):
                 yield line
+
+
+def describe(final: Path) -> FileInfo:
+    """Lines, bytes and sha256 of a committed file (one committed by an earlier session)."""
+    compressed = final.name.endswith(".gz")
+    lines = sum(1 for _ in iter_lines(final, compressed=compressed))
+    with disk_errors(final):
+        size = final.stat().st_size
+    return FileInfo(final.name, lines, size, sha256_file(final))

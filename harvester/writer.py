@@ -5,7 +5,7 @@ item they complete), finished pages, walk plans, per-catalog counters and phase 
 The writer appends lines to their ``.part`` files and, every second or every couple of
 thousand messages, checkpoints: flush and fsync every open file, *then* record in the
 ledger the files' sizes and every page and item those bytes hold. So the ledger never
-runs ahead of the data, and a crash loses at most the last second of work, which the
+runs ahead of the data, and a crash loses at most the last 100 ms of work, which the
 rerun fetches again.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from harvester.errors import SinkError
 from harvester.policy import Clock
-from harvester.sinks import FileInfo, PartFile, catalog_dirname, output_path
+from harvester.sinks import FileInfo, PartFile, catalog_dirname, describe, output_path
 from harvester.state import STATE_DIR, Checkpoint, Ledger, WalkPlan
 
 #: ("out", catalog, content_type) | ("spool", catalog) | ("errors",)
@@ -112,7 +112,7 @@ class Writer:
         compress: bool = False,
         clock: Clock = time.monotonic,
         every_messages: int = 2000,
-        every_seconds: float = 1.0,
+        every_seconds: float = 0.1,
         idle_after: float = 0.05,
         on_checkpoint: Callable[[], None] | None = None,
     ) -> None:
@@ -162,12 +162,23 @@ class Writer:
         return f
 
     def reopen_tracked(self, keys: list[FileKey]) -> None:
-        """On resume: reopen these files now, cut back to their committed sizes."""
+        """On resume: reopen these files now, cut back to their committed sizes.
+
+        A tracked ``.part`` that is gone while its final file exists was renamed by a
+        session that died before it could record that: it is complete, so it is only
+        forgotten, never reopened (an empty reopen would later overwrite it).
+        """
         for key in keys:
             final = self.path_for(key)
-            rel = str(final.with_name(final.name + ".part").relative_to(self.out))
-            if rel in self._tracked:
-                self._file(key)
+            part = final.with_name(final.name + ".part")
+            rel = str(part.relative_to(self.out))
+            if rel not in self._tracked:
+                continue
+            if not part.exists() and final.exists():
+                self.ledger.forget_file(rel)
+                del self._tracked[rel]
+                continue
+            self._file(key)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -262,6 +273,11 @@ class Writer:
         self._pending.phases[catalog] = "committing"
         self.checkpoint()
         infos: dict[str, FileInfo] = {}
+        cat_dir = self.path_for(("out", catalog, "course")).parent
+        if cat_dir.is_dir():  # files an earlier session committed before it died
+            for final in cat_dir.iterdir():
+                if final.name.endswith((".ndjson", ".ndjson.gz")):
+                    infos[final.name] = describe(final)
         for key in [k for k in self._files if k[0] == "out" and k[1] == catalog]:
             part = self._files.pop(key)
             rel = self._rel(part)

@@ -1,0 +1,56 @@
+"""The writer and ledger across a crash between a rename and its record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harvester.errors import SinkError
+from harvester.sinks import PartFile
+from harvester.state import Checkpoint, Ledger
+from harvester.writer import Write, Writer
+
+CAT = "3f56a21c-76c8-47c0-add8-a99714d40d94"
+
+
+def test_commit_renamed_but_not_recorded_is_kept(tmp_path: Path) -> None:
+    """Killed after os.replace and before the ledger forgot the .part: the resumed
+    writer must keep the committed file, not reopen an empty one over it."""
+    ledger = Ledger(tmp_path)
+    w = Writer(tmp_path, ledger)
+    for i in range(3):
+        w.apply(Write(("out", CAT, "course"), f'{{"i":{i}}}\n'.encode(), done=(CAT, i)))
+    w.checkpoint()
+    part = w._files[("out", CAT, "course")]
+    part.commit()  # renamed to courses.ndjson; the ledger still tracks the .part
+    ledger.close()
+
+    ledger = Ledger(tmp_path)
+    resumed = Writer(tmp_path, ledger)
+    resumed.reopen_tracked([("out", CAT, "course")])
+    infos = resumed.commit_catalog(CAT)
+    final = tmp_path / f"catalog={CAT}" / "courses.ndjson"
+    assert final.read_bytes().count(b"\n") == 3
+    assert infos["courses.ndjson"].lines == 3
+    assert ledger.files() == {}
+    assert ledger.done(CAT) == {0, 1, 2}
+
+
+def test_missing_tracked_part_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SinkError, match="missing although the resume ledger tracks it"):
+        PartFile(tmp_path / "x.ndjson", resume_at=(10, 1))
+
+
+def test_ledger_checkpoint_roundtrip(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.save_catalogs([(CAT, {"uuid": CAT, "title": "t"})])
+    cp = Checkpoint.empty()
+    cp.pages.append((CAT, 1, 3))
+    cp.done.append((CAT, 2**62))
+    cp.phases[CAT] = "details"
+    cp.infos[CAT] = {"unique": 5}
+    ledger.record(cp)
+    assert ledger.pages_done(CAT, 1) == {3}
+    assert ledger.done(CAT) == {2**62}
+    assert ledger.catalogs()[0][2:] == ("details", {"unique": 5})
