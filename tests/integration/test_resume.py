@@ -100,9 +100,10 @@ async def test_sigkill_at_random_moments_then_resume(start_sim: SimStarter, tmp_
     assert result.exit_code == 0
     assert_exactly_once(out, expected)
     refetched = srv.state.stats.detail_requests - n_details
-    # Per kill: the requests in flight, plus what arrived since the last checkpoint (at most
-    # 100 ms at 150 details/s = 15). At the real service's 1/s the second term is 0.
-    assert refetched <= kills * (CONCURRENCY + 15), refetched
+    # Per kill: the requests in flight, plus what completed since the last checkpoint (at
+    # most 100 ms of work: ~40 items at the ~400 details/s this sim allows while the
+    # 150-request bucket drains). At the real service's 1/s the second term is 0.
+    assert refetched <= kills * (CONCURRENCY + 45), refetched
     manifest = orjson.loads((out / "manifest.json").read_bytes())
     for cat, entry in manifest["catalogs"].items():
         assert sum(entry["lines"].values()) == len(expected[cat])
