@@ -71,6 +71,7 @@ from harvester.obs import Stats, event
 from harvester.paginate import ListingPlan, PageRequest
 from harvester.policy import Clock, RateGate, Sleep
 from harvester.sinks import (
+    FileInfo,
     PartFile,
     catalog_dirname,
     clear_outputs,
@@ -222,6 +223,24 @@ class RunResult:
     message: str = ""
 
 
+def leading_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error to handle from a TaskGroup's group.
+
+    An interrupt (not an ``Exception``) wins, then a harvester error, then anything else.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    interrupts = [e for e in leaves if not isinstance(e, Exception)]
+    ours = [e for e in leaves if isinstance(e, HarvestError)]
+    return (interrupts or ours or leaves)[0]
+
+
 async def walk_pages(
 client: ApiClient,
     endpoint: Endpoint,
@@ -303,9 +322,13 @@ client: ApiClient,
             if n == fixed_plan.total_pages:
                 await chain(page, fixed_plan)
 
-    async with asyncio.TaskGroup() as tg:
-        for i in range(min(parallel, len(todo))):
-            tg.create_task(worker(), name=f"pages-{i}")
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for i in range(min(parallel, len(todo))):
+                tg.create_task(worker(), name=f"pages-{i}")
+    except BaseExceptionGroup as group:
+        # Callers catch Forbidden, SinkError...: never make them unwrap a group.
+        raise leading_error(group) from None
 
 
 class Harvest:
@@ -411,27 +434,35 @@ class Harvest:
                                            clock=self._clock)
             self._prepare_resume(writer, ledger, catalogs)
             n_workers = self.settings.limits.concurrency if self.settings.harvest.details else 0
-            async with asyncio.TaskGroup() as tg:
-                writer_task = tg.create_task(writer.run(self._wq), name="writer")
-                workers = [tg.create_task(self._detail_worker(), name=f"detail-{i}")
-                           for i in range(n_workers)]
-                ticker = tg.create_task(self._ticker(), name="ticker")
-                listing_slots = asyncio.Semaphore(self.settings.limits.catalog_concurrency)
-                async with asyncio.TaskGroup() as jobs:
-                    for cs in self.catalogs:
-                        if cs.phase not in ("done",):
-                            jobs.create_task(self._catalog_job(cs, listing_slots),
-                                             name=f"catalog-{cs.uuid[:8]}")
-                for _ in workers:
-                    await self._dq.put(None)
-                ticker.cancel()
-                commit = CommitErrors()
-                await self._wq.put(commit)
-                errors_info = await commit.done
-                await self._wq.put(None)
-                await writer_task
+            try:
+                errors_info = await self._stages(writer, n_workers)
+            except BaseExceptionGroup as group:
+                raise leading_error(group) from None
         wall = self._clock() - t0
         return self._finish(ledger, catalogs, errors_info.as_dict(), wall)
+
+    async def _stages(self, writer: Writer, n_workers: int) -> FileInfo:
+        """Every task of the run, in one TaskGroup; returns errors.ndjson's file info."""
+        async with asyncio.TaskGroup() as tg:
+            writer_task = tg.create_task(writer.run(self._wq), name="writer")
+            workers = [tg.create_task(self._detail_worker(), name=f"detail-{i}")
+                       for i in range(n_workers)]
+            ticker = tg.create_task(self._ticker(), name="ticker")
+            listing_slots = asyncio.Semaphore(self.settings.limits.catalog_concurrency)
+            async with asyncio.TaskGroup() as jobs:
+                for cs in self.catalogs:
+                    if cs.phase not in ("done",):
+                        jobs.create_task(self._catalog_job(cs, listing_slots),
+                                         name=f"catalog-{cs.uuid[:8]}")
+            for _ in workers:
+                await self._dq.put(None)
+            ticker.cancel()
+            commit = CommitErrors()
+            await self._wq.put(commit)
+            errors_info = await commit.done
+            await self._wq.put(None)
+            await writer_task
+        return errors_info
 
     # --- catalogs --------------------------------------------------------------------------
 
