@@ -19,6 +19,14 @@ from typing import Any, TypeVar
 from harvester import __version__
 from harvester.config import Settings, load_settings
 from harvester.errors import AuthError, ConfigError, HarvestError, SinkError, StateError
+from harvester.learners import (
+    PII_HELP,
+    LearnerExport,
+    LearnerOptions,
+    PiiPolicy,
+    format_summary,
+    progress_display,
+)
 from harvester.obs import REDACTOR, event, setup_logging
 from harvester.pipeline import EXIT_UNEXPECTED, EXIT_USAGE, Harvest, RunResult
 
@@ -71,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="continue the unfinished run in --out (the default)")
     mode.add_argument("--restart", action="store_true",
                       help="discard any run in --out and start over")
+
+    lr = sub.add_parser("learners", help="learner-summary (enrollments, progress; personal "
+                        "data) -> OUT/learners/enterprise=<uuid>/learner_summary.ndjson")
+    lr.add_argument("--out", dest="output.out", help="output directory (default ./out)")
+    lr.add_argument("--enterprise", dest="learners.enterprises", action="append",
+                    metavar="UUID", help="enterprise customer UUID (repeatable; or [learners] "
+                    "enterprises in the config)")
+    lr.add_argument("--pii", dest="learners.pii", choices=("keep", "hash", "drop"),
+                    help=PII_HELP)
+    lr.add_argument("--consented-only", dest="learners.consented_only", action="store_const",
+                    const=True, help="write only rows with is_consent_granted true")
+    lr.add_argument("--csv", dest="learners.csv", action="store_const", const=True,
+                    help="also write learner_summary.csv (serializer column order)")
+    _add_common(lr)
 
     d = sub.add_parser("demo", help="harvest the built-in simulator into ./out/demo")
     d.add_argument("--out", type=Path, default=Path("out/demo"))
@@ -198,6 +220,35 @@ def cmd_harvest(ns: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def cmd_learners(ns: argparse.Namespace) -> int:
+    """``harvester learners``."""
+    cli = _cli_layer(ns)
+    settings, file_layer = load_settings(cli=cli, environ=os.environ, config_file=ns.config)
+    options = LearnerOptions.load(file_layer, cli)
+    export = LearnerExport(settings, options, PiiPolicy.from_env(options.pii, os.environ))
+    setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
+    if (notice := export.pii_notice()) is not None:
+        print(notice, file=sys.stderr)
+    show = settings.output.progress == "on" or (
+        settings.output.progress == "auto" and sys.stderr.isatty() and not settings.output.quiet)
+
+    async def go() -> RunResult:
+        with progress_display(export, show):
+            return await export.run()
+
+    result, sig_code = run_async(go)
+    if sig_code is not None:
+        print("harvester: interrupted; unfinished learner files were removed (nothing is "
+              "resumed: rerun the command).", file=sys.stderr)
+        return sig_code
+    assert result is not None
+    if result.message:
+        print(f"harvester: {result.message}", file=sys.stderr)
+    if not settings.output.quiet and result.exit_code != EXIT_USAGE:
+        print(format_summary(result))
+    return result.exit_code
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     """``harvester demo``: the simulator in-process, a small harvest, a summary."""
     from harvester.sim import SimConfig, SimServer
@@ -238,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(args)
     except SystemExit as exc:  # argparse already printed usage
         return EXIT_USAGE if exc.code not in (0, None) else 0
-    handlers = {"harvest": cmd_harvest, "demo": cmd_demo}
+    handlers = {"harvest": cmd_harvest, "learners": cmd_learners, "demo": cmd_demo}
     try:
         return handlers[ns.command](ns)
     except (ConfigError, AuthError, StateError) as exc:
