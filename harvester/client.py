@@ -248,6 +248,22 @@ class ApiClient:
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], endpoint: str, path: str
                         ) -> T:
         """Run ``attempt`` under ``backoff``, with the retry policy deciding everything."""
+        # Fast path: almost every call succeeds at once, and building the backoff wrapper
+        # (decorator, functools.wraps, coroutine checks) costs more than the request's own
+        # bookkeeping. Only a retryable failure pays for it, and is replayed through it so
+        # waits, history, counters and max_tries are exactly what they were.
+        try:
+            return await attempt()
+        except (RequestError, ApiError) as exc:
+            if not self.policy.should_retry(exc, ()):
+                raise
+            replay: list[BaseException] = [exc]
+
+        async def attempt_after_first() -> T:
+            if replay:
+                raise replay.pop()
+            return await attempt()
+
         history: list[str] = []
 
         def giveup(exc: Exception) -> bool:
@@ -271,7 +287,7 @@ class ApiClient:
             on_backoff=on_backoff,
             jitter=None,
             raise_on_giveup=True,
-        )(attempt)
+        )(attempt_after_first)
         result: T = await retrying()
         return result
 
@@ -281,17 +297,26 @@ class ApiClient:
         async with self._inflight:
             token = await self.tokens.token()
             ticket.stamp()
+            refused = False
             try:
-                return await self._send(endpoint, url, token, etag)
-            except Unauthorized:
-                # The token may have expired in flight or been revoked: refresh once and
-                # replay once. A 401 is not counted by the server's throttle (DRF
-                # authenticates first), so the replay reuses this slot.
-                token = await self.tokens.rejected(token)
-                ticket.stamp()
-                return await self._send(endpoint, url, token, etag)
+                try:
+                    return await self._send(endpoint, url, token, etag)
+                except Unauthorized:
+                    # The token may have expired in flight or been revoked: refresh once and
+                    # replay once. A 401 is not counted by the server's throttle (DRF
+                    # authenticates first), so the replay reuses this slot.
+                    token = await self.tokens.rejected(token)
+                    ticket.stamp()
+                    return await self._send(endpoint, url, token, etag)
+            except RateLimited:
+                refused = True
+                raise
             finally:
                 ticket.stamp()  # the server counted it before answering: never earlier
+                if refused:
+                    gate.refused(ticket)  # learn the server's real budget
+                else:
+                    ticket.counted = True
 
     async def _send(self, endpoint: Endpoint, url: str, token: str, etag: str | None
                     ) -> Response:

@@ -198,6 +198,10 @@ class RetryPolicy:
 
 # --- throttles ---------------------------------------------------------------------------
 
+#: Quiet windows after which a gate that learned a lower budget from 429s probes upward.
+RECOVER_WINDOWS: Final = 10
+
+
 class Ticket:
     """One granted request slot in a gate's sliding log.
 
@@ -206,11 +210,12 @@ class Ticket:
     moment in between, so our record is never earlier than the server's, and the slot is
     only reused once the server has surely forgotten it, whatever the latency."""
 
-    __slots__ = ("_clock", "at")
+    __slots__ = ("_clock", "at", "counted")
 
     def __init__(self, at: float, clock: Clock) -> None:
         self.at = at
         self._clock = clock
+        self.counted = False  #: answered by the server with anything but a 429
 
     def stamp(self) -> None:
         """Record now as this request's send time (never earlier than the grant)."""
@@ -239,6 +244,8 @@ class RateGate:
         self.margin = margin if margin is not None else min(0.25, 0.01 + 0.002 * rate.period)
         self._window = rate.period + self.margin
         self._capacity = max(1, math.floor(rate.count))
+        self._learned = 0  # the server's budget as seen in the current 429 episode
+        self._learned_at = -math.inf
         self._log: list[Ticket] = []
         self._lock = asyncio.Lock()
         self._pause_until = 0.0
@@ -259,6 +266,41 @@ class RateGate:
             self._pause_until = until
             self.pauses += 1
 
+    def refused(self, ticket: Ticket) -> None:
+        """The server answered ``ticket`` with a 429: its budget is smaller than ours.
+
+        DRF does not record a refused request, so its entry leaves the log; and the
+        requests the server did accept within the window are what its budget really is:
+        the gate never grants more than that per window again (each later 429 of the
+        same episode can only raise the estimate, as more of those answers arrive).
+        """
+        if ticket in self._log:
+            self._log.remove(ticket)
+        now = self._clock()
+        horizon = now - self._window
+        counted = sum(1 for t in self._log if t.counted and t.at > horizon)
+        if now - self._learned_at > self._window:
+            self._learned = counted
+        else:
+            self._learned = max(self._learned, counted)
+        self._learned_at = now
+        capacity = max(1, min(math.floor(self.rate.count), self._learned))
+        if capacity != self._capacity:
+            self._capacity = capacity
+            if self._spacer is not None:
+                self._spacer = AsyncLimiter(capacity, self.rate.period)
+
+    def _recover(self, now: float) -> None:
+        """After ``RECOVER_WINDOWS`` windows without a 429, allow one more request per
+        window: whoever shared the credential may have stopped. Probing this slowly costs
+        at most one 429 per ten windows when the server's budget really is lower."""
+        full = max(1, math.floor(self.rate.count))
+        if self._capacity < full and now - self._learned_at > RECOVER_WINDOWS * self._window:
+            self._capacity += 1
+            self._learned_at = now
+            if self._spacer is not None:
+                self._spacer = AsyncLimiter(self._capacity, self.rate.period)
+
     async def acquire(self) -> Ticket:
         """Wait until one more request fits the budget; return its ticket."""
         if self._spacer is not None:
@@ -269,10 +311,12 @@ class RateGate:
                 if now < self._pause_until:
                     await self._sleep(self._pause_until - now)
                     continue
+                self._recover(now)
                 # Stamps move later while requests are in flight, so the log is not
-                # sorted: scan it (it holds at most N entries).
-                horizon = now - self._window
-                if self._log and min(t.at for t in self._log) <= horizon:
+                # sorted: scan it, but only once it is full (a budget far above what we
+                # use, such as a disabled one, never pays for the scan).
+                if len(self._log) >= self._capacity:
+                    horizon = now - self._window
                     self._log = [t for t in self._log if t.at > horizon]
                 if len(self._log) < self._capacity:
                     ticket = Ticket(now, self._clock)
@@ -297,6 +341,9 @@ class OpenGate:
     def pause(self, seconds: float) -> None:
         """Honour a 429 even here: a gateway-level throttle may answer one."""
         self._pause_until = max(self._pause_until, self._clock() + seconds)
+
+    def refused(self, ticket: Ticket) -> None:
+        """Nothing to learn: this class has no budget of ours."""
 
     async def acquire(self) -> Ticket:
         """Grant at once unless a 429 pause is in force."""

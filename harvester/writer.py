@@ -125,6 +125,7 @@ class Writer:
         self._idle_after = idle_after
         self._on_checkpoint = on_checkpoint
         self._files: dict[FileKey, PartFile] = {}
+        self._rels: dict[Path, str] = {}  # PartFile.path -> path relative to out (hot path)
         self._pending = Checkpoint.empty()
         self._since = 0
         self._last = clock()
@@ -149,7 +150,10 @@ class Writer:
         return final.with_name(final.name + ".part")
 
     def _rel(self, part: PartFile) -> str:
-        return str(part.path.relative_to(self.out))
+        rel = self._rels.get(part.path)
+        if rel is None:
+            rel = self._rels[part.path] = str(part.path.relative_to(self.out))
+        return rel
 
     def _file(self, key: FileKey) -> PartFile:
         f = self._files.get(key)

@@ -137,3 +137,32 @@ async def test_ticket_stamp_moves_to_send_time(fake_time: FakeTime) -> None:
     ticket.stamp()
     nxt = await gate.acquire()
     assert nxt.at == pytest.approx(ticket.at + 10)
+
+
+async def test_gate_learns_a_smaller_server_budget_from_429s(fake_time: FakeTime) -> None:
+    """We think 10 per second, the server allows 4: after one 429 we grant at most what
+    the server accepted in that window, and refused requests leave our log."""
+    gate = RateGate("lms", Rate(10, 1), clock=fake_time, sleep=fake_time.sleep, smooth=False,
+                    margin=0.0)
+    tickets = [await gate.acquire() for _ in range(5)]
+    for t in tickets[:4]:
+        t.counted = True
+    gate.refused(tickets[4])
+    fake_time.now += 1.0
+    stamps = [(await gate.acquire()).at for _ in range(12)]
+    for i, t in enumerate(stamps):
+        assert sum(1 for s in stamps[i:] if s < t + 1.0) <= 4
+
+
+async def test_gate_probes_back_up_after_quiet_windows(fake_time: FakeTime) -> None:
+    gate = RateGate("lms", Rate(10, 1), clock=fake_time, sleep=fake_time.sleep, smooth=False,
+                    margin=0.0)
+    first = await gate.acquire()
+    first.counted = True
+    gate.refused(await gate.acquire())
+    fake_time.now += 1.0
+    learned = [(await gate.acquire()).at for _ in range(3)]
+    assert learned[1] - learned[0] >= 1.0  # one per window now
+    fake_time.now += 30.0  # more than ten quiet windows
+    burst = [(await gate.acquire()).at for _ in range(2)]
+    assert burst[1] == burst[0]  # two fit in one window again
