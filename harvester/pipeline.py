@@ -504,6 +504,8 @@ class Harvest:
             keys.extend(("out", cs.uuid, t) for t in
                         ("course", "courserun", "program", "learnerpathway", "other"))
         writer.reopen_tracked(keys)
+        if writer.recovered:
+            event("harvest.recovered", lines=len(writer.recovered))
         errors = writer.part_path(ERRORS_KEY)
         # A resumed run still reports the errors its earlier sessions recorded.
         self._errors = sum(1 for _ in iter_lines(errors)) if errors.exists() else 0
@@ -532,7 +534,9 @@ class Harvest:
         assert self._client is not None
         assert self._ledger is not None
         details = self.settings.harvest.details
-        seen = self._rebuild_seen(cs) if cs.phase == "listing" else set()
+        # A session can die before even "listing" is recorded, with lines already spooled:
+        # whatever is on disk is already seen.
+        seen = self._rebuild_seen(cs)
         if cs.phase == "new":
             cs.phase = "listing"
             await self._wq.put(PhaseChange(cs.uuid, "listing"))
@@ -751,11 +755,34 @@ class Harvest:
         await self._wq.put(commit)
         infos = await commit.done
         cs.files = {name: i.as_dict() for name, i in infos.items()}
+        self._recount(cs)
         cs.phase = "done"
         await self._wq.put(CatalogInfo(cs.uuid, cs.info()))
         await self._wq.put(PhaseChange(cs.uuid, "done"))
         event("harvest.catalog_done", catalog=cs.uuid, unique=cs.unique,
               details=cs.details_done, not_found=cs.not_found, failed=cs.failed, gaps=cs.gaps)
+
+    def _recount(self, cs: CatalogState) -> None:
+        """Item counters from what is on disk, not from memory: sessions that died took
+        their in-memory counts with them, but never the lines they wrote."""
+        assert self._writer is not None
+        if not self.settings.harvest.details:
+            return
+        detail = listing = 0
+        for ctype in ("course", "courserun", "program", "learnerpathway", "other"):
+            path = self._writer.path_for(("out", cs.uuid, ctype))
+            if path.exists():
+                for line in iter_lines(path, compressed=self.settings.output.gzip):
+                    if orjson.loads(line)["_harvest"]["source"] == "detail":
+                        detail += 1
+                    else:
+                        listing += 1
+        cs.details_done, cs.listing_only = detail, listing
+        errors = self._writer.part_path(ERRORS_KEY)
+        if errors.exists():
+            cs.not_found = sum(1 for line in iter_lines(errors)
+                               if (e := orjson.loads(line))["kind"] == "not_found"
+                               and e["catalog_uuid"] == cs.uuid)
 
     def _finish(self, ledger: Ledger, catalogs: list[Catalog], errors_info: dict[str, Any],
                 wall: float) -> RunResult:

@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -155,6 +156,19 @@ class PartFile:
                 self._raw.write(line)
         self.lines += 1
 
+    @property
+    def compressed(self) -> bool:
+        """Whether lines are gzip-compressed (flushing those per line would cost ratio)."""
+        return self._compress
+
+    def flush(self) -> None:
+        """Hand everything written so far to the OS (no fsync). A killed process loses
+        nothing the OS has; with gzip, a sync flush makes it decompressible as it is."""
+        with disk_errors(self.path):
+            if self._gz is not None:
+                self._gz.flush()  # Z_SYNC_FLUSH: a byte-aligned point a reader can reach
+            self._raw.flush()
+
     def checkpoint(self) -> tuple[int, int]:
         """Flush and fsync; return the durable ``(size, lines)``."""
         with disk_errors(self.path):
@@ -241,3 +255,48 @@ def describe(final: Path) -> FileInfo:
     with disk_errors(final):
         size = final.stat().st_size
     return FileInfo(final.name, lines, size, sha256_file(final))
+
+
+def recover_tail(part: Path, size: int, *, compressed: bool) -> list[bytes]:
+    """Complete, valid JSON lines a killed writer left after the committed ``size``.
+
+    The OS keeps what a killed process wrote, so these lines are real data; anything
+    after the first torn or invalid line is dropped. With gzip the tail is an unfinished
+    member, read as far as its last sync flush.
+    """
+    with disk_errors(part), part.open("rb") as fh:
+        fh.seek(size)
+        tail = fh.read()
+    if compressed and tail:
+        tail = _inflate_prefix(tail)
+    lines: list[bytes] = []
+    for line in tail.split(b"\n")[:-1]:  # the last piece has no newline: torn
+        try:
+            orjson.loads(line)
+        except orjson.JSONDecodeError:
+            break
+        lines.append(line + b"\n")
+    return lines
+
+
+def _inflate_prefix(data: bytes, chunk: int = 4096) -> bytes:
+    """As much of a (possibly damaged) gzip member as decompresses: chunk by chunk, then
+    byte by byte inside the chunk that fails, so nothing before the damage is lost."""
+    inflater = zlib.decompressobj(wbits=31)
+    out: list[bytes] = []
+    for start in range(0, len(data), chunk):
+        piece = data[start:start + chunk]
+        try:
+            out.append(inflater.decompress(piece))
+        except zlib.error:
+            inflater = zlib.decompressobj(wbits=31)
+            out.clear()  # replay the good prefix byte-wise to find where it breaks
+            good = data[:start]
+            out.append(inflater.decompress(good))
+            for i in range(len(piece)):
+                try:
+                    out.append(inflater.decompress(piece[i:i + 1]))
+                except zlib.error:
+                    break
+            break
+    return b"".join(out)

@@ -18,9 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
+
 from harvester.errors import SinkError
+from harvester.models import key_digest
 from harvester.policy import Clock
-from harvester.sinks import FileInfo, PartFile, catalog_dirname, describe, output_path
+from harvester.sinks import (
+    FileInfo,
+    PartFile,
+    catalog_dirname,
+    describe,
+    output_path,
+    recover_tail,
+)
 from harvester.state import STATE_DIR, Checkpoint, Ledger, WalkPlan
 
 #: ("out", catalog, content_type) | ("spool", catalog) | ("errors",)
@@ -131,6 +141,8 @@ class Writer:
         self._last = clock()
         self._tracked = ledger.files()
         self.checkpoints = 0
+        #: lines kept from a killed session's unrecorded tail, by file (for counters)
+        self.recovered: list[tuple[FileKey, bytes]] = []
 
     # --- paths ------------------------------------------------------------------------------
 
@@ -166,7 +178,8 @@ class Writer:
         return f
 
     def reopen_tracked(self, keys: list[FileKey]) -> None:
-        """On resume: reopen these files now, cut back to their committed sizes.
+        """On resume: reopen these files, keep the complete lines a killed session wrote
+        after its last checkpoint (marking their items done), and cut off the torn rest.
 
         A tracked ``.part`` that is gone while its final file exists was renamed by a
         session that died before it could record that: it is complete, so it is only
@@ -176,13 +189,39 @@ class Writer:
             final = self.path_for(key)
             part = final.with_name(final.name + ".part")
             rel = str(part.relative_to(self.out))
-            if rel not in self._tracked:
-                continue
-            if not part.exists() and final.exists():
+            if rel in self._tracked and not part.exists() and final.exists():
                 self.ledger.forget_file(rel)
                 del self._tracked[rel]
                 continue
-            self._file(key)
+            if not part.exists():
+                continue
+            # Untracked: created after the last checkpoint, by this run (--restart and a
+            # new run clear OUT first), so all of its complete lines are ours to keep.
+            size = self._tracked.get(rel, (0, 0))[0]
+            compressed = self.compress and key[0] == "out"
+            tail = recover_tail(part, size, compressed=compressed)
+            self._file(key)  # cut back to the committed size
+            for line in tail:
+                self.apply(Write(key, line, done=self._done_of(key, line)))
+                self.recovered.append((key, line))
+        self.checkpoint()
+
+    @staticmethod
+    def _done_of(key: FileKey, line: bytes) -> tuple[str, int] | None:
+        """Which item a recovered line completes: an item line, or a not_found record."""
+        if key[0] == "spool":
+            return None
+        rec = orjson.loads(line)
+        if key[0] == "out":
+            h = rec.get("_harvest") or {}
+            ctype, k, cat = h.get("content_type"), h.get("key"), h.get("catalog_uuid")
+        elif rec.get("kind") == "not_found":
+            ctype, k, cat = rec.get("content_type"), rec.get("key"), rec.get("catalog_uuid")
+        else:
+            return None
+        if not (isinstance(ctype, str) and isinstance(k, str) and isinstance(cat, str)):
+            return None
+        return cat, key_digest(ctype, k)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -207,6 +246,8 @@ class Writer:
                 if msg is None:
                     break
                 self.apply(msg)
+                if queue.empty():
+                    self._flush_dirty()
                 if self._since >= self._every_messages or \
                         self._clock() - self._last >= self._every_seconds:
                     self.checkpoint()
@@ -222,6 +263,8 @@ class Writer:
         if isinstance(msg, Write):
             f = self._file(msg.key)
             f.write(msg.data)
+            if not f.compressed:
+                f.flush()  # to the OS at once: a kill -9 cannot take it (see reopen_tracked)
             pending.files[self._rel(f)] = (0, 0)  # filled in at checkpoint
             if msg.done is not None:
                 pending.done.append(msg.done)
@@ -255,6 +298,13 @@ class Writer:
             else:
                 if not msg.done.done():
                     msg.done.set_result(info)
+
+    def _flush_dirty(self) -> None:
+        """Push pending writes to the OS so a kill -9 cannot take them (see recover)."""
+        if self._pending.files:
+            by_rel = {self._rel(f): f for f in self._files.values()}
+            for rel in self._pending.files:
+                by_rel[rel].flush()
 
     def checkpoint(self) -> None:
         """fsync every file with pending writes, then record the batch in the ledger."""

@@ -100,13 +100,13 @@ async def test_sigkill_at_random_moments_then_resume(start_sim: SimStarter, tmp_
     assert result.exit_code == 0
     assert_exactly_once(out, expected)
     refetched = srv.state.stats.detail_requests - n_details
-    # Per kill: the requests in flight, plus what completed since the last checkpoint (at
-    # most 100 ms of work: ~40 items at the ~400 details/s this sim allows while the
-    # 150-request bucket drains). At the real service's 1/s the second term is 0.
-    assert refetched <= kills * (CONCURRENCY + 45), refetched
+    # Per kill: only the requests in flight (plus the one the writer was handed as the
+    # signal landed). Lines already written are kept even if not yet checkpointed.
+    assert refetched <= kills * (CONCURRENCY + 2), refetched
     manifest = orjson.loads((out / "manifest.json").read_bytes())
     for cat, entry in manifest["catalogs"].items():
         assert sum(entry["lines"].values()) == len(expected[cat])
+        assert entry["details_fetched"] + entry["listing_only"] == len(expected[cat])
 
 
 async def test_changed_settings_refuse_to_resume(start_sim: SimStarter, tmp_path: Path) -> None:
