@@ -12,13 +12,17 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from harvester import __version__
 from harvester.config import Settings, load_settings
 from harvester.errors import AuthError, ConfigError, HarvestError, SinkError, StateError
+from harvester.export import export
 from harvester.learners import (
     PII_HELP,
     LearnerExport,
@@ -29,6 +33,7 @@ from harvester.learners import (
 )
 from harvester.obs import REDACTOR, event, setup_logging
 from harvester.pipeline import EXIT_UNEXPECTED, EXIT_USAGE, Harvest, RunResult
+from harvester.sync import Store, SyncOptions
 
 T = TypeVar("T")
 EXIT_SIGINT = 130
@@ -52,17 +57,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="live progress display (auto: on a TTY)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse tree for every sub-command."""
-    parser = argparse.ArgumentParser(
-        prog="harvester",
-        description="Bulk harvester for the edX Enterprise API. Credentials come from "
-                    "EDX_CLIENT_ID / EDX_CLIENT_SECRET (or the config file), never flags.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    h = sub.add_parser("harvest", help="catalogs -> pages -> details -> NDJSON per catalog")
-    h.add_argument("--out", dest="output.out", help="output directory (default ./out)")
+def _add_harvest_flags(h: argparse.ArgumentParser) -> None:
+    """Flags shared by `harvest` and `sync`."""
     _add_common(h)
     h.add_argument("--catalog", dest="harvest.catalogs", action="append", metavar="UUID",
                    help="only this catalog (repeatable)")
@@ -74,11 +70,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write listing records only (a fast dump)")
     h.add_argument("--gzip", dest="output.gzip", action="store_const", const=True,
                    help="write .ndjson.gz")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree for every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="harvester",
+        description="Bulk harvester for the edX Enterprise API. Credentials come from "
+                    "EDX_CLIENT_ID / EDX_CLIENT_SECRET (or the config file), never flags.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    h = sub.add_parser("harvest", help="catalogs -> pages -> details -> NDJSON per catalog")
+    h.add_argument("--out", dest="output.out", help="output directory (default ./out)")
+    _add_harvest_flags(h)
     mode = h.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
                       help="continue the unfinished run in --out (the default)")
     mode.add_argument("--restart", action="store_true",
                       help="discard any run in --out and start over")
+
+    sy = sub.add_parser("sync", help="nightly: a new snapshot in --store, details only for "
+                        "what changed, and a change feed (upserts/deletes) per catalog")
+    sy.add_argument("--store", type=Path, required=True,
+                    help="store directory: snapshots/<id>/ and latest")
+    _add_harvest_flags(sy)
+    sy.add_argument("--max-age", default="7d", metavar="DURATION",
+                    help="refresh details older than this, spread over the nights "
+                         "(e.g. 7d, 36h; default 7d)")
+    sy.add_argument("--keep", type=int, default=7, help="finished snapshots kept (default 7)")
+    sy.add_argument("--as-of", metavar="ISO-8601",
+                    help="the run's date for refresh planning (backfills and tests)")
+
+    ex = sub.add_parser("export", help="a snapshot or change feed -> search-engine input")
+    ex.add_argument("source", type=Path,
+                    help="a snapshot directory, a sync store (its latest), or changes.ndjson")
+    ex.add_argument("--format", required=True, choices=("es-bulk", "meili", "jsonl"))
+    ex.add_argument("--out", type=Path, required=True, help="file to write")
+    ex.add_argument("--index", default="edx-catalog", help="index name for es-bulk")
+    ex.add_argument("--changes", action="store_true",
+                    help="export a snapshot's change feeds instead of all its items")
 
     lr = sub.add_parser("learners", help="learner-summary (enrollments, progress; personal "
                         "data) -> OUT/learners/enterprise=<uuid>/learner_summary.ndjson")
@@ -249,6 +280,95 @@ def cmd_learners(ns: argparse.Namespace) -> int:
     return result.exit_code
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """``7d``, ``36h``, ``90m``, ``3600s`` or plain seconds, as seconds."""
+    t = text.strip().lower()
+    unit = _DURATION_UNITS.get(t[-1:]) if t else None
+    try:
+        value = float(t[:-1]) * unit if unit else float(t)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"--max-age: expected a duration such as 7d or 36h, got {text!r}")
+    return value
+
+
+def _as_of(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--as-of: expected an ISO-8601 date or time, got {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def cmd_sync(ns: argparse.Namespace) -> int:
+    """``harvester sync``: the next snapshot of a store, fetching only what changed."""
+    settings = _settings(ns)
+    max_age = parse_duration(ns.max_age)
+    as_of = _as_of(ns.as_of)
+    if ns.keep < 1:
+        raise ConfigError(f"--keep: must be >= 1, got {ns.keep}")
+    setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
+    store = Store(ns.store)
+    snap = store.unfinished()
+    if snap is None:
+        snap = store.new_snapshot(as_of if as_of is not None else time.time())
+    else:
+        event("sync.resume", snapshot=snap.name)
+    previous = store.previous_of(snap)
+    settings = replace(settings, output=replace(settings.output, out=snap))
+    harvest = Harvest(settings, sync=SyncOptions(previous, max_age, as_of))
+    show = settings.output.progress == "on" or (
+        settings.output.progress == "auto" and sys.stderr.isatty() and not settings.output.quiet)
+
+    async def go() -> RunResult:
+        with _live(harvest, show):
+            return await harvest.run()
+
+    result, sig_code = run_async(go)
+    if sig_code is not None:
+        print(f"harvester: interrupted; rerun the same command to resume {snap}",
+              file=sys.stderr)
+        return sig_code
+    assert result is not None
+    assert result.manifest is not None
+    cats = result.manifest["catalogs"].values()
+    good = all(c["status"] == "done" and not c["gaps"] for c in cats)
+    if good:
+        store.promote(snap)
+    pruned = store.prune(ns.keep)
+    if not settings.output.quiet:
+        _print_summary(result)
+        totals = {k: sum(int(c.get("sync", {}).get(k, 0)) for c in cats)
+                  for k in ("carried", "fetched_new", "fetched_changed", "refreshed",
+                            "not_modified", "upserts", "deletes")}
+        suppressed = [u[:8] for u, c in result.manifest["catalogs"].items()
+                      if c.get("sync", {}).get("deletes_suppressed")]
+        print(f"sync {snap.name} (previous: {previous.name if previous else 'none'}): "
+              + ", ".join(f"{k} {v}" for k, v in totals.items())
+              + (f"; deletes withheld for {', '.join(suppressed)} (listing incomplete)"
+                 if suppressed else ""))
+        print(f"latest -> {snap.name}" if good else
+              f"latest unchanged: {snap.name} is not a good snapshot (see errors.ndjson)")
+        if pruned:
+            print(f"pruned: {', '.join(pruned)}")
+    return result.exit_code
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    """``harvester export``."""
+    counts = export(ns.source, ns.format, ns.out, index=ns.index, changes=ns.changes)
+    print(f"{ns.out}: {counts.upserts} upserts, {counts.deletes} deletes ({ns.format})")
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     """``harvester demo``: the simulator in-process, a small harvest, a summary."""
     from harvester.sim import SimConfig, SimServer
@@ -289,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(args)
     except SystemExit as exc:  # argparse already printed usage
         return EXIT_USAGE if exc.code not in (0, None) else 0
-    handlers = {"harvest": cmd_harvest, "learners": cmd_learners, "demo": cmd_demo}
+    handlers = {"harvest": cmd_harvest, "sync": cmd_sync, "export": cmd_export,
+                "learners": cmd_learners, "demo": cmd_demo}
     try:
         return handlers[ns.command](ns)
     except (ConfigError, AuthError, StateError) as exc:

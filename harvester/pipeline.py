@@ -81,6 +81,18 @@ from harvester.sinks import (
     write_json_atomic,
 )
 from harvester.state import STATE_DIR, Ledger, RunLock, WalkPlan
+from harvester.sync import (
+    CARRY,
+    FETCH_CHANGED,
+    FETCH_NEW,
+    REFRESH,
+    Indexed,
+    SnapshotIndex,
+    SyncOptions,
+    SyncPlan,
+    carried_line,
+    write_changes,
+)
 from harvester.writer import (
     ERRORS_KEY,
     Barrier,
@@ -108,9 +120,10 @@ EXIT_USAGE: Final = 2
 EXIT_PARTIAL: Final = 3
 
 
-def now_iso() -> str:
-    """UTC now, ISO-8601 with milliseconds and Z."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def now_iso(at: float | None = None) -> str:
+    """UTC now (or epoch ``at``), ISO-8601 with milliseconds and Z."""
+    when = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def fingerprint(settings: Settings) -> str:
@@ -156,6 +169,7 @@ class CatalogState:
     failed: int = 0
     error: str | None = None
     files: dict[str, Any] = field(default_factory=dict)
+    sync: dict[str, Any] = field(default_factory=dict)
     outstanding: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     deferred: list[DetailJob] = field(default_factory=list)
@@ -163,7 +177,7 @@ class CatalogState:
     _PERSIST: tuple[str, ...] = (
         "count_reported", "unique", "duplicates", "pages", "pages_planned", "walks",
         "page_size_used", "clamped", "gaps", "details_total", "details_done", "listing_only",
-        "not_found", "failed", "error", "files")
+        "not_found", "failed", "error", "files", "sync")
 
     def info(self) -> dict[str, Any]:
         """The persisted counters."""
@@ -197,6 +211,7 @@ class CatalogState:
             "error": self.error,
             "lines": {name: f["lines"] for name, f in files.items()},
             "files": files,
+            **({"sync": self.sync} if self.sync else {}),
         }
 
 
@@ -210,6 +225,7 @@ class DetailJob:
     digest: int
     listing: JSONDict
     attempt: int = 0
+    previous: Indexed | None = None  #: sync: the record to revalidate (If-None-Match)
 
 
 @dataclass(slots=True)
@@ -344,8 +360,15 @@ class Harvest:
         rand: Callable[[], float] = random.random,
         detail_404_delay: float = 30.0,
         stats: Stats | None = None,
+        sync: SyncOptions | None = None,
     ) -> None:
         self.settings = settings
+        self.sync = sync
+        # Timestamps follow the sync's --as-of (backfills, tests), moving with real time.
+        self._as_of = sync.now if sync is not None else None
+        self._t0 = time.monotonic()
+        self._plan: SyncPlan | None = None
+        self._index: SnapshotIndex | None = None
         self.out = settings.output.out
         self.restart = restart
         self._clock = clock
@@ -408,13 +431,13 @@ class Harvest:
                 clear_outputs(self.out)
         if ledger.is_empty():
             self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuidlib.uuid4().hex[:8]}"
-            self.started_at = now_iso()
+            self.started_at = self._now()
             ledger.set_meta(fingerprint=fp, fingerprint_parts=orjson.dumps(
                 self._fp_parts()).decode(), run_id=self.run_id, started_at=self.started_at,
                 status="running", version=__version__)
         else:
             self.run_id = ledger.meta("run_id") or ""
-            self.started_at = ledger.meta("started_at") or now_iso()
+            self.started_at = ledger.meta("started_at") or self._now()
             event("harvest.resume", run_id=self.run_id, out=str(self.out))
         return None
 
@@ -434,10 +457,18 @@ class Harvest:
                                            clock=self._clock)
             self._prepare_resume(writer, ledger, catalogs)
             n_workers = self.settings.limits.concurrency if self.settings.harvest.details else 0
+            if self.sync is not None:
+                self._plan = SyncPlan(self.sync)
+                self._index = SnapshotIndex(self.out / "index.sqlite")
             try:
                 errors_info = await self._stages(writer, n_workers)
             except BaseExceptionGroup as group:
                 raise leading_error(group) from None
+            finally:
+                if self._plan is not None:
+                    self._plan.close()
+                if self._index is not None:
+                    self._index.close()
         wall = self._clock() - t0
         return self._finish(ledger, catalogs, errors_info.as_dict(), wall)
 
@@ -620,7 +651,7 @@ class Harvest:
     async def _take_page(self, cs: CatalogState, walk: int, page: Page, seen: set[int]
                          ) -> None:
         details = self.settings.harvest.details
-        fetched_at = now_iso()
+        fetched_at = self._now()
         for rec in page.results:
             ctype = content_type_of(rec)
             key = item_key(rec, ctype)
@@ -671,14 +702,26 @@ class Harvest:
                         await self._error(cs.uuid, "unroutable_key", ctype, key,
                                           "key cannot be routed to its detail endpoint; "
                                           "written from the listing")
-                    meta = self._meta(cs.uuid, ctype, key, rec, now_iso(), "listing")
+                    meta = self._meta(cs.uuid, ctype, key, rec, self._now(), "listing")
                     await self._wq.put(Write(("out", cs.uuid, ctype), encode_item(rec, meta),
                                              done=(cs.uuid, digest)))
                     cs.listing_only += 1
                     self.stats.items_written += 1
                     continue
+                job = DetailJob(cs, ctype, key, digest, rec)
+                if self._plan is not None:
+                    decision, prev = self._plan.decide(cs.uuid, digest, rec)
+                    self._count(cs, decision)
+                    if decision == CARRY and prev is not None:
+                        await self._wq.put(Write(("out", cs.uuid, ctype),
+                                                 carried_line(prev, rec),
+                                                 done=(cs.uuid, digest)))
+                        self.stats.items_written += 1
+                        continue
+                    if decision == REFRESH:
+                        job.previous = prev
                 cs.outstanding += 1
-                await self._dq.put(DetailJob(cs, ctype, key, digest, rec))
+                await self._dq.put(job)
         cs.details_total = total
         attempt = 0
         while True:
@@ -722,7 +765,18 @@ class Harvest:
         path = detail_path(cs.uuid, job.content_type, job.key)
         assert path is not None
         try:
-            resp = await client.get_json(Endpoint.LMS, path)
+            prev = job.previous
+            resp = await client.get_json(Endpoint.LMS, path,
+                                         etag=prev.etag if prev is not None else None)
+            if resp.status == 304 and prev is not None:
+                # Unchanged since we last fetched it: the stored record, revalidated now.
+                self._count(cs, "not_modified")
+                await self._wq.put(Write(("out", cs.uuid, job.content_type),
+                                         carried_line(prev, job.listing, fetched_at=self._now(),
+                                                      etag=resp.etag or prev.etag),
+                                         done=(cs.uuid, job.digest)))
+                self.stats.items_written += 1
+                return
             if not isinstance(resp.body, dict):
                 raise ApiError(f"detail of {job.content_type} is not a JSON object",
                                status=resp.status)
@@ -741,7 +795,9 @@ class Harvest:
             await self._error(cs.uuid, "detail_failed", job.content_type, job.key, exc)
             return
         self.stats.details += 1
-        meta = self._meta(cs.uuid, job.content_type, job.key, job.listing, now_iso(), "detail")
+        meta = self._meta(cs.uuid, job.content_type, job.key, job.listing, self._now(), "detail")
+        if self.sync is not None and resp.etag:
+            meta["etag"] = resp.etag
         await self._wq.put(Write(("out", cs.uuid, job.content_type),
                                  encode_item(resp.body, meta), done=(cs.uuid, job.digest)))
         cs.details_done += 1
@@ -756,11 +812,42 @@ class Harvest:
         infos = await commit.done
         cs.files = {name: i.as_dict() for name, i in infos.items()}
         self._recount(cs)
+        if self._index is not None:
+            self._sync_commit(cs)
         cs.phase = "done"
         await self._wq.put(CatalogInfo(cs.uuid, cs.info()))
         await self._wq.put(PhaseChange(cs.uuid, "done"))
         event("harvest.catalog_done", catalog=cs.uuid, unique=cs.unique,
               details=cs.details_done, not_found=cs.not_found, failed=cs.failed, gaps=cs.gaps)
+
+    def _count(self, cs: CatalogState, what: str) -> None:
+        """Count a sync decision (carried, new, changed, refresh, not_modified)."""
+        name = {CARRY: "carried", FETCH_NEW: "fetched_new", FETCH_CHANGED: "fetched_changed",
+                REFRESH: "refreshed"}.get(what, what)
+        cs.sync[name] = cs.sync.get(name, 0) + 1
+
+    def _sync_commit(self, cs: CatalogState) -> None:
+        """Index the committed catalog and write its change feed (idempotent on resume)."""
+        assert self._index is not None
+        assert self._writer is not None
+        gz = self.settings.output.gzip
+        files = [self._writer.path_for(("out", cs.uuid, t)) for t in
+                 ("course", "courserun", "program", "learnerpathway", "other")]
+        spool = self._writer.part_path(("spool", cs.uuid))
+        self._index.rebuild(cs.uuid, spool if self.settings.harvest.details else None,
+                            [f for f in files if f.exists()], compressed=gz)
+        complete = (cs.count_reported is not None and cs.gaps == 0
+                    and cs.unique >= cs.count_reported)
+        previous = self._plan.previous if self._plan is not None else None
+        counts = write_changes(self._index, previous, cs.uuid,
+                               self.out / catalog_dirname(cs.uuid) / "changes.ndjson",
+                               listing_complete=complete)
+        cs.sync.update(counts.as_dict())
+        cs.sync["previous"] = (self.sync.previous.name
+                               if self.sync is not None and self.sync.previous else None)
+        if counts.deletes_suppressed:
+            event("sync.deletes_suppressed", catalog=cs.uuid, unique=cs.unique,
+                  count=cs.count_reported)
 
     def _recount(self, cs: CatalogState) -> None:
         """Item counters from what is on disk, not from memory: sessions that died took
@@ -803,7 +890,7 @@ class Harvest:
         manifest = {
             "run_id": self.run_id,
             "started_at": self.started_at,
-            "ended_at": now_iso(),
+            "ended_at": self._now(),
             "status": status,
             "version": __version__,
             "config": self.settings.public_dict(),
@@ -831,6 +918,11 @@ class Harvest:
 
     # --- helpers ---------------------------------------------------------------------------
 
+    def _now(self) -> str:
+        if self._as_of is None:
+            return now_iso()
+        return now_iso(self._as_of + time.monotonic() - self._t0)
+
     @staticmethod
     def _meta(catalog: str, ctype: str, key: str, listing: JSONDict, fetched_at: str,
               source: str) -> JSONDict:
@@ -847,7 +939,7 @@ class Harvest:
     async def _error(self, catalog: str, kind: str, ctype: str | None, key: str | None,
                      error: BaseException | str, *, page: int | None = None,
                      done: tuple[str, int] | None = None) -> None:
-        rec: dict[str, Any] = {"catalog_uuid": catalog, "kind": kind, "at": now_iso()}
+        rec: dict[str, Any] = {"catalog_uuid": catalog, "kind": kind, "at": self._now()}
         if ctype is not None:
             rec["content_type"] = ctype
         if key is not None:

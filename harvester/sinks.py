@@ -230,7 +230,8 @@ def clear_outputs(out: Path) -> None:
                 with contextlib.suppress(OSError):
                     d.rmdir()
         for name in ("manifest.json", "catalogs.ndjson", "errors.ndjson",
-                     "catalogs.ndjson.part", "errors.ndjson.part"):
+                     "catalogs.ndjson.part", "errors.ndjson.part", "index.sqlite",
+                     "index.sqlite-wal", "index.sqlite-shm"):
             with contextlib.suppress(FileNotFoundError):
                 (out / name).unlink()
         spool = out / ".state" / "spool"

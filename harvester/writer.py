@@ -21,7 +21,7 @@ from typing import Any, Final
 import orjson
 
 from harvester.errors import SinkError
-from harvester.models import key_digest
+from harvester.models import CONTENT_TYPES, OTHER_STEM, key_digest
 from harvester.policy import Clock
 from harvester.sinks import (
     FileInfo,
@@ -36,6 +36,8 @@ from harvester.state import STATE_DIR, Checkpoint, Ledger, WalkPlan
 #: ("out", catalog, content_type) | ("spool", catalog) | ("errors",)
 FileKey = tuple[str, ...]
 ERRORS_KEY: Final[FileKey] = ("errors",)
+#: The item files of a catalog directory (changes.ndjson and others are not items).
+ITEM_STEMS: Final = frozenset(stem for stem, _ in CONTENT_TYPES.values()) | {OTHER_STEM}
 
 
 @dataclass(slots=True)
@@ -330,7 +332,8 @@ class Writer:
         cat_dir = self.path_for(("out", catalog, "course")).parent
         if cat_dir.is_dir():  # files an earlier session committed before it died
             for final in cat_dir.iterdir():
-                if final.name.endswith((".ndjson", ".ndjson.gz")):
+                stem = final.name.split(".", 1)[0]
+                if stem in ITEM_STEMS and final.name.endswith((".ndjson", ".ndjson.gz")):
                     infos[final.name] = describe(final)
         for key in [k for k in self._files if k[0] == "out" and k[1] == catalog]:
             part = self._files.pop(key)

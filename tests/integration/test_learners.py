@@ -10,7 +10,6 @@ pages, so the unstable learner order is played by the proxy instead.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import dataclasses
 import hashlib
@@ -20,7 +19,6 @@ import os
 import re
 import signal
 import stat
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
@@ -38,6 +36,7 @@ from harvester import cli
 from harvester.learners import FIELD_ORDER, PII_FIELDS, LearnerExport
 from harvester.obs import LOGGER_NAME
 from harvester.sim import SimConfig, SimServer
+from tests.integration.helpers import LoopThread
 
 T = TypeVar("T")
 KEY = "integration-test-pii-key-0123456789"
@@ -46,24 +45,6 @@ Mutate = Callable[[int, list[Row]], list[Row]]
 
 
 # --- a background loop for the simulator and the proxy ---------------------------------------
-
-class LoopThread:
-    """An event loop in a daemon thread; ``run`` submits a coroutine and waits for it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
-
-    def close(self) -> None:
-        self.run(self.loop.shutdown_asyncgens())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
-
 
 class Proxy:
     """Forwards everything to the simulator; may rewrite learner-summary results.
