@@ -243,3 +243,32 @@ def test_export_meili_and_jsonl_shapes(feed_snapshot: Path, tmp_path: Path) -> N
                      "--out", str(again)]) == 0
     full = [orjson.loads(x) for x in again.read_bytes().splitlines()]
     assert {d["id"] for d in docs} <= {d["id"] for d in full}
+
+
+def test_refreshes_revalidate_with_etags(monkeypatch: pytest.MonkeyPatch, loop: LoopThread,
+                                         tmp_path: Path) -> None:
+    """Nothing changed: every refresh is a conditional request answered 304 and counted."""
+    srv = SimServer(SimConfig(catalogs=1, items=200, seed=8, rate_lms="0", etag=True),
+                    port=0)
+    loop.run(srv.start())
+    try:
+        store = tmp_path / "store"
+        assert sync(monkeypatch, srv, store, "2026-11-20") == 0
+        call(loop, srv, "POST", "/__reset")
+        assert sync(monkeypatch, srv, store, "2026-11-21") == 0
+        snap = (store / "latest").resolve()
+        m = manifest(snap)
+        entry = next(iter(m["catalogs"].values()))
+        stats = call(loop, srv, "GET", "/__stats")
+        assert entry["sync"]["refreshed"] > 0
+        assert entry["sync"]["not_modified"] == entry["sync"]["refreshed"]
+        assert stats["not_modified_304"] == entry["sync"]["refreshed"]
+        assert m["totals"]["not_modified_304"] == entry["sync"]["refreshed"]
+        assert entry["sync"]["upserts"] == 0 and entry["sync"]["deletes"] == 0
+        revalidated = [r for r in items(snap).values()  # listing-only types are re-read
+                       if r["_harvest"]["fetched_at"].startswith("2026-11-21")
+                       and r["_harvest"]["source"] == "detail"]
+        assert len(revalidated) == entry["sync"]["refreshed"]
+        assert all(r["_harvest"].get("etag") for r in revalidated)
+    finally:
+        loop.run(srv.close())
