@@ -199,6 +199,12 @@ def _print_summary(result: RunResult, *, stream: Any = None) -> None:
                   "catalog=<uuid>/*.ndjson, errors.ndjson)")
 
 
+def _show_progress(settings: Settings) -> bool:
+    """A live display: forced on, or 'auto' on a TTY unless --quiet."""
+    mode = settings.output.progress
+    return mode == "on" or (mode == "auto" and sys.stderr.isatty() and not settings.output.quiet)
+
+
 def _live(harvest: Harvest, enabled: bool) -> Any:
     """A rich Live display of per-catalog progress, or a no-op context."""
     import contextlib
@@ -230,8 +236,7 @@ def cmd_harvest(ns: argparse.Namespace) -> int:
     """``harvester harvest``."""
     settings = _settings(ns)
     setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
-    show = settings.output.progress == "on" or (
-        settings.output.progress == "auto" and sys.stderr.isatty() and not settings.output.quiet)
+    show = _show_progress(settings)
     harvest = Harvest(settings, restart=ns.restart)
 
     async def go() -> RunResult:
@@ -260,8 +265,7 @@ def cmd_learners(ns: argparse.Namespace) -> int:
     setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
     if (notice := export.pii_notice()) is not None:
         print(notice, file=sys.stderr)
-    show = settings.output.progress == "on" or (
-        settings.output.progress == "auto" and sys.stderr.isatty() and not settings.output.quiet)
+    show = _show_progress(settings)
 
     async def go() -> RunResult:
         with progress_display(export, show):
@@ -325,8 +329,7 @@ def cmd_sync(ns: argparse.Namespace) -> int:
     previous = store.previous_of(snap)
     settings = replace(settings, output=replace(settings.output, out=snap))
     harvest = Harvest(settings, sync=SyncOptions(previous, max_age, as_of))
-    show = settings.output.progress == "on" or (
-        settings.output.progress == "auto" and sys.stderr.isatty() and not settings.output.quiet)
+    show = _show_progress(settings)
 
     async def go() -> RunResult:
         with _live(harvest, show):

@@ -6,14 +6,16 @@ harvester against ``harvester.sim`` over real HTTP on 127.0.0.1, port 0.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harvester.config import Settings, load_settings
+from harvester.obs import LOGGER_NAME
 from harvester.sim import SimConfig, SimServer
 
 
@@ -23,6 +25,17 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("EDX_", "HARVESTER_")):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logger() -> Iterator[None]:
+    """cli.main points the harvester logger at the captured stderr; undo that afterwards."""
+    log = logging.getLogger(LOGGER_NAME)
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:] = saved[0]
+    log.setLevel(saved[1])
+    log.propagate = saved[2]
 
 
 class FakeTime:

@@ -34,7 +34,6 @@ from yarl import URL
 
 from harvester import cli
 from harvester.learners import FIELD_ORDER, PII_FIELDS, LearnerExport
-from harvester.obs import LOGGER_NAME
 from harvester.sim import SimConfig, SimServer
 from tests.integration.helpers import LoopThread
 
@@ -175,15 +174,6 @@ def world() -> Iterator[World]:
         lt.close()
 
 
-@pytest.fixture(autouse=True)
-def _restore_logger() -> Iterator[None]:
-    """cli.main points the harvester logger at the captured stderr; undo that afterwards."""
-    log = logging.getLogger(LOGGER_NAME)
-    saved = (list(log.handlers), log.level, log.propagate)
-    yield
-    log.handlers[:] = saved[0]
-    log.setLevel(saved[1])
-    log.propagate = saved[2]
 
 
 # --- running the CLI -------------------------------------------------------------------------

@@ -7,7 +7,6 @@ deletes, additions) and night 2 must fetch only what changed plus its refresh sh
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,6 @@ import orjson
 import pytest
 
 from harvester import cli
-from harvester.obs import LOGGER_NAME
 from harvester.pipeline import Harvest
 from harvester.sim import SimConfig, SimServer
 from harvester.sync import content_hash
@@ -35,14 +33,6 @@ def loop() -> Iterator[LoopThread]:
     lt.close()
 
 
-@pytest.fixture(autouse=True)
-def _restore_logger() -> Iterator[None]:
-    log = logging.getLogger(LOGGER_NAME)
-    saved = (list(log.handlers), log.level, log.propagate)
-    yield
-    log.handlers[:] = saved[0]
-    log.setLevel(saved[1])
-    log.propagate = saved[2]
 
 
 @pytest.fixture
