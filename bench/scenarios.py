@@ -29,7 +29,7 @@ from bench.procs import (
 
 #: Dataset sizes and knobs per scenario (all in one place, all echoed in the report).
 SIZES: Final[dict[str, Any]] = {
-    "throttled": {"catalogs": 3, "items": 200, "rate": 20, "latency_ms": 2, "jitter_ms": 1,
+    "throttled": {"catalogs": 3, "items": 400, "rate": 20, "latency_ms": 2, "jitter_ms": 1,
                   "unscaled_latency_ms": 20, "unscaled_jitter_ms": 5, "concurrency": 16},
     "unthrottled": {"catalogs": 4, "items": 1000, "latency_ms": 20, "concurrency": 64,
                     "serial_budget_s": 8.0, "rounds": 2},
