@@ -123,9 +123,14 @@ class ListingPlan:
         more = first.next_query is not None and n > 0
         if first.count is not None and n < first.count:
             more = n > 0
+        elif first.count is None and n > 0:
+            # Neither a count nor a usable `next` (the gateway can render it as "" or as
+            # template junk): probe the next page by number; a 404 "Invalid page." or a
+            # short page ends the walk. One extra request at worst, never lost items.
+            more = True
         self.page_size = n if more else max(n, 1)
-        if more and n < self.requested:
-            self.clamped = True
+        if more and n < self.requested and (first.next_query is not None or first.count):
+            self.clamped = True  # the server said there is more, in smaller pages
         if not more:
             self.total_pages = 1
         elif self.count is not None:
@@ -149,11 +154,13 @@ class ListingPlan:
 
     def is_last(self, page: Page) -> bool:
         """Whether ``page`` ends the list: short, no ``next``, or ``count`` reached."""
-        if not page.results or page.next_query is None:
+        if not page.results:
             return True
         if self.page_size and len(page.results) < self.page_size:
             return True
-        count = page.count if page.count is not None else self.count  # the latest word
+        count = page.count if page.count is not None else self.count
+        if page.next_query is None:
+            return count is not None  # without a count, a full page may not be the last
         return count is not None and page.number * self.page_size >= count
 
     def after(self, page: Page) -> PageRequest | None:

@@ -138,3 +138,29 @@ async def test_hostile_catalog_ids_stay_inside_out(tmp_path: Path) -> None:
         assert (out / catalog_dirname(u) / "courses.ndjson").exists()
     manifest = orjson.loads((out / "manifest.json").read_bytes())
     assert set(manifest["catalogs"]) == set(hostile)
+
+
+async def test_no_count_and_junk_next_still_gets_every_page(tmp_path: Path) -> None:
+    """A gateway that drops `count` and renders `next` as template junk: pages are
+    probed by number until 404 "Invalid page.", and nothing is lost."""
+    out = tmp_path / "out"
+    cat = "3f56a21c-76c8-47c0-add8-a99714d40d94"
+
+    def page(start: int, n: int) -> dict[str, object]:
+        return {"next": "$inputRoot.next", "previous": "", "results": [
+            {"content_type": "course", "key": f"Org+C{start + i}",
+             "aggregation_key": f"course:Org+C{start + i}"} for i in range(n)]}
+
+    with mocked() as m:
+        token(m)
+        m.get(re.compile(r".*/enterprise/v1/enterprise-catalogs.*"),
+              payload={"count": 1, "next": None, "results": [{"uuid": cat, "title": "t"}]})
+        content = re.compile(rf".*/enterprise/v2/enterprise-catalogs/{cat}\?.*")
+        m.get(content, payload=page(0, 100))
+        m.get(content, payload=page(100, 100))
+        m.get(content, payload=page(200, 100))
+        m.get(content, status=404, payload={"detail": "Invalid page."})
+        result = await Harvest(settings(out, **{"harvest.details": False})).run()
+    assert result.exit_code == 0
+    lines = (out / f"catalog={cat}" / "courses.ndjson").read_bytes().splitlines()
+    assert len(lines) == 300

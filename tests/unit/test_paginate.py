@@ -112,3 +112,16 @@ def test_count_is_optional_and_validated() -> None:
     assert parse_page(1, {"results": [], "count": "12"}).count is None
     assert parse_page(1, {"results": [], "count": -1}).count is None
     assert parse_page(1, {"results": [], "count": True}).count is None
+
+
+def test_no_count_and_junk_next_probes_by_number() -> None:
+    """No count and an unusable `next` on a full page: ask for the next page anyway
+    (a 404 "Invalid page." or a short page ends it) rather than stop at page 1."""
+    plan = ListingPlan(100)
+    first = parse_page(1, body(100, None, "$inputRoot.next"))
+    plan.learn(first)
+    assert plan.total_pages is None and not plan.clamped
+    assert plan.after(first) == PageRequest(2, 100)
+    second = parse_page(2, body(100, None, ""))
+    assert plan.after(second) == PageRequest(3, 100)
+    assert plan.after(parse_page(3, body(40, None, ""))) is None
