@@ -215,11 +215,17 @@ def _live(harvest: Harvest, enabled: bool) -> Any:
     from rich.live import Live
     from rich.table import Table
 
+    last = [time.monotonic(), 0, 0.0]  # when, requests, requests/s (smoothed)
+
     def render() -> Table:
         p = harvest.progress()
         eta = p["eta_s"]
+        now = time.monotonic()
+        if now - last[0] >= 1.0:
+            rate = (p["requests"] - last[1]) / (now - last[0])
+            last[:] = [now, p["requests"], 0.5 * last[2] + 0.5 * rate if last[2] else rate]
         t = Table(title=f"items {p['items']}  written {p['written']}  requests "
-                        f"{p['requests']}  429s {p['throttled']}  "
+                        f"{p['requests']} ({last[2]:.1f}/s)  429s {p['throttled']}  "
                         f"ETA {'-' if eta is None else f'{eta // 60}m{eta % 60:02d}s'}")
         for col in ("catalog", "phase", "pages", "items", "details", "not found"):
             t.add_column(col)

@@ -297,7 +297,7 @@ class ApiClient:
         async with self._inflight:
             token = await self.tokens.token()
             ticket.stamp()
-            refused = False
+            refused: RateLimited | None = None
             try:
                 try:
                     return await self._send(endpoint, url, token, etag)
@@ -308,13 +308,13 @@ class ApiClient:
                     token = await self.tokens.rejected(token)
                     ticket.stamp()
                     return await self._send(endpoint, url, token, etag)
-            except RateLimited:
-                refused = True
+            except RateLimited as exc:
+                refused = exc
                 raise
             finally:
                 ticket.stamp()  # the server counted it before answering: never earlier
-                if refused:
-                    gate.refused(ticket)  # learn the server's real budget
+                if refused is not None:
+                    gate.refused(ticket, refused.retry_after)  # learn the server's budget
                 else:
                     ticket.counted = True
 

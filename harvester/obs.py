@@ -141,10 +141,26 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data, default=str).decode()
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is *now*, so a live progress display that
+    redirects stderr shows log lines above itself instead of being torn by them."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def setup_logging(*, fmt: str = "text", quiet: bool = False, stream: TextIO | None = None
                   ) -> logging.Handler:
     """Send harvester logs to stderr (or ``stream``) with redaction; returns the handler."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(REDACTOR)
     for old in list(log.handlers):

@@ -200,6 +200,8 @@ class RetryPolicy:
 
 #: Quiet windows after which a gate that learned a lower budget from 429s probes upward.
 RECOVER_WINDOWS: Final = 10
+#: DRF advertises waits in whole seconds.
+WAIT_RESOLUTION: Final = 1.0
 
 
 class Ticket:
@@ -245,6 +247,7 @@ class RateGate:
         self._window = rate.period + self.margin
         self._capacity = max(1, math.floor(rate.count))
         self._learned = 0  # the server's budget as seen in the current 429 episode
+        self._step = 1  # the next upward probe
         self._learned_at = -math.inf
         self._log: list[Ticket] = []
         self._lock = asyncio.Lock()
@@ -253,6 +256,12 @@ class RateGate:
         # budget's rate; the log below stops it from ever exceeding N per window.
         self._spacer = AsyncLimiter(rate.count, rate.period) if smooth else None
         self.pauses = 0
+
+    @property
+    def budget(self) -> int:
+        """Requests currently granted per window (lower than the rate's after 429s taught
+        the gate that the server allows fewer)."""
+        return self._capacity
 
     @property
     def paused_for(self) -> float:
@@ -266,8 +275,9 @@ class RateGate:
             self._pause_until = until
             self.pauses += 1
 
-    def refused(self, ticket: Ticket) -> None:
-        """The server answered ``ticket`` with a 429: its budget is smaller than ours.
+    def refused(self, ticket: Ticket, wait: float | None = None) -> None:
+        """The server answered ``ticket`` with a 429 (advising ``wait`` seconds): its
+        budget may be smaller than ours.
 
         DRF does not record a refused request, so its entry leaves the log; and the
         requests the server did accept within the window are what its budget really is:
@@ -279,6 +289,19 @@ class RateGate:
         now = self._clock()
         horizon = now - self._window
         counted = sum(1 for t in self._log if t.counted and t.at > horizon)
+        if counted * 2 < self._capacity:
+            # We barely used this window ourselves: the server's log holds requests we
+            # never sent (a run that just ended, another tool). That says nothing about
+            # its budget; the 429's pause is all that applies.
+            return
+        if wait is not None and self.rate.period >= 10 * WAIT_RESOLUTION:
+            # DRF's wait is when the oldest request in its window expires. If none of ours
+            # is that old, the window also holds requests we did not send: no evidence.
+            server_oldest = now + wait - self.rate.period
+            if not any(t.counted and t.at <= server_oldest + WAIT_RESOLUTION
+                       for t in self._log):
+                return
+        self._step = 1
         if now - self._learned_at > self._window:
             self._learned = counted
         else:
@@ -291,12 +314,15 @@ class RateGate:
                 self._spacer = AsyncLimiter(capacity, self.rate.period)
 
     def _recover(self, now: float) -> None:
-        """After ``RECOVER_WINDOWS`` windows without a 429, allow one more request per
-        window: whoever shared the credential may have stopped. Probing this slowly costs
-        at most one 429 per ten windows when the server's budget really is lower."""
+        """After ``RECOVER_WINDOWS`` windows without a 429, probe upward: +1, then +2, +4...
+        while it keeps working, since whoever shared the credential may have stopped (or
+        the estimate was low). When the server's budget really is lower, this costs at
+        most one refused request per ten windows; a wrong estimate recovers in a few
+        probes."""
         full = max(1, math.floor(self.rate.count))
         if self._capacity < full and now - self._learned_at > RECOVER_WINDOWS * self._window:
-            self._capacity += 1
+            self._capacity = min(full, self._capacity + self._step)
+            self._step *= 2
             self._learned_at = now
             if self._spacer is not None:
                 self._spacer = AsyncLimiter(self._capacity, self.rate.period)
@@ -342,7 +368,7 @@ class OpenGate:
         """Honour a 429 even here: a gateway-level throttle may answer one."""
         self._pause_until = max(self._pause_until, self._clock() + seconds)
 
-    def refused(self, ticket: Ticket) -> None:
+    def refused(self, ticket: Ticket, wait: float | None = None) -> None:
         """Nothing to learn: this class has no budget of ours."""
 
     async def acquire(self) -> Ticket:

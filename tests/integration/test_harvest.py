@@ -209,3 +209,4 @@ async def test_second_harvester_on_same_out_is_refused(start_sim: SimStarter,
             await Harvest(settings_for(srv, tmp_path)).run()
     finally:
         lock.release()
+

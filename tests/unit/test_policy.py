@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 
 import pytest
 
@@ -140,29 +141,82 @@ async def test_ticket_stamp_moves_to_send_time(fake_time: FakeTime) -> None:
 
 
 async def test_gate_learns_a_smaller_server_budget_from_429s(fake_time: FakeTime) -> None:
-    """We think 10 per second, the server allows 4: after one 429 we grant at most what
+    """We think 10 per second, the server allows 6: after one 429 we grant at most what
     the server accepted in that window, and refused requests leave our log."""
     gate = RateGate("lms", Rate(10, 1), clock=fake_time, sleep=fake_time.sleep, smooth=False,
                     margin=0.0)
-    tickets = [await gate.acquire() for _ in range(5)]
-    for t in tickets[:4]:
+    tickets = [await gate.acquire() for _ in range(7)]
+    for t in tickets[:6]:
         t.counted = True
-    gate.refused(tickets[4])
+    gate.refused(tickets[6])
     fake_time.now += 1.0
-    stamps = [(await gate.acquire()).at for _ in range(12)]
+    stamps = [(await gate.acquire()).at for _ in range(14)]
     for i, t in enumerate(stamps):
-        assert sum(1 for s in stamps[i:] if s < t + 1.0) <= 4
+        assert sum(1 for s in stamps[i:] if s < t + 1.0) <= 6
 
 
 async def test_gate_probes_back_up_after_quiet_windows(fake_time: FakeTime) -> None:
-    gate = RateGate("lms", Rate(10, 1), clock=fake_time, sleep=fake_time.sleep, smooth=False,
+    gate = RateGate("lms", Rate(2, 1), clock=fake_time, sleep=fake_time.sleep, smooth=False,
                     margin=0.0)
     first = await gate.acquire()
     first.counted = True
-    gate.refused(await gate.acquire())
+    gate.refused(await gate.acquire())  # the server allows 1 per second, not 2
     fake_time.now += 1.0
     learned = [(await gate.acquire()).at for _ in range(3)]
     assert learned[1] - learned[0] >= 1.0  # one per window now
     fake_time.now += 30.0  # more than ten quiet windows
     burst = [(await gate.acquire()).at for _ in range(2)]
     assert burst[1] == burst[0]  # two fit in one window again
+
+
+async def test_a_429_on_a_window_we_barely_used_does_not_shrink_the_budget(
+        fake_time: FakeTime) -> None:
+    """A run started right after another one finds the server's window full of requests
+    it never sent: it pauses, but keeps its whole budget afterwards."""
+    gate = RateGate("lms", Rate(10, 1), clock=fake_time, sleep=fake_time.sleep, smooth=False,
+                    margin=0.0)
+    gate.refused(await gate.acquire())
+    fake_time.now += 1.0
+    stamps = [(await gate.acquire()).at for _ in range(10)]
+    assert stamps[-1] == stamps[0]  # all ten fit in one window
+
+
+async def test_a_429_from_a_window_others_filled_teaches_nothing(fake_time: FakeTime) -> None:
+    """60/min: we sent 40 in the last 20 s and got a 429 whose wait (30 s) says the
+    server's oldest request is 10 s older than any of ours: someone else used the window
+    (a run that just crashed). Pause, but keep the budget."""
+    gate = RateGate("lms", Rate(60, 60), clock=fake_time, sleep=fake_time.sleep, smooth=False,
+                    margin=0.0)
+    for _ in range(40):
+        (await gate.acquire()).counted = True
+        fake_time.now += 0.5
+    gate.refused(await gate.acquire(), wait=30.0)
+    assert gate.budget == 60
+
+
+async def test_a_429_from_our_own_window_teaches_the_budget(fake_time: FakeTime) -> None:
+    """The server's oldest request is our own first one: its budget is what we got."""
+    gate = RateGate("lms", Rate(60, 60), clock=fake_time, sleep=fake_time.sleep, smooth=False,
+                    margin=0.0)
+    start = fake_time.now
+    for _ in range(40):
+        (await gate.acquire()).counted = True
+        fake_time.now += 0.5
+    wait = start + 60 - fake_time.now
+    gate.refused(await gate.acquire(), wait=float(math.ceil(wait)))
+    assert gate.budget == 40
+
+
+async def test_probing_back_up_doubles_its_step(fake_time: FakeTime) -> None:
+    gate = RateGate("lms", Rate(64, 1), clock=fake_time, sleep=fake_time.sleep, smooth=False,
+                    margin=0.0)
+    for _ in range(33):
+        (await gate.acquire()).counted = True
+    gate.refused(await gate.acquire())
+    assert gate.budget == 33
+    budgets = []
+    for _ in range(4):
+        fake_time.now += 11.0
+        await gate.acquire()
+        budgets.append(gate.budget)
+    assert budgets == [34, 36, 40, 48]
