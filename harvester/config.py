@@ -238,8 +238,11 @@ class Settings:
 
 
 # --- loading -----------------------------------------------------------------------------
+# Parsers of raw config values (TOML, environment or flag text); each raises ValueError
+# with what was expected, which the loader prefixes with the setting's name.
 
-def _as_bool(v: object) -> bool:
+def parse_bool(v: object) -> bool:
+    """true/false, or their common spellings in text."""
     if isinstance(v, bool):
         return v
     if isinstance(v, str) and v.strip().lower() in ("1", "true", "yes", "on"):
@@ -249,7 +252,8 @@ def _as_bool(v: object) -> bool:
     raise ValueError("expected true or false")
 
 
-def _as_int(v: object) -> int:
+def parse_int(v: object) -> int:
+    """An integer (text of digits accepted; booleans are not integers)."""
     if isinstance(v, bool):
         raise ValueError("expected an integer")
     if isinstance(v, int):
@@ -259,7 +263,8 @@ def _as_int(v: object) -> int:
     raise ValueError("expected an integer")
 
 
-def _as_float(v: object) -> float:
+def parse_float(v: object) -> float:
+    """A number."""
     if isinstance(v, bool):
         raise ValueError("expected a number")
     if isinstance(v, int | float):
@@ -269,19 +274,22 @@ def _as_float(v: object) -> float:
     raise ValueError("expected a number")
 
 
-def _as_str(v: object) -> str:
+def parse_str(v: object) -> str:
+    """A string, as is."""
     if not isinstance(v, str):
         raise ValueError("expected a string")
     return v
 
 
-def _as_rate(v: object) -> Rate:
+def parse_rate(v: object) -> Rate:
+    """A rate such as ``60/min`` (see :meth:`Rate.parse`)."""
     if isinstance(v, Rate):
         return v
-    return Rate.parse(_as_str(v))
+    return Rate.parse(parse_str(v))
 
 
-def _as_str_tuple(v: object) -> tuple[str, ...]:
+def parse_str_tuple(v: object) -> tuple[str, ...]:
+    """A list of strings, or a comma-separated string; blanks and repeats dropped."""
     if isinstance(v, str):
         items = [p.strip() for p in v.split(",") if p.strip()]
     elif isinstance(v, list | tuple) and all(isinstance(i, str) for i in v):
@@ -293,33 +301,33 @@ def _as_str_tuple(v: object) -> tuple[str, ...]:
 
 #: dotted name -> (section, attribute, parser). The single source of valid keys.
 SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
-    "api.base": ("api", "base", _as_str),
-    "api.token_url": ("api", "token_url", _as_str),
-    "api.client_id": ("api", "client_id", _as_str),
-    "api.client_secret": ("api", "client_secret", lambda v: Secret(_as_str(v))),
-    "api.connect_timeout": ("api", "connect_timeout", _as_float),
-    "api.read_timeout": ("api", "read_timeout", _as_float),
-    "rates.lms": ("limits", "lms", _as_rate),
-    "rates.learners": ("limits", "learners", _as_rate),
-    "harvest.concurrency": ("limits", "concurrency", _as_int),
-    "harvest.page_concurrency": ("limits", "page_concurrency", _as_int),
-    "harvest.catalog_concurrency": ("limits", "catalog_concurrency", _as_int),
-    "harvest.catalogs": ("harvest", "catalogs", _as_str_tuple),
-    "harvest.page_size": ("harvest", "page_size", _as_int),
-    "harvest.details": ("harvest", "details", _as_bool),
-    "harvest.max_rewalks": ("harvest", "max_rewalks", _as_int),
-    "harvest.detail_404_retries": ("harvest", "detail_404_retries", _as_int),
-    "retry.max_tries": ("retry", "max_tries", _as_int),
-    "retry.max_time": ("retry", "max_time", _as_float),
-    "retry.backoff_base": ("retry", "backoff_base", _as_float),
-    "retry.backoff_cap": ("retry", "backoff_cap", _as_float),
-    "retry.gateway_400_retries": ("retry", "gateway_400_retries", _as_int),
-    "retry.max_wait": ("retry", "max_wait", _as_float),
-    "output.out": ("output", "out", lambda v: Path(_as_str(v))),
-    "output.gzip": ("output", "gzip", _as_bool),
-    "output.quiet": ("output", "quiet", _as_bool),
-    "output.log_format": ("output", "log_format", _as_str),
-    "output.progress": ("output", "progress", _as_str),
+    "api.base": ("api", "base", parse_str),
+    "api.token_url": ("api", "token_url", parse_str),
+    "api.client_id": ("api", "client_id", parse_str),
+    "api.client_secret": ("api", "client_secret", lambda v: Secret(parse_str(v))),
+    "api.connect_timeout": ("api", "connect_timeout", parse_float),
+    "api.read_timeout": ("api", "read_timeout", parse_float),
+    "rates.lms": ("limits", "lms", parse_rate),
+    "rates.learners": ("limits", "learners", parse_rate),
+    "harvest.concurrency": ("limits", "concurrency", parse_int),
+    "harvest.page_concurrency": ("limits", "page_concurrency", parse_int),
+    "harvest.catalog_concurrency": ("limits", "catalog_concurrency", parse_int),
+    "harvest.catalogs": ("harvest", "catalogs", parse_str_tuple),
+    "harvest.page_size": ("harvest", "page_size", parse_int),
+    "harvest.details": ("harvest", "details", parse_bool),
+    "harvest.max_rewalks": ("harvest", "max_rewalks", parse_int),
+    "harvest.detail_404_retries": ("harvest", "detail_404_retries", parse_int),
+    "retry.max_tries": ("retry", "max_tries", parse_int),
+    "retry.max_time": ("retry", "max_time", parse_float),
+    "retry.backoff_base": ("retry", "backoff_base", parse_float),
+    "retry.backoff_cap": ("retry", "backoff_cap", parse_float),
+    "retry.gateway_400_retries": ("retry", "gateway_400_retries", parse_int),
+    "retry.max_wait": ("retry", "max_wait", parse_float),
+    "output.out": ("output", "out", lambda v: Path(parse_str(v))),
+    "output.gzip": ("output", "gzip", parse_bool),
+    "output.quiet": ("output", "quiet", parse_bool),
+    "output.log_format": ("output", "log_format", parse_str),
+    "output.progress": ("output", "progress", parse_str),
 }
 
 #: Environment variables and the settings they feed.

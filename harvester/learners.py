@@ -93,7 +93,7 @@ import orjson
 
 from harvester import __version__
 from harvester.client import ApiClient, Endpoint, learners_path
-from harvester.config import Settings, _as_bool, _as_int, _as_str, _as_str_tuple
+from harvester.config import Settings, parse_bool, parse_int, parse_str, parse_str_tuple
 from harvester.errors import (
     ApiError,
     ConfigError,
@@ -187,11 +187,11 @@ class PiiMode(StrEnum):
 
 #: ``[learners]`` keys of the config file (and the CLI's ``learners.*`` dests).
 LEARNERS_SCHEMA: Final[dict[str, tuple[str, Callable[[object], Any]]]] = {
-    "learners.enterprises": ("enterprises", _as_str_tuple),
-    "learners.pii": ("pii", _as_str),
-    "learners.csv": ("csv", _as_bool),
-    "learners.consented_only": ("consented_only", _as_bool),
-    "learners.max_rewalks": ("max_rewalks", _as_int),
+    "learners.enterprises": ("enterprises", parse_str_tuple),
+    "learners.pii": ("pii", parse_str),
+    "learners.csv": ("csv", parse_bool),
+    "learners.consented_only": ("consented_only", parse_bool),
+    "learners.max_rewalks": ("max_rewalks", parse_int),
 }
 
 

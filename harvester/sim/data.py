@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import random
+from collections import OrderedDict
 from math import gcd
 from typing import Any, Final
 
@@ -29,6 +30,8 @@ __all__ = ["Dataset"]
 Json = dict[str, Any]
 
 _T_REPL, _T_GROW, _T_CHG, _T_CAT, _T_ENT, _T_LEARN, _T_CRED = range(200, 207)
+#: Listing items kept generated (a few MB): enough for a page's details to find theirs.
+ITEM_CACHE: Final = 4096
 _NEW_BASE: Final = 10**11  # above every epoch-0 id (1001 catalogs x 10M items)
 _SLOT_BITS: Final = 26
 _CAT_BITS: Final = 10
@@ -92,6 +95,7 @@ class Dataset:
         self.catalog_uuids = [rand_uuid(seed, _T_CAT, c) for c in range(cfg.catalogs + 1)]
         self.foreign_index = cfg.catalogs
         self.content = Content(seed, self.enterprise_uuid, self.enterprise_slug)
+        self._items: OrderedDict[tuple[int, int], Json] = OrderedDict()
         self._sizes: list[list[int]] = [[cfg.items] for _ in range(cfg.catalogs + 1)]
         self.client_id = cfg.client_id or f"sim-{mix(seed, _T_CRED, 0):016x}"[:24]
         secret = f"{mix(seed, _T_CRED, 1):016x}{mix(seed, _T_CRED, 2):016x}"
@@ -169,9 +173,19 @@ class Dataset:
         return count, last
 
     def item(self, gid: int, epoch: int) -> Json:
-        """Listing form of ``gid`` as of ``epoch``."""
+        """Listing form of ``gid`` as of ``epoch``. Callers must not mutate it: it is
+        cached, because a detail request regenerates the item its listing page just made
+        and generation is most of the simulator's CPU (the harvester shares the cores)."""
+        cached = self._items.get((gid, epoch))
+        if cached is not None:
+            self._items.move_to_end((gid, epoch))
+            return cached
         version, changed = self.version(gid, epoch)
-        return self.content.item(gid, version, changed, epoch)
+        body = self.content.item(gid, version, changed, epoch)
+        self._items[(gid, epoch)] = body
+        if len(self._items) > ITEM_CACHE:
+            self._items.popitem(last=False)
+        return body
 
     def page_gids(self, c: int, epoch: int, positions: range, order: Order) -> list[int]:
         """The ids at the given visible positions, through the request's ordering."""
