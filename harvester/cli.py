@@ -32,7 +32,8 @@ from harvester.learners import (
     progress_display,
 )
 from harvester.obs import REDACTOR, event, setup_logging
-from harvester.pipeline import EXIT_UNEXPECTED, EXIT_USAGE, Harvest, RunResult
+from harvester.pipeline import Harvest
+from harvester.run import EXIT_UNEXPECTED, EXIT_USAGE, RunResult
 from harvester.sync import Store, SyncOptions
 
 T = TypeVar("T")

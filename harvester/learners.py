@@ -106,16 +106,9 @@ from harvester.errors import (
 from harvester.models import JSONDict, Page, key_digest
 from harvester.obs import REDACTOR, Stats, event
 from harvester.paginate import ListingPlan
-from harvester.pipeline import (
-    EXIT_OK,
-    EXIT_PARTIAL,
-    EXIT_USAGE,
-    RunResult,
-    leading_error,
-    now_iso,
-    walk_pages,
-)
+from harvester.pipeline import leading_error, walk_pages
 from harvester.policy import Clock, Sleep
+from harvester.run import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, RunResult, now_iso
 from harvester.sinks import (
     PART,
     FileInfo,

@@ -22,16 +22,13 @@ Everything written goes through the writer, which checkpoints into the resume le
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import re
 import time
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 
 import orjson
@@ -70,6 +67,18 @@ from harvester.models import (
 from harvester.obs import Stats, event
 from harvester.paginate import ListingPlan, PageRequest
 from harvester.policy import Clock, RateGate, Sleep
+from harvester.run import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    CatalogState,
+    DetailJob,
+    RunResult,
+    build_manifest,
+    describe_change,
+    fingerprint,
+    now_iso,
+    read_json,
+)
 from harvester.sinks import (
     FileInfo,
     PartFile,
@@ -86,7 +95,6 @@ from harvester.sync import (
     FETCH_CHANGED,
     FETCH_NEW,
     REFRESH,
-    Indexed,
     SnapshotIndex,
     SyncOptions,
     SyncPlan,
@@ -114,129 +122,6 @@ _DETAIL_KEY_RE: Final = {
     "courserun": re.compile(r"^[^/+]+\+[^/+]+\+[^/?]+$"),
     "program": re.compile(r"^[^/?#]+$"),
 }
-EXIT_OK: Final = 0
-EXIT_UNEXPECTED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_PARTIAL: Final = 3
-
-
-def now_iso(at: float | None = None) -> str:
-    """UTC now (or epoch ``at``), ISO-8601 with milliseconds and Z."""
-    when = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def fingerprint(settings: Settings) -> str:
-    """What must not change between an interrupted run and its resumption."""
-    parts = {
-        "api": settings.api.base,
-        "catalogs": sorted(settings.harvest.catalogs),
-        "page_size": settings.harvest.page_size,
-        "details": settings.harvest.details,
-        "gzip": settings.output.gzip,
-    }
-    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-
-
-def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
-    names = {"catalogs": "the catalog set (--catalog)", "page_size": "--page-size",
-             "details": "details on/off (--no-details)", "gzip": "--gzip",
-             "api": "the API base URL"}
-    changed = [names[k] for k in names if old.get(k) != new.get(k)]
-    return ", ".join(changed) or "the settings"
-
-
-@dataclass(slots=True)
-class CatalogState:
-    """In-memory counters of one catalog; persisted as ``info`` at every checkpoint."""
-
-    uuid: str
-    title: str
-    phase: str = "new"
-    count_reported: int | None = None
-    unique: int = 0
-    duplicates: int = 0
-    pages: int = 0
-    pages_planned: int = 0
-    walks: int = 0
-    page_size_used: int = 0
-    clamped: bool = False
-    gaps: int = 0
-    details_total: int = 0
-    details_done: int = 0
-    listing_only: int = 0
-    not_found: int = 0
-    failed: int = 0
-    error: str | None = None
-    files: dict[str, Any] = field(default_factory=dict)
-    sync: dict[str, Any] = field(default_factory=dict)
-    outstanding: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    deferred: list[DetailJob] = field(default_factory=list)
-
-    _PERSIST: tuple[str, ...] = (
-        "count_reported", "unique", "duplicates", "pages", "pages_planned", "walks",
-        "page_size_used", "clamped", "gaps", "details_total", "details_done", "listing_only",
-        "not_found", "failed", "error", "files", "sync")
-
-    def info(self) -> dict[str, Any]:
-        """The persisted counters."""
-        return {k: getattr(self, k) for k in self._PERSIST}
-
-    def load(self, info: dict[str, Any]) -> None:
-        """Restore counters saved by an earlier session."""
-        for k in self._PERSIST:
-            if k in info:
-                setattr(self, k, info[k])
-
-    def manifest(self) -> dict[str, Any]:
-        """This catalog's entry in the manifest."""
-        files = self.files
-        return {
-            "title": self.title,
-            "dir": catalog_dirname(self.uuid),
-            "status": self.phase,
-            "count_reported": self.count_reported,
-            "unique_found": self.unique,
-            "duplicates_dropped": self.duplicates,
-            "gaps": self.gaps,
-            "walks": self.walks,
-            "pages": self.pages,
-            "page_size_used": self.page_size_used,
-            "page_size_clamped": self.clamped,
-            "details_fetched": self.details_done,
-            "listing_only": self.listing_only,
-            "not_found": self.not_found,
-            "failed": self.failed,
-            "error": self.error,
-            "lines": {name: f["lines"] for name, f in files.items()},
-            "files": files,
-            **({"sync": self.sync} if self.sync else {}),
-        }
-
-
-@dataclass(slots=True)
-class DetailJob:
-    """One item whose detail is to be fetched."""
-
-    cs: CatalogState
-    content_type: str
-    key: str
-    digest: int
-    listing: JSONDict
-    attempt: int = 0
-    previous: Indexed | None = None  #: sync: the record to revalidate (If-None-Match)
-
-
-@dataclass(slots=True)
-class RunResult:
-    """How a run ended."""
-
-    status: str
-    exit_code: int
-    out: Path
-    manifest: dict[str, Any] | None
-    message: str = ""
 
 
 def leading_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -413,7 +298,7 @@ class Harvest:
             clear_outputs(self.out)
         elif not ledger.is_empty():
             if ledger.meta("status") == "complete" and ledger.meta("fingerprint") == fp:
-                manifest = _read_json(self.out / "manifest.json")
+                manifest = read_json(self.out / "manifest.json")
                 return RunResult("complete", EXIT_OK, self.out, manifest,
                                  f"{self.out} already holds a complete harvest "
                                  f"(run {ledger.meta('run_id')}); nothing to do. "
@@ -423,7 +308,7 @@ class Harvest:
                 new = self._fp_parts()
                 raise StateError(
                     f"{self.out} holds an unfinished run with different settings "
-                    f"({_describe_change(old, new)} changed); resuming would mix two "
+                    f"({describe_change(old, new)} changed); resuming would mix two "
                     "harvests. Rerun with the original settings, or use --restart "
                     "to discard it, or choose another --out")
             if ledger.meta("status") == "complete":
@@ -887,26 +772,11 @@ class Harvest:
         cat_info = cat_part.commit()
         stats = self.stats.as_dict()
         stats["wall_seconds"] = round(wall, 3)
-        manifest = {
-            "run_id": self.run_id,
-            "started_at": self.started_at,
-            "ended_at": self._now(),
-            "status": status,
-            "version": __version__,
-            "config": self.settings.public_dict(),
-            "catalogs": {cs.uuid: cs.manifest() for cs in self.catalogs},
-            "files": {"catalogs.ndjson": cat_info.as_dict(), "errors.ndjson": errors_info},
-            "totals": {
-                "catalogs": len(self.catalogs),
-                "items": sum(cs.unique for cs in self.catalogs),
-                "details_fetched": sum(cs.details_done for cs in self.catalogs),
-                "not_found": sum(cs.not_found for cs in self.catalogs),
-                "failed": sum(cs.failed for cs in self.catalogs),
-                "gaps": sum(cs.gaps for cs in self.catalogs),
-                "errors": self._errors,
-                **stats,
-            },
-        }
+        manifest = build_manifest(
+            run_id=self.run_id, started_at=self.started_at, ended_at=self._now(),
+            status=status, config=self.settings.public_dict(), catalogs=self.catalogs,
+            files={"catalogs.ndjson": cat_info.as_dict(), "errors.ndjson": errors_info},
+            errors=self._errors, stats=stats)
         write_json_atomic(self.out / "manifest.json", manifest)
         ledger.set_meta(status="complete" if status == "complete" else "finished-partial")
         spool_dir = self.out / STATE_DIR / "spool"
@@ -977,10 +847,3 @@ class Harvest:
             "eta_s": round(eta) if eta is not None else None,
         }
 
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
