@@ -243,7 +243,7 @@ class Harvest:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rand: Callable[[], float] = random.random,
-        detail_404_delay: float = 30.0,
+        detail_404_delay: float = 15.0,
         stats: Stats | None = None,
         sync: SyncOptions | None = None,
     ) -> None:
@@ -617,9 +617,12 @@ class Harvest:
                 break
             attempt += 1
             retry, cs.deferred = cs.deferred, []
+            # Give the upstream outage time to pass: until the earliest of these 404s is
+            # delay x attempt old. After a long pass (the real 1/s rate) that is no wait.
+            ready_at = min(j.deferred_at for j in retry) + self.detail_404_delay * attempt
             event("harvest.detail_retry_pass", catalog=cs.uuid, items=len(retry),
-                  attempt=attempt)
-            await self._sleep(self.detail_404_delay * attempt)
+                  attempt=attempt, wait=round(max(0.0, ready_at - self._clock()), 1))
+            await self._sleep(max(0.0, ready_at - self._clock()))
             for job in retry:
                 job.attempt += 1
                 cs.outstanding += 1
@@ -667,6 +670,7 @@ class Harvest:
                                status=resp.status)
         except NotFound as exc:
             if job.attempt < self.settings.harvest.detail_404_retries:
+                job.deferred_at = self._clock()
                 cs.deferred.append(job)  # discovery outages surface as 404: try later
                 return
             cs.not_found += 1

@@ -133,6 +133,7 @@ class DetailJob:
     listing: JSONDict
     attempt: int = 0
     previous: Indexed | None = None  #: sync: the record to revalidate (If-None-Match)
+    deferred_at: float = 0.0  #: clock time of its last 404 (retried once that is old enough)
 
 
 @dataclass(slots=True)
