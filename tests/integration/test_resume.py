@@ -121,3 +121,34 @@ async def test_changed_settings_refuse_to_resume(start_sim: SimStarter, tmp_path
     result = await Harvest(settings_for(srv, out, **{"harvest.page_size": 50}),
                            restart=True).run()
     assert result.exit_code == 0
+
+
+def _small_disk() -> None:
+    """In the child: files may not grow past 150 kB, as on a disk that fills up."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+
+async def test_full_disk_is_one_line_and_loses_nothing(start_sim: SimStarter,
+                                                       tmp_path: Path) -> None:
+    srv = await start_sim(catalogs=2, items=150)
+    expected = await truth(srv)
+    out = tmp_path / "out"
+    env = {**os.environ, "EDX_CLIENT_ID": srv.client_id, "EDX_CLIENT_SECRET": srv.client_secret}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "harvester", "harvest", "--out", str(out), "--api-base",
+        srv.base_url, "--rate-lms", "500/s", "--progress", "off", "--quiet", env=env,
+        preexec_fn=_small_disk, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 1
+    assert len(lines) == 1 and "File too large" in lines[0] and "rerun" in lines[0]
+    assert "Traceback" not in err.decode()
+    assert not (out / "manifest.json").exists()
+    # Room again: the same command resumes and ends exactly once.
+    result = await Harvest(settings_for(srv, out)).run()
+    assert result.exit_code == 0
+    assert_exactly_once(out, expected)
