@@ -210,3 +210,35 @@ async def test_second_harvester_on_same_out_is_refused(start_sim: SimStarter,
     finally:
         lock.release()
 
+
+
+async def test_no_secret_or_token_reaches_the_logs(start_sim: SimStarter,
+                                                   tmp_path: Path) -> None:
+    """JSON logs of a run with retries, a 429 and a token that expires mid-run hold
+    neither the client secret nor any JWT."""
+    import io
+
+    from harvester.obs import setup_logging
+    from tests.conftest import FakeTime
+
+    sim_clock = FakeTime()
+    srv = await start_sim(clock=sim_clock, catalogs=1, items=60, fault_rate=0.05)
+    buf = io.StringIO()
+    setup_logging(fmt="json", stream=buf)
+    harvest = Harvest(settings_for(srv, tmp_path))
+
+    async def expire_midway() -> None:
+        while srv.state.stats.detail_requests < 20:
+            await asyncio.sleep(0.005)
+        sim_clock.now += 10_000
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(expire_midway())
+        run = tg.create_task(harvest.run())
+    assert run.result().exit_code == 0
+    logs = buf.getvalue()
+    assert "http.retry" in logs and "auth.token" in logs  # the logs did see the action
+    assert srv.client_secret not in logs
+    assert "eyJ" not in logs  # every JWT starts with a base64 '{"'
+    assert srv.client_secret not in repr(harvest.settings)
+    assert srv.client_secret not in repr(harvest._client)
