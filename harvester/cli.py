@@ -71,6 +71,9 @@ def _add_harvest_flags(h: argparse.ArgumentParser) -> None:
                    help="write listing records only (a fast dump)")
     h.add_argument("--gzip", dest="output.gzip", action="store_const", const=True,
                    help="write .ndjson.gz")
+    h.add_argument("--shard", dest="harvest.shard", metavar="I/N",
+                   help="only catalogs whose stable hash mod N is I (run N machines; give "
+                        "each --rate-lms budget/N: they share the credential's budget)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -181,8 +182,21 @@ class HarvestOptions:
     details: bool = True
     max_rewalks: int = 2
     detail_404_retries: int = 2
+    shard: str = ""  #: "I/N": only catalogs whose stable hash mod N is I ("" = all)
+
+    def in_shard(self, catalog_uuid: str) -> bool:
+        """Whether this run's shard owns a catalog (crc32 of its id, mod N)."""
+        if not self.shard:
+            return True
+        index, total = (int(x) for x in self.shard.split("/"))
+        return zlib.crc32(catalog_uuid.encode()) % total == index
 
     def __post_init__(self) -> None:
+        if self.shard:
+            m = re.fullmatch(r"(\d+)/(\d+)", self.shard.strip())
+            if not m or not int(m.group(2)) >= 1 or not int(m.group(1)) < int(m.group(2)):
+                raise ConfigError(f"harvest.shard: expected I/N with 0 <= I < N, e.g. 0/4, "
+                                  f"got {self.shard!r}")
         if not 1 <= self.page_size <= 10_000:
             raise ConfigError(f"harvest.page_size: must be 1..10000, got {self.page_size!r}")
         _positive("harvest.max_rewalks", self.max_rewalks, allow_zero=True)
@@ -313,6 +327,7 @@ SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
     "harvest.page_concurrency": ("limits", "page_concurrency", parse_int),
     "harvest.catalog_concurrency": ("limits", "catalog_concurrency", parse_int),
     "harvest.catalogs": ("harvest", "catalogs", parse_str_tuple),
+    "harvest.shard": ("harvest", "shard", parse_str),
     "harvest.page_size": ("harvest", "page_size", parse_int),
     "harvest.details": ("harvest", "details", parse_bool),
     "harvest.max_rewalks": ("harvest", "max_rewalks", parse_int),

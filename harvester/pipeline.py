@@ -76,6 +76,7 @@ from harvester.run import (
     build_manifest,
     describe_change,
     fingerprint,
+    fingerprint_parts,
     now_iso,
     read_json,
 )
@@ -305,7 +306,7 @@ class Harvest:
                                  "Use --restart to harvest again.")
             if ledger.meta("fingerprint") != fp:
                 old = orjson.loads(ledger.meta("fingerprint_parts") or "{}")
-                new = self._fp_parts()
+                new = fingerprint_parts(self.settings)
                 raise StateError(
                     f"{self.out} holds an unfinished run with different settings "
                     f"({describe_change(old, new)} changed); resuming would mix two "
@@ -317,20 +318,15 @@ class Harvest:
         if ledger.is_empty():
             self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuidlib.uuid4().hex[:8]}"
             self.started_at = self._now()
-            ledger.set_meta(fingerprint=fp, fingerprint_parts=orjson.dumps(
-                self._fp_parts()).decode(), run_id=self.run_id, started_at=self.started_at,
-                status="running", version=__version__)
+            parts = orjson.dumps(fingerprint_parts(self.settings)).decode()
+            ledger.set_meta(fingerprint=fp, fingerprint_parts=parts, run_id=self.run_id,
+                            started_at=self.started_at, status="running",
+                            version=__version__)
         else:
             self.run_id = ledger.meta("run_id") or ""
             self.started_at = ledger.meta("started_at") or self._now()
             event("harvest.resume", run_id=self.run_id, out=str(self.out))
         return None
-
-    def _fp_parts(self) -> dict[str, Any]:
-        h = self.settings
-        return {"api": h.api.base, "catalogs": sorted(h.harvest.catalogs),
-                "page_size": h.harvest.page_size, "details": h.harvest.details,
-                "gzip": h.output.gzip}
 
     async def _run(self, ledger: Ledger) -> RunResult:
         t0 = self._clock()
@@ -408,6 +404,7 @@ class Harvest:
                 event("harvest.catalog_not_listed", catalogs=",".join(missing))
         else:
             cats = list(listed.values())
+        cats = [c for c in cats if self.settings.harvest.in_shard(c.uuid)]
         ledger.save_catalogs((c.uuid, c.record) for c in cats)
         self.catalogs = [CatalogState(c.uuid, c.title) for c in cats]
         event("harvest.catalogs", count=len(cats))

@@ -33,20 +33,22 @@ def now_iso(at: float | None = None) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def fingerprint(settings: Settings) -> str:
+def fingerprint_parts(settings: Settings) -> dict[str, Any]:
     """What must not change between an interrupted run and its resumption."""
-    parts = {
-        "api": settings.api.base,
-        "catalogs": sorted(settings.harvest.catalogs),
-        "page_size": settings.harvest.page_size,
-        "details": settings.harvest.details,
-        "gzip": settings.output.gzip,
-    }
-    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    h = settings.harvest
+    return {"api": settings.api.base, "catalogs": sorted(h.catalogs), "shard": h.shard,
+            "page_size": h.page_size, "details": h.details, "gzip": settings.output.gzip}
+
+
+def fingerprint(settings: Settings) -> str:
+    """A short hash of :func:`fingerprint_parts`."""
+    raw = orjson.dumps(fingerprint_parts(settings), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
-    names = {"catalogs": "the catalog set (--catalog)", "page_size": "--page-size",
+    names = {"catalogs": "the catalog set (--catalog)", "shard": "--shard",
+             "page_size": "--page-size",
              "details": "details on/off (--no-details)", "gzip": "--gzip",
              "api": "the API base URL"}
     changed = [names[k] for k in names if old.get(k) != new.get(k)]

@@ -242,3 +242,20 @@ async def test_no_secret_or_token_reaches_the_logs(start_sim: SimStarter,
     assert "eyJ" not in logs  # every JWT starts with a base64 '{"'
     assert srv.client_secret not in repr(harvest.settings)
     assert srv.client_secret not in repr(harvest._client)
+
+
+async def test_shards_split_the_catalogs_disjointly(start_sim: SimStarter,
+                                                    tmp_path: Path) -> None:
+    """--shard I/N: N runs together harvest every catalog exactly once."""
+    srv = await start_sim(catalogs=5, items=10)
+    owners: dict[str, int] = {}
+    for i in range(3):
+        result = await Harvest(settings_for(srv, tmp_path / f"s{i}", **{
+            "harvest.shard": f"{i}/3", "harvest.details": False})).run()
+        assert result.exit_code == 0
+        assert result.manifest is not None
+        for cat in result.manifest["catalogs"]:
+            assert cat not in owners
+            owners[cat] = i
+    assert set(owners) == set(srv.catalog_uuids)
+    assert len(set(owners.values())) > 1

@@ -176,3 +176,9 @@ def test_gzip_checkpoints_are_valid_members(tmp_path: Path) -> None:
     again.commit()
     assert gzip.decompress(final.read_bytes()) == b"1\n3\n"
     assert list(iter_lines(final, compressed=True)) == [b"1\n", b"3\n"]
+
+
+@pytest.mark.parametrize("bad", ["3/3", "1", "a/b", "-1/2", "0/0"])
+def test_bad_shard_names_the_key(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"harvest\.shard"):
+        load_settings(cli={"harvest.shard": bad}, environ={}, config_file=None)
