@@ -665,6 +665,11 @@ class Harvest:
             if not isinstance(resp.body, dict):
                 raise ApiError(f"detail of {job.content_type} is not a JSON object",
                                status=resp.status)
+            got = item_key(resp.body, job.content_type)
+            if got is not None and got.casefold() != job.key.casefold():
+                # A cache or upstream mix-up: writing it would file one item under another.
+                raise ApiError(f"detail for {job.key!r} answered for {got!r}",
+                               status=resp.status)
         except NotFound as exc:
             if job.attempt < self.settings.harvest.detail_404_retries:
                 job.deferred_at = self._clock()

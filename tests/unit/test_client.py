@@ -164,3 +164,26 @@ async def test_no_count_and_junk_next_still_gets_every_page(tmp_path: Path) -> N
     assert result.exit_code == 0
     lines = (out / f"catalog={cat}" / "courses.ndjson").read_bytes().splitlines()
     assert len(lines) == 300
+
+
+async def test_a_detail_for_another_item_is_not_filed_under_this_one(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cat = "3f56a21c-76c8-47c0-add8-a99714d40d94"
+    with mocked() as m:
+        token(m)
+        m.get(re.compile(r".*/enterprise/v1/enterprise-catalogs.*"),
+              payload={"count": 1, "next": None, "results": [{"uuid": cat, "title": "t"}]})
+        m.get(re.compile(rf".*/enterprise/v2/enterprise-catalogs/{cat}\?.*"), payload={
+            "count": 2, "next": None, "results": [
+                {"content_type": "course", "key": "Org+A", "aggregation_key": "course:Org+A"},
+                {"content_type": "course", "key": "Org+B", "aggregation_key": "course:Org+B"}]})
+        m.get(re.compile(r".*/courses/Org\+A$"), payload={"key": "Org+A", "title": "A"})
+        m.get(re.compile(r".*/courses/Org\+B$"), payload={"key": "Org+Z", "title": "Z"})
+        result = await Harvest(settings(out)).run()
+    assert result.exit_code == 3
+    lines = [orjson.loads(x) for x in
+             (out / f"catalog={cat}" / "courses.ndjson").read_bytes().splitlines()]
+    assert [x["key"] for x in lines] == ["Org+A"]
+    errors = [orjson.loads(x) for x in (out / "errors.ndjson").read_bytes().splitlines()]
+    assert [(e["kind"], e["key"]) for e in errors] == [("detail_failed", "Org+B")]
+    assert "answered for 'Org+Z'" in errors[0]["message"]
