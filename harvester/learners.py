@@ -81,7 +81,7 @@ import random
 import stat
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -106,7 +106,7 @@ from harvester.errors import (
 from harvester.models import JSONDict, Page, key_digest
 from harvester.obs import REDACTOR, Stats, event
 from harvester.paginate import ListingPlan
-from harvester.pipeline import leading_error, walk_pages
+from harvester.pipeline import leading_error, walk_pages, walk_until_complete
 from harvester.policy import Clock, Sleep
 from harvester.run import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, RunResult, now_iso
 from harvester.sinks import (
@@ -568,17 +568,14 @@ class LearnerExport:
 
     async def _walks(self, client: ApiClient, es: EnterpriseState, part: PartFile) -> None:
         seen: set[int] = set()
-        walk = 1
-        while True:
-            es.walks = walk
-            await self._walk(client, es, part, seen, seen if walk == 1 else set())
-            short = es.count_reported is not None and es.unique < es.count_reported
-            if short and walk <= self.options.max_rewalks:
-                event("learners.rewalk", enterprise=es.uuid, walk=walk + 1, unique=es.unique,
-                      count=es.count_reported)
-                walk += 1
-                continue
-            break
+
+        def walk(n: int) -> Awaitable[None]:
+            es.walks = n
+            return self._walk(client, es, part, seen, seen if n == 1 else set())
+
+        await walk_until_complete(walk, lambda: (es.unique, es.count_reported), first=1,
+                                  max_rewalks=self.options.max_rewalks,
+                                  event_name="learners.rewalk", enterprise=es.uuid)
         es.gaps = max(0, (es.count_reported or 0) - es.unique)
         unjudged = es.count_reported is None and es.page_errors > 0
         es.status = "partial" if es.gaps or unjudged else "complete"

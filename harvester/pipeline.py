@@ -233,6 +233,32 @@ client: ApiClient,
         raise leading_error(group) from None
 
 
+async def walk_until_complete(
+    walk: Callable[[int], Awaitable[None]],
+    found: Callable[[], tuple[int, int | None]],
+    *,
+    first: int,
+    max_rewalks: int,
+    event_name: str,
+    **context: str,
+) -> int:
+    """Walk a list (walk ``first``, then more) until the unique items found reach the
+    server's ``count`` or ``max_rewalks`` extra walks are spent; return the last walk.
+
+    The service's order is unstable, so one walk can skip items that moved between
+    pages; a new walk, deduplicated against what was found, picks them up.
+    """
+    n = first
+    while True:
+        await walk(n)
+        unique, count = found()
+        if count is None or unique >= count or n > max_rewalks:
+            return n
+        fields: dict[str, Any] = {**context, "walk": n + 1, "unique": unique, "count": count}
+        event(event_name, **fields)
+        n += 1
+
+
 class Harvest:
     """One ``harvester harvest`` run."""
 
@@ -453,17 +479,14 @@ class Harvest:
         if cs.phase == "new":
             cs.phase = "listing"
             await self._wq.put(PhaseChange(cs.uuid, "listing"))
-        walk = max(1, self._ledger.last_walk(cs.uuid))
-        while True:
-            cs.walks = walk
-            await self._walk_catalog(cs, walk, seen)
-            short = cs.count_reported is not None and cs.unique < cs.count_reported
-            if short and walk <= self.settings.harvest.max_rewalks:
-                event("harvest.rewalk", catalog=cs.uuid, walk=walk + 1, unique=cs.unique,
-                      count=cs.count_reported)
-                walk += 1
-                continue
-            break
+        def walk(n: int) -> Awaitable[None]:
+            cs.walks = n
+            return self._walk_catalog(cs, n, seen)
+
+        await walk_until_complete(walk, lambda: (cs.unique, cs.count_reported),
+                                  first=max(1, self._ledger.last_walk(cs.uuid)),
+                                  max_rewalks=self.settings.harvest.max_rewalks,
+                                  event_name="harvest.rewalk", catalog=cs.uuid)
         cs.gaps = max(0, (cs.count_reported or 0) - cs.unique)
         if cs.gaps:
             await self._error(cs.uuid, "gap", None, None,

@@ -105,3 +105,11 @@ def assert_exactly_once(out: Path, expected: dict[str, set[Key]]) -> None:
         assert len(got[cat]) == len(set(got[cat])), f"duplicates in {cat}"
         assert set(got[cat]) == keys, f"{cat}: missing {len(keys - set(got[cat]))}, " \
                                       f"extra {len(set(got[cat]) - keys)}"
+
+
+async def expire_tokens_after(srv: SimServer, clock: Any, details: int) -> None:
+    """Once the simulator has served ``details`` detail requests, jump its clock past every
+    token's expiry (the simulator must have been started with ``clock``)."""
+    while srv.state.stats.detail_requests < details:
+        await asyncio.sleep(0.005)
+    clock.now += 10_000

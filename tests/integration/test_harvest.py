@@ -14,6 +14,7 @@ from harvester.state import RunLock
 from tests.conftest import SimStarter, settings_for
 from tests.integration.helpers import (
     assert_exactly_once,
+    expire_tokens_after,
     fetch_json,
     harvested,
     read_lines,
@@ -98,13 +99,8 @@ async def test_token_expiry_mid_run(start_sim: SimStarter, tmp_path: Path) -> No
     expected = await truth(srv)
     harvest = Harvest(settings_for(srv, tmp_path, **{"harvest.concurrency": 4}))
 
-    async def expire_midway() -> None:
-        while srv.state.stats.detail_requests < 20:
-            await asyncio.sleep(0.005)
-        sim_clock.now += 10_000
-
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(expire_midway())
+        tg.create_task(expire_tokens_after(srv, sim_clock, 20))
         run = tg.create_task(harvest.run())
     result = run.result()
     assert result.exit_code == 0
@@ -227,13 +223,8 @@ async def test_no_secret_or_token_reaches_the_logs(start_sim: SimStarter,
     setup_logging(fmt="json", stream=buf)
     harvest = Harvest(settings_for(srv, tmp_path))
 
-    async def expire_midway() -> None:
-        while srv.state.stats.detail_requests < 20:
-            await asyncio.sleep(0.005)
-        sim_clock.now += 10_000
-
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(expire_midway())
+        tg.create_task(expire_tokens_after(srv, sim_clock, 20))
         run = tg.create_task(harvest.run())
     assert run.result().exit_code == 0
     logs = buf.getvalue()
