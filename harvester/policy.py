@@ -255,7 +255,6 @@ class RateGate:
         # The leaky bucket lets a fresh budget go out at once and then drains at the
         # budget's rate; the log below stops it from ever exceeding N per window.
         self._spacer = AsyncLimiter(rate.count, rate.period) if smooth else None
-        self.pauses = 0
 
     @property
     def budget(self) -> int:
@@ -263,17 +262,10 @@ class RateGate:
         the gate that the server allows fewer)."""
         return self._capacity
 
-    @property
-    def paused_for(self) -> float:
-        """Seconds left of the current 429 pause (0 when not paused)."""
-        return max(0.0, self._pause_until - self._clock())
-
     def pause(self, seconds: float) -> None:
         """Stop every caller of this gate for ``seconds`` from now (a 429's advice)."""
         until = self._clock() + seconds
-        if until > self._pause_until:
-            self._pause_until = until
-            self.pauses += 1
+        self._pause_until = max(self._pause_until, until)
 
     def refused(self, ticket: Ticket, wait: float | None = None) -> None:
         """The server answered ``ticket`` with a 429 (advising ``wait`` seconds): its
@@ -356,8 +348,6 @@ class OpenGate:
     """The gate for endpoint classes the server does not throttle (content pages)."""
 
     name = "content"
-    pauses = 0
-    paused_for = 0.0
 
     def __init__(self, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
         self._clock = clock

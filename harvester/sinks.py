@@ -8,8 +8,8 @@
 * :class:`PartFile` writes ``<name>.part`` (optionally gzip) and, on ``commit()``, fsyncs
   it, renames it to its final name and reports lines, bytes and sha256. A run that dies
   leaves only ``.part`` files: nothing that looks complete.
-* :class:`CatalogSink` holds one catalog's files; :func:`write_json_atomic` writes the
-  manifest (temp file, fsync, rename).
+* :func:`write_json_atomic` writes the manifest (temp file, fsync, rename); the
+  writer (``writer.py``) owns the open files.
 
 OSErrors become :class:`~harvester.errors.SinkError` here, naming the file.
 """

@@ -137,11 +137,6 @@ class SnapshotIndex:
         yield from self._db.execute(
             "SELECT digest, content_type, key FROM items WHERE catalog=?", (catalog,))
 
-    def count(self, catalog: str) -> int:
-        """Items of a catalog in this snapshot."""
-        return int(self._db.execute("SELECT COUNT(*) FROM items WHERE catalog=?",
-                                    (catalog,)).fetchone()[0])
-
     def rebuild(self, catalog: str, spool: Path | None, files: list[Path], *,
                 compressed: bool) -> None:
         """(Re)build a catalog's rows from its spooled listing and committed files."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -36,6 +36,7 @@ from harvester.state import STATE_DIR, Checkpoint, Ledger, WalkPlan
 #: ("out", catalog, content_type) | ("spool", catalog) | ("errors",)
 FileKey = tuple[str, ...]
 ERRORS_KEY: Final[FileKey] = ("errors",)
+T = TypeVar("T")
 #: The item files of a catalog directory (changes.ndjson and others are not items).
 ITEM_STEMS: Final = frozenset(stem for stem, _ in CONTENT_TYPES.values()) | {OTHER_STEM}
 
@@ -113,6 +114,18 @@ Message = (Write | PageDone | WalkPlanned | CatalogInfo | PhaseChange | Barrier 
            | CommitErrors)
 
 
+def _settle(done: asyncio.Future[T], work: Callable[[], T]) -> None:
+    """Run ``work`` and hand its result, or its SinkError, to whoever awaits ``done``."""
+    try:
+        result = work()
+    except SinkError as exc:
+        if not done.done():
+            done.set_exception(exc)
+    else:
+        if not done.done():
+            done.set_result(result)
+
+
 class Writer:
     """Owns every output file handle and the ledger's progress records."""
 
@@ -126,7 +139,6 @@ class Writer:
         every_messages: int = 2000,
         every_seconds: float = 0.1,
         idle_after: float = 0.05,
-        on_checkpoint: Callable[[], None] | None = None,
     ) -> None:
         self.out = out
         self.ledger = ledger
@@ -135,7 +147,6 @@ class Writer:
         self._every_messages = every_messages
         self._every_seconds = every_seconds
         self._idle_after = idle_after
-        self._on_checkpoint = on_checkpoint
         self._files: dict[FileKey, PartFile] = {}
         self._rels: dict[Path, str] = {}  # PartFile.path -> path relative to out (hot path)
         self._pending = Checkpoint.empty()
@@ -283,23 +294,9 @@ class Writer:
             if not msg.done.done():
                 msg.done.set_result(None)
         elif isinstance(msg, CommitCatalog):
-            try:
-                infos = self.commit_catalog(msg.catalog)
-            except SinkError as exc:
-                if not msg.done.done():
-                    msg.done.set_exception(exc)
-            else:
-                if not msg.done.done():
-                    msg.done.set_result(infos)
+            _settle(msg.done, lambda: self.commit_catalog(msg.catalog))
         elif isinstance(msg, CommitErrors):
-            try:
-                info = self.commit_errors()
-            except SinkError as exc:
-                if not msg.done.done():
-                    msg.done.set_exception(exc)
-            else:
-                if not msg.done.done():
-                    msg.done.set_result(info)
+            _settle(msg.done, self.commit_errors)
 
     def _flush_dirty(self) -> None:
         """Push pending writes to the OS so a kill -9 cannot take them (see recover)."""
@@ -321,8 +318,6 @@ class Writer:
         self.ledger.record(cp)
         self._tracked.update(cp.files)
         self.checkpoints += 1
-        if self._on_checkpoint is not None:
-            self._on_checkpoint()
 
     def commit_catalog(self, catalog: str) -> dict[str, FileInfo]:
         """Checkpoint, then rename the catalog's ``.part`` files to their final names."""
