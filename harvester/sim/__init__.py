@@ -27,7 +27,8 @@ route                                                                  class    
 ``GET …/course-runs/{run_id}`` and ``…/programs/{uuid}``               lms         rate_lms
 ``GET /enterprise/v3/enterprise-customer/{uuid}/learner-summary``      learners    own rate
 ``GET /__info``, ``GET /__stats``, ``POST /__reset``,                  (ops)       none
-``POST /__epoch {"epoch": N}``, ``GET /__changes?from=A&to=B``
+``POST /__epoch {"epoch": N}``, ``GET /__changes?from=A&to=B``,
+``POST /__config {"knob": value}`` (live knobs only, e.g. ``forbid_catalogs``)
 =====================================================================  ==========  =========
 
 Auth is ``Authorization: JWT <token>``: missing header -> 400 (gateway), ``Bearer``/unknown
@@ -67,6 +68,7 @@ detail_404_times           2               K
 shuffle                    False           new permutation on every content page
 churn                      0.0             chance per content page that the order rotates
 etag                       False           ETag/Last-Modified on details, 304 on match
+forbid_catalogs            ()              own catalog indexes whose content/details 403
 =========================  ==============  ==================================================
 
 ``GET /__changes?from=A&to=B`` lists ``{op, catalog_uuid, content_type, key}`` (``upsert``

@@ -8,6 +8,7 @@ One catch-all route dispatches on the percent-*decoded* path (as Django does), s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import re
 import time
@@ -173,7 +174,9 @@ async def _catalogs_v2(ctx: Ctx) -> web.StreamResponse:
 
 def _own_catalog(ctx: Ctx) -> int | None:
     c = ctx.state.data.catalog_index(ctx.params["uuid"])
-    return None if c is None or c == ctx.state.data.foreign_index else c
+    if c is None or c == ctx.state.data.foreign_index or ctx.state.cfg.forbids(c):
+        return None
+    return c
 
 
 def _forbidden_catalog(ctx: Ctx) -> web.Response:
@@ -454,6 +457,37 @@ async def _set_epoch(request: web.Request) -> web.StreamResponse:
     return _json(200, {"epoch": epoch})
 
 
+#: Knobs that ``POST /__config`` may change at run time: those read per request. The data
+#: shape (seed, catalogs, items...) and the throttle logs are built once and stay fixed.
+_LIVE_KNOBS: Final = frozenset({
+    "forbid_catalogs", "fault_rate", "fault_kinds", "fault_token", "detail_404_rate",
+    "detail_404_mode", "detail_404_times", "shuffle", "churn", "etag", "latency_ms",
+    "jitter_ms", "strip_retry_after", "gateway_remap", "end_marker", "accept_mode",
+    "limit_mode",
+})
+
+
+async def _set_config(request: web.Request) -> web.StreamResponse:
+    st = request.app[STATE]
+    try:
+        changes = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _json(400, {"detail": "body must be a JSON object of knobs"})
+    if not isinstance(changes, dict) or not changes:
+        return _json(400, {"detail": "body must be a non-empty JSON object of knobs"})
+    unknown = sorted(set(changes) - _LIVE_KNOBS)
+    if unknown:
+        return _json(400, {"detail": f"not live knobs: {unknown}; live: {sorted(_LIVE_KNOBS)}"})
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()
+    }
+    try:
+        st.cfg = dataclasses.replace(st.cfg, **values)
+    except (TypeError, ValueError) as exc:
+        return _json(400, {"detail": str(exc)})
+    return _json(200, {k: getattr(st.cfg, k) for k in changes})
+
+
 async def _changes(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     try:
@@ -481,5 +515,6 @@ def build_app(cfg: SimConfig, clock: Callable[[], float] | None = None) -> web.A
     app.router.add_get("/__changes", _changes)
     app.router.add_post("/__reset", _reset)
     app.router.add_post("/__epoch", _set_epoch)
+    app.router.add_post("/__config", _set_config)
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     return app

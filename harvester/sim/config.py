@@ -146,6 +146,11 @@ class SimConfig:
         default=0.0, metadata=_help("per content page, chance the order rotates a little")
     )
     etag: bool = field(default=False, metadata=_help("ETag/Last-Modified + 304 on details"))
+    forbid_catalogs: tuple[str, ...] = field(
+        default=(),
+        metadata=_help("comma list of own catalog indexes (0-based) whose content and details "
+                       "answer 403; POST /__config can heal them at run time"),
+    )
 
     def __post_init__(self) -> None:
         """Reject impossible settings early, with the field name in the message."""
@@ -190,9 +195,18 @@ class SimConfig:
         )
         _check(self.detail_404_times >= 0, "detail_404_times", "must be >= 0")
         _check(0.0 <= self.churn <= 1.0, "churn", "must be in [0, 1]")
+        _check(
+            all(c.isdigit() and int(c) < self.catalogs for c in self.forbid_catalogs),
+            "forbid_catalogs",
+            f"must be catalog indexes in [0, {self.catalogs})",
+        )
         for name in ("client_id", "client_secret"):
             value = getattr(self, name)
             _check(value is None or value != "", name, "must not be empty")
+
+    def forbids(self, c: int) -> bool:
+        """Whether own catalog index ``c`` is forbidden by the ``forbid_catalogs`` knob."""
+        return str(c) in self.forbid_catalogs
 
     @property
     def lms_rate(self) -> Rate | None:

@@ -135,6 +135,8 @@ def test_every_config_field_is_a_flag() -> None:
         "--churn",
         "0.5",
         "--etag",
+        "--forbid-catalogs",
+        "1",
     ]
     cfg = config_from_args(parser.parse_args(argv))
     defaults = SimConfig()

@@ -1,0 +1,38 @@
+"""The forbid_catalogs knob and live knob changes through ``POST /__config``."""
+
+from __future__ import annotations
+
+import pytest
+from simkit import SimFactory
+
+from harvester.sim import SimConfig
+
+
+async def test_forbidden_catalog_403s_content_and_details_until_healed(
+    make_sim: SimFactory,
+) -> None:
+    sim = await make_sim(forbid_catalogs=("1",))
+    assert (await sim.get(sim.content_path(0))).status == 200
+    resp = await sim.get(sim.content_path(1))
+    assert resp.status == 403
+    assert "can_view_catalog" in (await resp.json())["detail"]
+    healed = await sim.ops("POST", "/__config", {"forbid_catalogs": []})
+    assert healed == {"forbid_catalogs": []}
+    assert (await sim.get(sim.content_path(1))).status == 200
+    await sim.ops("POST", "/__config", {"forbid_catalogs": ["0"]})
+    assert (await sim.get(sim.content_path(0))).status == 403
+
+
+async def test_config_endpoint_refuses_fixed_knobs_and_bad_values(make_sim: SimFactory) -> None:
+    sim = await make_sim()
+    for body in ({"items": 5}, {"forbid_catalogs": ["9"]}, [], {}):
+        resp = await sim.session.post(sim.base + "/__config", json=body)
+        assert resp.status == 400, body
+    assert (await sim.get(sim.content_path(0))).status == 200
+
+
+def test_forbid_catalogs_validated() -> None:
+    with pytest.raises(ValueError, match="forbid_catalogs"):
+        SimConfig(catalogs=2, forbid_catalogs=("2",))
+    with pytest.raises(ValueError, match="forbid_catalogs"):
+        SimConfig(forbid_catalogs=("x",))
