@@ -69,6 +69,8 @@ shuffle                    False           new permutation on every content page
 churn                      0.0             chance per content page that the order rotates
 etag                       False           ETag/Last-Modified on details, 304 on match
 forbid_catalogs            ()              own catalog indexes whose content/details 403
+echo_token                 False           every 403 body echoes the caller's Authorization
+expires_in                 None            grant's expires_in override ("0", "-5", "soon", "")
 =========================  ==============  ==================================================
 
 ``GET /__changes?from=A&to=B`` lists ``{op, catalog_uuid, content_type, key}`` (``upsert``

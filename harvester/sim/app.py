@@ -20,7 +20,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from harvester.sim.config import SimConfig
+from harvester.sim.config import OMIT, SimConfig
 from harvester.sim.content import Json
 from harvester.sim.faults import DROPPED, fault_response
 from harvester.sim.hashing import BASE_TIME, days, unit
@@ -179,8 +179,17 @@ def _own_catalog(ctx: Ctx) -> int | None:
     return c
 
 
+def _forbidden_detail(ctx: Ctx, detail: str) -> str:
+    """A 403's ``detail``; the ``echo_token`` knob puts the caller's credential first (a
+    hostile or debugging server), so a client that truncates it keeps a token prefix."""
+    if not ctx.state.cfg.echo_token:
+        return detail
+    return f"{ctx.request.headers.get('Authorization', '')} is refused. {detail}"
+
+
 def _forbidden_catalog(ctx: Ctx) -> web.Response:
-    return _drf(ctx, 403, {"detail": "Missing: enterprise.can_view_catalog"})
+    return _drf(ctx, 403, {"detail": _forbidden_detail(
+        ctx, "Missing: enterprise.can_view_catalog")})
 
 
 async def _content_page(ctx: Ctx) -> web.StreamResponse:
@@ -285,7 +294,8 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 async def _learners(ctx: Ctx) -> web.StreamResponse:
     st = ctx.state
     if ctx.params["ent"].lower() != st.data.enterprise_uuid:
-        return _json(403, {"detail": "You do not have permission to perform this action."})
+        return _json(403, {"detail": _forbidden_detail(
+            ctx, "You do not have permission to perform this action.")})
     if (wait := st.learners_log.hit(ctx.user)) is not None:
         return _throttled(ctx, wait)
     epoch = st.epoch
@@ -333,15 +343,15 @@ async def _token(st: SimState, request: web.Request) -> web.StreamResponse:
     st.stats.tokens_issued += 1
     jwt_wanted = str(form.get("token_type", "")).lower() == "jwt"
     token = st.tokens.issue_jwt() if jwt_wanted else st.tokens.issue_opaque()
-    return _json(
-        200,
-        {
-            "access_token": token,
-            "token_type": "JWT" if jwt_wanted else "Bearer",
-            "expires_in": st.cfg.token_ttl,
-            "scope": "read write profile email",
-        },
-    )
+    body: dict[str, object] = {
+        "access_token": token,
+        "token_type": "JWT" if jwt_wanted else "Bearer",
+        "expires_in": st.cfg.expires_in_value(),
+        "scope": "read write profile email",
+    }
+    if body["expires_in"] is OMIT:
+        del body["expires_in"]
+    return _json(200, body)
 
 
 # -- dispatch --------------------------------------------------------------------------------
@@ -463,7 +473,7 @@ _LIVE_KNOBS: Final = frozenset({
     "forbid_catalogs", "fault_rate", "fault_kinds", "fault_token", "detail_404_rate",
     "detail_404_mode", "detail_404_times", "shuffle", "churn", "etag", "latency_ms",
     "jitter_ms", "strip_retry_after", "gateway_remap", "end_marker", "accept_mode",
-    "limit_mode",
+    "limit_mode", "echo_token", "expires_in",
 })
 
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["FAULT_KINDS", "Rate", "SimConfig", "parse_rate"]
+__all__ = ["FAULT_KINDS", "OMIT", "Rate", "SimConfig", "parse_rate"]
 
 #: Every fault the simulator knows how to inject (see ``SimConfig.fault_kinds``).
 FAULT_KINDS: Final[tuple[str, ...]] = (
@@ -69,6 +69,10 @@ def parse_rate(text: str) -> Rate | None:
     if not math.isfinite(window) or window <= 0:
         raise ValueError(f"rate window must be positive, got {text!r}")
     return Rate(count=count, window=window)
+
+
+#: ``SimConfig.expires_in_value`` for "leave ``expires_in`` out of the grant".
+OMIT: Final = object()
 
 
 def _help(text: str) -> dict[str, str]:
@@ -152,6 +156,18 @@ class SimConfig:
                        "answer 403; POST /__config can heal them at run time"),
     )
 
+    echo_token: bool = field(
+        default=False,
+        metadata=_help("every 403 body echoes the caller's Authorization header (a hostile "
+                       "server leaking the token back)"),
+    )
+    expires_in: str | None = field(
+        default=None,
+        metadata=_help("override the grant's expires_in, served as a number when numeric "
+                       "('0', '-5'), else as the string ('soon', ''); 'null' serves null, "
+                       "'omit' leaves it out; the JWT's exp still uses token_ttl"),
+    )
+
     def __post_init__(self) -> None:
         """Reject impossible settings early, with the field name in the message."""
         _check(0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)")
@@ -203,6 +219,26 @@ class SimConfig:
         for name in ("client_id", "client_secret"):
             value = getattr(self, name)
             _check(value is None or value != "", name, "must not be empty")
+
+    def expires_in_value(self) -> object:
+        """What the token endpoint serves as ``expires_in`` (see the ``expires_in`` knob);
+        ``OMIT`` means the field is left out."""
+        if self.expires_in is None:
+            return self.token_ttl
+        text = self.expires_in
+        if text == "null":
+            return None
+        if text == "omit":
+            return OMIT
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            value = float(text)
+        except ValueError:
+            return text
+        return value if math.isfinite(value) else text
 
     def forbids(self, c: int) -> bool:
         """Whether own catalog index ``c`` is forbidden by the ``forbid_catalogs`` knob."""

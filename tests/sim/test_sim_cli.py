@@ -137,6 +137,9 @@ def test_every_config_field_is_a_flag() -> None:
         "--etag",
         "--forbid-catalogs",
         "1",
+        "--echo-token",
+        "--expires-in",
+        "soon",
     ]
     cfg = config_from_args(parser.parse_args(argv))
     defaults = SimConfig()
