@@ -116,7 +116,7 @@ def _excerpt(raw: bytes, *, private: bool) -> str:
         for k in ("detail", "message", "error"):
             v = body.get(k)
             if isinstance(v, str):
-                return v[:200]
+                return REDACTOR.scrub(v)[:200]  # before cutting: a cut token looks like none
     return ""
 
 

@@ -3,7 +3,8 @@
 Every failure the harvester can report is one of these. Library errors (aiohttp,
 orjson, OSError from the disk) are translated into this tree at one boundary each:
 ``client.py`` for HTTP, ``sinks.py``/``state.py`` for the disk. Messages are one line,
-name what failed and never contain a secret, a token or learner data.
+name what failed and never contain a secret, a token or learner data: every message,
+``url`` and ``detail`` passes the redactor (``obs.REDACTOR``) on construction.
 
 ::
 
@@ -30,9 +31,19 @@ name what failed and never contain a secret, a token or learner data.
 
 from __future__ import annotations
 
+from harvester.obs import REDACTOR
+
 
 class HarvestError(Exception):
-    """Base of every error the harvester raises on purpose."""
+    """Base of every error the harvester raises on purpose.
+
+    Messages often quote what a server said, so they are redacted here, once, where that
+    text enters: a token or secret echoed by the server is masked before any log line,
+    error record, manifest or terminal can see it.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(REDACTOR.scrub(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(HarvestError):
@@ -49,7 +60,7 @@ class RequestError(HarvestError):
     def __init__(self, message: str, *, endpoint: str = "", url: str = "") -> None:
         super().__init__(message)
         self.endpoint = endpoint
-        self.url = url
+        self.url = REDACTOR.scrub(url)
 
 
 class ConnectError(RequestError):
@@ -83,8 +94,8 @@ class ApiError(HarvestError):
         super().__init__(message)
         self.status = status
         self.endpoint = endpoint
-        self.url = url
-        self.detail = detail
+        self.url = REDACTOR.scrub(url)
+        self.detail = REDACTOR.scrub(detail)
 
 
 class RateLimited(ApiError):

@@ -1,25 +1,30 @@
 """Observability: run counters, structured logging, and secret redaction.
 
 Log records carry a stable event name (``harvest.catalog_done``) and flat fields; the
-text formatter prints ``event k=v``, the JSON formatter one object per line. A redacting
-filter masks every registered secret (client secret, each issued token) in the final
-line, whatever code path put it there. Nothing here changes control flow.
+text formatter prints ``event k=v``, the JSON formatter one object per line. The
+redactor masks every registered secret (client secret, each issued token) and anything
+shaped like a credential (a JWT, ``Bearer <x>``, ``access_token=<x>``): as a filter on
+every log line whatever code path put it there, and for the writers of error records and
+manifests, so nothing a server sends reaches a file or a log unredacted. Nothing here
+changes control flow.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Final, TextIO, TypeVar
 
 import orjson
 
 LOGGER_NAME = "harvester"
 log = logging.getLogger(LOGGER_NAME)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -73,35 +78,79 @@ class Stats:
         }
 
 
+#: Credentials recognised by their shape, whoever sent them: a JWT (base64url of ``{"``,
+#: also when cut short by an excerpt), three long base64url segments, the value after an
+#: ``Authorization`` scheme, credential-named query or form parameters, and the password
+#: of a URL.
+_CREDENTIAL_SHAPES: Final = re.compile(
+    r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}"
+    r"|\b[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"
+    r"|(?P<scheme>\b(?i:bearer|jwt)\s+)[A-Za-z0-9._~+/=-]{16,}"
+    r"|(?P<param>\b(?:access_token|refresh_token|id_token|client_secret|token|secret|"
+    r"password)=)[^&\s\"'<>]+"
+    r"|(?P<userinfo>://)[^/\s@:]*:[^/\s@]*@")
+
+
+def _mask(m: re.Match[str]) -> str:
+    if m.group("userinfo"):
+        return "://***@"
+    return (m.group("scheme") or m.group("param") or "") + "***"
+
+
 class Redactor(logging.Filter):
-    """Masks registered secrets in every record that passes through a handler."""
+    """Masks credentials in text: every registered secret (the client secret, each token
+    ever issued to this process, old ones included) and anything shaped like one.
+
+    Applied to every log record that passes through a handler, and by the code that
+    writes server text anywhere else (error messages, errors.ndjson, manifests).
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self._secrets: set[str] = set()
+        self._secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
     def add(self, secret: str) -> None:
         """Never print this string (ignored when too short to be a real secret)."""
-        if len(secret) >= 6:
+        if len(secret) >= 6 and secret not in self._secrets:
             with self._lock:
-                self._secrets.add(secret)
+                # Longest first, so a secret that contains another is masked whole.
+                self._secrets = tuple(sorted({*self._secrets, secret}, key=len, reverse=True))
 
     def scrub(self, text: str) -> str:
-        """``text`` with every registered secret replaced by ``***``."""
+        """``text`` with every registered secret and credential shape replaced by ``***``."""
         for s in self._secrets:
             if s in text:
                 text = text.replace(s, "***")
-        return text
+        return _CREDENTIAL_SHAPES.sub(_mask, text)
+
+    def scrub_obj(self, obj: T) -> T:
+        """``obj`` (JSON-like data: dicts, lists, strings) with every string scrubbed."""
+        if isinstance(obj, str):
+            return self.scrub(obj)  # type: ignore[return-value]
+        if isinstance(obj, dict):
+            return {self.scrub_obj(k): self.scrub_obj(v)  # type: ignore[return-value]
+                    for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return type(obj)(self.scrub_obj(v) for v in obj)
+        return obj
+
+    def scrub_line(self, line: bytes) -> bytes:
+        """An encoded text line, scrubbed (bytes that are not UTF-8 pass unchanged)."""
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return line
+        clean = self.scrub(text)
+        return line if clean == text else clean.encode("utf-8")
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = getattr(record, "fields", None)
-        if self._secrets:
-            record.msg = self.scrub(record.getMessage())
-            record.args = None
-            if isinstance(fields, dict):
-                record.fields = {k: self.scrub(v) if isinstance(v, str) else v
-                                 for k, v in fields.items()}
+        record.msg = self.scrub(record.getMessage())
+        record.args = None
+        if isinstance(fields, dict):
+            record.fields = {k: self.scrub(v) if isinstance(v, str) else v
+                             for k, v in fields.items()}
         return True
 
 

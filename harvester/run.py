@@ -18,6 +18,7 @@ import orjson
 from harvester import __version__
 from harvester.config import Settings
 from harvester.models import JSONDict
+from harvester.obs import REDACTOR
 from harvester.sinks import catalog_dirname
 from harvester.sync import Indexed
 
@@ -153,8 +154,9 @@ def build_manifest(*, run_id: str, started_at: str, ended_at: str, status: str,
                    config: dict[str, Any], catalogs: list[CatalogState],
                    files: dict[str, Any], errors: int, stats: dict[str, Any]
                    ) -> dict[str, Any]:
-    """The run's ``manifest.json`` (the contract documented in the README)."""
-    return {
+    """The run's ``manifest.json`` (the contract documented in the README), redacted:
+    titles, errors and config may quote what a server sent."""
+    return REDACTOR.scrub_obj({
         "run_id": run_id,
         "started_at": started_at,
         "ended_at": ended_at,
@@ -173,7 +175,7 @@ def build_manifest(*, run_id: str, started_at: str, ended_at: str, status: str,
             "errors": errors,
             **stats,
         },
-    }
+    })
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

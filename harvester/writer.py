@@ -22,6 +22,7 @@ import orjson
 
 from harvester.errors import SinkError
 from harvester.models import CONTENT_TYPES, OTHER_STEM, key_digest
+from harvester.obs import REDACTOR
 from harvester.policy import Clock
 from harvester.sinks import (
     FileInfo,
@@ -275,7 +276,8 @@ class Writer:
         self._since += 1
         if isinstance(msg, Write):
             f = self._file(msg.key)
-            f.write(msg.data)
+            # Error records quote servers: the last line of redaction, whoever built them.
+            f.write(REDACTOR.scrub_line(msg.data) if msg.key == ERRORS_KEY else msg.data)
             if not f.compressed:
                 f.flush()  # to the OS at once: a kill -9 cannot take it (see reopen_tracked)
             pending.files[self._rel(f)] = (0, 0)  # filled in at checkpoint
