@@ -52,9 +52,15 @@ class Secret:
         return hash(self._value)
 
 
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_NUM: Final = r"(\d+(?:\.\d*)?|\.\d+)"
+_RATE_RE = re.compile(rf"^\s*{_NUM}\s*/\s*{_NUM}?\s*(s|sec|second|m|min|minute|h|hour)s?\s*$")
 _UNITS: Final = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
                  "h": 3600.0, "hour": 3600.0}
+
+
+def _plain(x: float) -> str:
+    """A number as ``Rate.parse`` reads it back: no exponent, no trailing zeros."""
+    return str(int(x)) if x.is_integer() else f"{x:.9f}".rstrip("0").rstrip(".")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +80,19 @@ class Rate:
 
     @classmethod
     def parse(cls, text: str) -> Rate:
-        """Parse ``N/min``, ``N/s`` or ``N/h`` (``60/min`` is DRF's ``60/minute``)."""
+        """Parse ``N/min``, ``N/s``, ``N/h`` or ``N/<k><unit>`` (``60/min`` is DRF's
+        ``60/minute``). N may be fractional, as a shard's share of a budget often is:
+        ``0.5/s``, ``7.5/min``, ``1/2s`` (see ``policy.RateGate`` for how it is kept)."""
         m = _RATE_RE.match(text)
         if not m:
-            raise ValueError("expected N/min, N/s or N/h, e.g. 60/min")
-        return cls(float(m.group(1)), _UNITS[m.group(2)])
+            raise ValueError("expected N/min, N/s, N/h or N/<k>s, e.g. 60/min, 0.5/s, 1/2s")
+        count, scale = float(m.group(1)), float(m.group(2) or 1)
+        period = scale * _UNITS[m.group(3)]
+        if not (count > 0 and math.isfinite(count)):
+            raise ValueError("the count must be a positive number")
+        if not (period > 0 and math.isfinite(period)):
+            raise ValueError("the period must be a positive number of seconds")
+        return cls(count, period)
 
     @property
     def per_second(self) -> float:
@@ -86,9 +100,9 @@ class Rate:
         return self.count / self.period
 
     def __str__(self) -> str:
-        count = int(self.count) if float(self.count).is_integer() else self.count
         unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.period)
-        return f"{count}/{unit}" if unit else f"{count}/{self.period}s"
+        count = _plain(self.count)
+        return f"{count}/{unit}" if unit else f"{count}/{_plain(self.period)}s"
 
 
 def _check_url(name: str, value: str) -> None:

@@ -9,7 +9,8 @@
   short runs fast (100 details at 60/min take ~60 s, not ~100 s). ``aiolimiter`` holds
   the long-run rate; a sliding log of send times is the hard guarantee, with a small
   margin for network jitter. A 429 pauses every caller of the gate for the advertised
-  wait.
+  wait. A fractional budget is kept as :func:`window_budget` says (``0.5/s`` is one
+  request in any 2 s).
 
 Time is injected (``clock``/``sleep``) so tests move it by assignment.
 """
@@ -224,6 +225,19 @@ class Ticket:
         self.at = max(self.at, self._clock())
 
 
+def window_budget(rate: Rate) -> tuple[int, float]:
+    """The rate as a sliding log keeps it: at most ``n`` requests in any ``window`` seconds.
+
+    From 1 per period up, ``n`` is the count rounded down over the same period: a shard's
+    ``7.5/min`` never sends an eighth request in a minute, whatever the others do. Below 1,
+    the window stretches instead: ``0.5/s`` is one request in any 2 s (``1/2s``), which
+    is 30/min without bursts, never more than the budget in any window.
+    """
+    if rate.count >= 1:
+        return math.floor(rate.count), rate.period
+    return 1, rate.period / rate.count
+
+
 class RateGate:
     """An endpoint class's request budget, shared by every worker of that class."""
 
@@ -241,11 +255,12 @@ class RateGate:
         self.rate = rate
         self._clock = clock
         self._sleep = sleep
+        self._full, self._period = window_budget(rate)
         # Entries are stamped at response time (see Ticket), so the margin only covers
         # clock granularity and DRF's "<=" edge: ~0.2% of throughput.
-        self.margin = margin if margin is not None else min(0.25, 0.01 + 0.002 * rate.period)
-        self._window = rate.period + self.margin
-        self._capacity = max(1, math.floor(rate.count))
+        self.margin = margin if margin is not None else min(0.25, 0.01 + 0.002 * self._period)
+        self._window = self._period + self.margin
+        self._capacity = self._full
         self._learned = 0  # the server's budget as seen in the current 429 episode
         self._step = 1  # the next upward probe
         self._learned_at = -math.inf
@@ -254,7 +269,7 @@ class RateGate:
         self._pause_until = 0.0
         # The leaky bucket lets a fresh budget go out at once and then drains at the
         # budget's rate; the log below stops it from ever exceeding N per window.
-        self._spacer = AsyncLimiter(rate.count, rate.period) if smooth else None
+        self._spacer = AsyncLimiter(self._full, self._period) if smooth else None
 
     @property
     def budget(self) -> int:
@@ -286,10 +301,10 @@ class RateGate:
             # never sent (a run that just ended, another tool). That says nothing about
             # its budget; the 429's pause is all that applies.
             return
-        if wait is not None and self.rate.period >= 10 * WAIT_RESOLUTION:
+        if wait is not None and self._period >= 10 * WAIT_RESOLUTION:
             # DRF's wait is when the oldest request in its window expires. If none of ours
             # is that old, the window also holds requests we did not send: no evidence.
-            server_oldest = now + wait - self.rate.period
+            server_oldest = now + wait - self._period
             if not any(t.counted and t.at <= server_oldest + WAIT_RESOLUTION
                        for t in self._log):
                 return
@@ -299,11 +314,11 @@ class RateGate:
         else:
             self._learned = max(self._learned, counted)
         self._learned_at = now
-        capacity = max(1, min(math.floor(self.rate.count), self._learned))
+        capacity = max(1, min(self._full, self._learned))
         if capacity != self._capacity:
             self._capacity = capacity
             if self._spacer is not None:
-                self._spacer = AsyncLimiter(capacity, self.rate.period)
+                self._spacer = AsyncLimiter(capacity, self._period)
 
     def _recover(self, now: float) -> None:
         """After ``RECOVER_WINDOWS`` windows without a 429, probe upward: +1, then +2, +4...
@@ -311,13 +326,13 @@ class RateGate:
         the estimate was low). When the server's budget really is lower, this costs at
         most one refused request per ten windows; a wrong estimate recovers in a few
         probes."""
-        full = max(1, math.floor(self.rate.count))
+        full = self._full
         if self._capacity < full and now - self._learned_at > RECOVER_WINDOWS * self._window:
             self._capacity = min(full, self._capacity + self._step)
             self._step *= 2
             self._learned_at = now
             if self._spacer is not None:
-                self._spacer = AsyncLimiter(self._capacity, self.rate.period)
+                self._spacer = AsyncLimiter(self._capacity, self._period)
 
     async def acquire(self) -> Ticket:
         """Wait until one more request fits the budget; return its ticket."""

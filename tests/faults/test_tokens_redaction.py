@@ -344,7 +344,7 @@ def test_zero_negative_and_non_finite_rates_are_exit_2_in_one_line(
     monkeypatch.setenv("EDX_CLIENT_ID", "cid")
     monkeypatch.setenv("EDX_CLIENT_SECRET", "secret-value")
     code = cli.main(["harvest", "--out", str(tmp_path / "o"), "--api-base",
-                     "http://127.0.0.1:9", "--rate-lms", bad, "--progress", "off"])
+                     "http://127.0.0.1:9", f"--rate-lms={bad}", "--progress", "off"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("harvester: rates.lms:"), err
