@@ -88,7 +88,7 @@ _CREDENTIAL_SHAPES: Final = re.compile(
     r"|(?P<scheme>\b(?i:bearer|jwt)\s+)[A-Za-z0-9._~+/=-]{16,}"
     r"|(?P<param>\b(?:access_token|refresh_token|id_token|client_secret|token|secret|"
     r"password)=)[^&\s\"'<>]+"
-    r"|(?P<userinfo>://)[^/\s@:]*:[^/\s@]*@")
+    r"|(?P<userinfo>://)[^/\s@:\"'<>]*:[^/\s@\"'<>]*@")
 
 
 def _mask(m: re.Match[str]) -> str:
@@ -149,8 +149,7 @@ class Redactor(logging.Filter):
         record.msg = self.scrub(record.getMessage())
         record.args = None
         if isinstance(fields, dict):
-            record.fields = {k: self.scrub(v) if isinstance(v, str) else v
-                             for k, v in fields.items()}
+            record.fields = self.scrub_obj(fields)
         return True
 
 
@@ -171,7 +170,8 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", None) or {}
         tail = " ".join(f"{k}={v}" for k, v in fields.items())
         line = f"{ts} {record.levelname.lower():7s} {record.getMessage()}"
-        return f"{line} {tail}" if tail else line
+        # The final line too: a field may be any object whose str() quotes a server.
+        return REDACTOR.scrub(f"{line} {tail}" if tail else line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -187,7 +187,7 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             data.update(fields)
-        return orjson.dumps(data, default=str).decode()
+        return REDACTOR.scrub(orjson.dumps(data, default=str).decode())
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -349,3 +349,24 @@ def test_zero_negative_and_non_finite_rates_are_exit_2_in_one_line(
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("harvester: rates.lms:"), err
     assert "Traceback" not in err
+
+
+def test_log_lines_are_redacted_whatever_the_field_holds() -> None:
+    import io
+
+    from harvester.obs import event, setup_logging
+
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ3In0.c2lnbmF0dXJlLXNpZ25hdHVyZTQ"
+
+    class Opaque:
+        def __str__(self) -> str:
+            return f"holds {jwt}"
+
+    for fmt in ("text", "json"):
+        buf = io.StringIO()
+        setup_logging(fmt=fmt, stream=buf)
+        event("t.event", listed=[jwt], obj=Opaque(), url="https://u:pw-123@h/p?token=abc")
+        line = buf.getvalue()
+        assert "eyJ" not in line and "pw-123" not in line and "abc" not in line, line
+        if fmt == "json":
+            orjson.loads(line)  # still one valid object
