@@ -28,6 +28,7 @@ from harvester.learners import (
     LearnerExport,
     LearnerOptions,
     PiiPolicy,
+    check_out,
     format_summary,
     progress_display,
 )
@@ -272,6 +273,7 @@ def cmd_learners(ns: argparse.Namespace) -> int:
     settings, file_layer = load_settings(cli=cli, environ=os.environ, config_file=ns.config)
     options = LearnerOptions.load(file_layer, cli)
     export = LearnerExport(settings, options, PiiPolicy.from_env(options.pii, os.environ))
+    check_out(settings.output.out)  # a bad --out is one line, before the PII notice
     setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
     if (notice := export.pii_notice()) is not None:
         print(notice, file=sys.stderr)
@@ -281,10 +283,16 @@ def cmd_learners(ns: argparse.Namespace) -> int:
         with progress_display(export, show):
             return await export.run()
 
-    result, sig_code = run_async(go)
+    try:
+        result, sig_code = run_async(go)
+    except SinkError as exc:  # no resume here: say what is left instead
+        print(f"harvester: {REDACTOR.scrub(str(exc))} (the previous export in {export.root} "
+              "is unchanged; rerun the command)", file=sys.stderr)
+        return EXIT_UNEXPECTED
     if sig_code is not None:
-        print("harvester: interrupted; unfinished learner files were removed (nothing is "
-              "resumed: rerun the command).", file=sys.stderr)
+        print(f"harvester: interrupted; the previous export in {export.root} is unchanged "
+              "and this run's unfinished files were removed (rerun the command).",
+              file=sys.stderr)
         return sig_code
     assert result is not None
     if result.message:

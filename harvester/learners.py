@@ -17,11 +17,18 @@ Output, per enterprise, under ``OUT/learners/enterprise=<uuid>/``:
   starts with ``=``, ``+``, ``-``, ``@``, TAB or CR gets a leading ``'`` so a spreadsheet
   shows it instead of evaluating it (the NDJSON keeps the value untouched).
 
-Both are written as ``<name>.part`` and renamed when the enterprise is done. An enterprise
-that fails, or a run that is interrupted, leaves no ``.part`` behind: there is no resume
-for learner exports, and a half file of personal data helps nobody. ``OUT/learners/
-manifest.json`` (written atomically) records the run, each enterprise's counts and files
-(lines, bytes, sha256) and the request totals.
+Both are written as ``<name>.part`` in a staging directory and renamed when the
+enterprise is done; they reach ``OUT/learners`` only when the whole run publishes (see
+"Files and manifest" below). An enterprise that fails, or a run that is interrupted,
+leaves no ``.part`` behind: there is no resume for learner exports, and a half file of
+personal data helps nobody. ``OUT/learners/manifest.json`` (written atomically) records
+the run, each enterprise's counts and files (lines, bytes, sha256) and the request totals.
+
+A page that still fails after its retries (a 5xx, a timeout, a maintenance page) costs
+only its own rows: the rest of the walk goes on, a rewalk may still find them, and what
+is missing at the end is a reported gap (exit 3). A walk that breaks off (its page 1
+fails) keeps what earlier walks wrote. Only 401/403 (these credentials may not read the
+enterprise) or a failure before any row arrived fail the enterprise, with no file.
 
 Completeness: rows are deduplicated by enrollment identity (``enterprise_enrollment_id``,
 else ``enrollment_id`` + ``courserun_key``, else the whole row), keeping only 63-bit
@@ -37,14 +44,23 @@ are made ``0700`` and files ``0600`` whatever the mode below; rows never reach l
 error messages (the client keeps learner-summary bodies out of error details, and this
 module logs counts only).
 
-``--pii`` decides what happens to these fields (:data:`PII_FIELDS`):
+``--pii`` decides what happens to the fields that identify a person (:data:`PII_KINDS`;
+the README's "Learner summaries" table gives the reason for each field):
 
-    user_email, user_username, user_first_name, user_last_name, user_country_code,
-    user_country (if the API sends it), enterprise_sso_uid, user_account_creation_date,
-    enterprise_user_id
+* direct identifiers: ``user_email``, ``user_username``, ``user_first_name``,
+  ``user_last_name``, ``enterprise_sso_uid``;
+* stable ids of one person: ``enterprise_user_id`` ("the learner's ID assigned by edX"),
+  and, when a server sends them, ``lms_user_id``, ``user_id``,
+  ``enterprise_customer_user_id``;
+* ids of one person's record: ``enrollment_id``, ``enterprise_enrollment_id`` (anyone
+  with edX data, or with another export in ``keep`` mode, resolves them to the learner)
+  and ``coupon_code`` (enterprise codes are assigned to one learner's email);
+* quasi-identifiers precise enough to single a person out: ``user_account_creation_date``
+  (to the second), ``user_country_code`` / ``user_country``;
 
-plus, failing closed, any field the serializer does not list whose name starts with
-``user_`` or contains ``email``.
+plus, failing closed, any field the serializer does not list whose name looks like a
+person's (contains ``user``, ``email``, ``learner``, ``sso``..., or is a first/last/full
+name): ``lms_user_id``, ``learner_uuid`` and ``manager_email`` are all caught.
 
 * ``keep`` (default; the enterprise admin owns this data): unchanged. A one-line notice on
   stderr says the output holds personal data.
@@ -53,17 +69,24 @@ plus, failing closed, any field the serializer does not list whose name starts w
   without it). Strings are hashed as their UTF-8 bytes, other values as their JSON text
   (``enterprise_user_id`` 1234 hashes ``"1234"``), ``null`` stays ``null``. The same key
   gives the same hashes on every run, so exports can still be joined with each other and
-  with other data hashed the same way; without the key the values cannot be recovered
-  or tested against a guess.
+  with other data hashed the same way. Because the hash is keyed, small id spaces
+  (``lms_user_id`` is a few million integers) cannot be reversed by hashing every
+  candidate: without the key the values cannot be recovered or tested against a guess.
 * ``drop``: the fields are removed from every row and from the CSV columns.
 
-``enterprise_user_id`` is treated as personal data: it is a pseudonymous identifier of
-one person, stable across exports, and anyone with access to edX's systems (or to another
-export in ``keep`` mode) can resolve it to a name and email. Hashing keeps it usable as a
-join key for this export's consumers while removing that link; dropping removes it.
-Enrollment ids, course data, grades and progress are kept in every mode: they are what the
-export is for, but they still describe people, which is why the file modes do not depend
-on ``--pii``.
+Course data, grades, progress, dates of activity, money fields and the enterprise's own
+ids are kept in every mode: they are what the export is for, but they still describe
+people, which is why the file modes do not depend on ``--pii``.
+
+Files and manifest
+------------------
+A run writes into ``OUT/learners/.state/staging`` and, only once every enterprise is
+done, publishes: it removes ``manifest.json``, moves the new files into place, removes
+the files of enterprises that failed or that this run does not list, and writes the new
+manifest last. So ``OUT/learners`` always holds exactly the files its manifest
+describes (same PII mode, same sha256); an interrupted run leaves the previous export and
+its manifest untouched, and a run killed mid-publish leaves no manifest at all. Staged
+files a killed run left behind are removed when the next run starts.
 
 ``--consented-only`` writes only rows whose ``is_consent_granted`` is ``true``.
 """
@@ -77,17 +100,19 @@ import hashlib
 import hmac
 import io
 import logging
+import os
 import random
 import stat
 import time
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
@@ -115,6 +140,7 @@ from harvester.sinks import (
     PartFile,
     disk_errors,
     encode_item,
+    fsync_dir,
     iter_lines,
     write_json_atomic,
 )
@@ -142,12 +168,31 @@ FIELD_ORDER: Final[tuple[str, ...]] = (
 )
 _KNOWN: Final = frozenset(FIELD_ORDER)
 
-#: Fields that identify a person; see the module docstring.
-PII_FIELDS: Final[tuple[str, ...]] = (
-    "user_email", "user_username", "user_first_name", "user_last_name", "user_country_code",
-    "user_country", "enterprise_sso_uid", "user_account_creation_date", "enterprise_user_id",
-)
+#: Every field the serializer, the API reference or older serializers send that identifies
+#: a person, by kind (see the module docstring and the README's table). ``--pii`` hashes or
+#: drops all of them.
+PII_KINDS: Final[dict[str, str]] = {
+    # direct identifiers
+    "user_email": "direct", "user_username": "direct", "user_first_name": "direct",
+    "user_last_name": "direct", "enterprise_sso_uid": "direct",
+    # stable ids of one person, or of one person's record
+    "enterprise_user_id": "person id", "lms_user_id": "person id", "user_id": "person id",
+    "enterprise_customer_user_id": "person id",
+    "enrollment_id": "record id", "enterprise_enrollment_id": "record id",
+    "coupon_code": "record id",
+    # quasi-identifiers precise enough to single a person out
+    "user_account_creation_date": "quasi", "user_country_code": "quasi",
+    "user_country": "quasi",
+}
+PII_FIELDS: Final[tuple[str, ...]] = tuple(PII_KINDS)
 _PII: Final = frozenset(PII_FIELDS)
+#: In a field the serializer does not list, any of these parts of its name makes it
+#: personal (failing closed): ``lms_user_id``, ``learner_uuid``, ``manager_email``...
+_PII_NAME_PARTS: Final = ("user", "email", "learner", "student", "employee", "person", "sso",
+                          "phone", "address", "birth")
+_PII_NAME_TOKENS: Final = frozenset({"uid", "lms", "ip", "dob"})
+_PERSON_NAME_TOKENS: Final = frozenset({"first", "last", "full", "middle", "given", "family",
+                                        "display", "legal", "preferred"})
 
 PII_KEY_ENV: Final = "HARVESTER_PII_KEY"
 PII_KEY_MIN: Final = 16
@@ -156,6 +201,7 @@ LEARNERS_DIR: Final = "learners"
 NDJSON_NAME: Final = "learner_summary.ndjson"
 CSV_NAME: Final = "learner_summary.csv"
 MANIFEST_NAME: Final = "manifest.json"
+STAGING_DIR: Final = "staging"  #: under ``OUT/learners/.state``: a run's unpublished files
 _MAX_ERRORS_KEPT: Final = 50
 _PROGRESS_EVERY: Final = 10.0
 _CSV_GUARD: Final = ("=", "+", "-", "@", "\t", "\r")
@@ -164,8 +210,8 @@ _CSV_GUARD: Final = ("=", "+", "-", "@", "\t", "\r")
 PII_HELP: Final = (
     "personal-data fields: keep them (default), hash them (HMAC-SHA256 hex, key of at "
     f"least {PII_KEY_MIN} characters in env {PII_KEY_ENV}) or drop them. Fields: "
-    f"{', '.join(PII_FIELDS)}, and any unlisted field named user_* or *email*. Files are "
-    "0600 and directories 0700 in every mode")
+    f"{', '.join(PII_FIELDS)}, and any unlisted field whose name looks like a person's "
+    "(user, email, learner, sso, ...). Files are 0600 and directories 0700 in every mode")
 
 
 class PiiMode(StrEnum):
@@ -247,10 +293,18 @@ class LearnerOptions:
 # --- personal data -----------------------------------------------------------------------
 
 def is_pii(name: str) -> bool:
-    """Whether a field identifies a person (listed, or an unlisted ``user_*``/email field)."""
+    """Whether a field identifies a person: listed in :data:`PII_KINDS`, or a field the
+    serializer does not list whose name looks like a person's (fails closed)."""
     if name in _PII:
         return True
-    return name not in _KNOWN and (name.startswith("user_") or "email" in name)
+    if name in _KNOWN:
+        return False
+    lowered = name.lower()
+    if any(part in lowered for part in _PII_NAME_PARTS):
+        return True
+    tokens = set(lowered.replace("-", "_").split("_"))
+    return bool(tokens & _PII_NAME_TOKENS) or ("name" in tokens and bool(
+        tokens & _PERSON_NAME_TOKENS))
 
 
 class PiiPolicy:
@@ -467,6 +521,61 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot hold the export, before anything is created.
+
+    A file, a path under a file, a symbolic link (for OUT or ``OUT/learners``: personal
+    data is never written through a link) or a directory we may not write are usage
+    errors (exit 2), not disk failures.
+    """
+    for path in (out, out / LEARNERS_DIR):
+        if path.is_symlink():
+            raise ConfigError(f"--out {out}: {path} is a symbolic link; personal data is "
+                              "never written through a link (pass the real directory)")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--out {out}: {probe} exists and is not a directory")
+    if (out / LEARNERS_DIR).exists() and not (out / LEARNERS_DIR).is_dir():
+        raise ConfigError(f"--out {out}: {out / LEARNERS_DIR} exists and is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {probe} is not writable")
+
+
+def _page_of(exc: ApiError | RequestError) -> int | None:
+    """The page number a failed request asked for (from its URL), if any."""
+    values = parse_qs(urlsplit(exc.url).query).get("page")
+    return int(values[0]) if values and values[0].isdigit() else None
+
+
+def _clear_enterprise(directory: Path) -> None:
+    """Remove the learner files of one ``enterprise=<uuid>`` directory (ours only), and
+    the directory if that leaves it empty."""
+    if directory.is_symlink() or not directory.is_dir():
+        return
+    for name in (NDJSON_NAME, CSV_NAME):
+        _unlink(directory / name)
+        _unlink(directory / (name + PART))
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # only if empty
+
+
+def _remove_staging(staging: Path) -> None:
+    """Remove a staging tree (this run's unfinished files, or a killed run's)."""
+    if staging.is_symlink() or not staging.is_dir():
+        return
+    for directory in staging.iterdir():
+        if directory.is_dir() and not directory.is_symlink():
+            for name in (NDJSON_NAME, CSV_NAME):
+                _unlink(directory / name)
+                _unlink(directory / (name + PART))
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+    with contextlib.suppress(OSError):
+        staging.rmdir()
+
+
 # --- the run -----------------------------------------------------------------------------
 
 class LearnerExport:
@@ -491,6 +600,7 @@ class LearnerExport:
         self.pii = pii
         self.out = settings.output.out
         self.root = self.out / LEARNERS_DIR
+        self.staging = self.root / STATE_DIR / STAGING_DIR
         self._clock = clock
         self._sleep = sleep
         self._rand = rand
@@ -509,8 +619,9 @@ class LearnerExport:
                 "--pii drop to pseudonymise or remove identifying fields.")
 
     async def run(self) -> RunResult:
-        """Export every enterprise into ``OUT/learners``; the manifest is written last."""
+        """Export every enterprise into staging, then publish; the manifest is written last."""
         self.settings.api.require_credentials()
+        check_out(self.out)
         with disk_errors(self.out):
             self.out.mkdir(parents=True, exist_ok=True)
         private_dir(self.root)
@@ -520,6 +631,8 @@ class LearnerExport:
         with disk_errors(lock.path):
             lock.path.chmod(0o600)
         try:
+            _remove_staging(self.staging)  # what a killed run left: never published
+            private_dir(self.staging)
             self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuidlib.uuid4().hex[:8]}"
             self.started_at = now_iso()
             event("learners.start", run_id=self.run_id, enterprises=len(self.enterprises),
@@ -533,12 +646,11 @@ class LearnerExport:
                     await self._export(client, es)
             return self._finish(self._clock() - t0)
         finally:
+            _remove_staging(self.staging)  # empty after a publish; else unfinished PII
             lock.release()
 
     async def _export(self, client: ApiClient, es: EnterpriseState) -> None:
-        directory = private_dir(self.root / es.dirname)
-        for name in (NDJSON_NAME, CSV_NAME):
-            _unlink(directory / (name + PART))  # a stale .part could carry other modes
+        directory = private_dir(self.staging / es.dirname)
         part = PartFile(directory / NDJSON_NAME, private=True)
         committed = False
         es.status = "listing"
@@ -546,13 +658,8 @@ class LearnerExport:
         try:
             try:
                 await self._walks(client, es, part)
-            except (ApiError, RequestError) as exc:  # 403/401/XML included: ApiErrors
-                es.status = "failed"
-                es.error = REDACTOR.scrub(str(exc))
-                es.access_denied = isinstance(exc, Forbidden | Unauthorized)
-                es.record_error("enterprise_failed", exc)
-                event("learners.enterprise_failed", logging.WARNING, enterprise=es.uuid,
-                      error=type(exc).__name__, status=getattr(exc, "status", None))
+            except (ApiError, RequestError) as exc:  # 401/403, or nothing arrived at all
+                self._fail(es, exc)
                 return
             self._commit(es, part, directory)
             committed = True
@@ -560,22 +667,42 @@ class LearnerExport:
             if not committed:
                 part.abandon()
                 _unlink(part.path)
-                with contextlib.suppress(OSError):
-                    directory.rmdir()  # only if empty: an earlier run's files stay
         event("learners.enterprise_done", enterprise=es.uuid, status=es.status,
               count=es.count_reported, written=es.rows_written, duplicates=es.duplicates,
               gaps=es.gaps, walks=es.walks, pages=es.pages)
 
+    def _fail(self, es: EnterpriseState, exc: ApiError | RequestError) -> None:
+        es.status = "failed"
+        es.error = REDACTOR.scrub(str(exc))
+        es.access_denied = isinstance(exc, Forbidden | Unauthorized)
+        es.record_error("enterprise_failed", exc)
+        event("learners.enterprise_failed", logging.WARNING, enterprise=es.uuid,
+              error=type(exc).__name__, status=getattr(exc, "status", None))
+
     async def _walks(self, client: ApiClient, es: EnterpriseState, part: PartFile) -> None:
         seen: set[int] = set()
+        broken: list[ApiError | RequestError] = []
 
-        def walk(n: int) -> Awaitable[None]:
+        async def walk(n: int) -> None:
             es.walks = n
-            return self._walk(client, es, part, seen, seen if n == 1 else set())
+            try:
+                await self._walk(client, es, part, seen, seen if n == 1 else set())
+            except (Forbidden, Unauthorized):
+                raise  # these credentials may not read it: no page will do better
+            except (ApiError, RequestError) as exc:
+                # A page the walk could not go on without (page 1, or a later page that
+                # broke the walk): keep every row so far; a rewalk may find the rest.
+                broken.append(exc)
+                es.page_errors += 1
+                es.record_error("walk_failed", exc, page=_page_of(exc))
+                event("learners.walk_failed", logging.WARNING, enterprise=es.uuid, walk=n,
+                      error=type(exc).__name__, status=getattr(exc, "status", None))
 
         await walk_until_complete(walk, lambda: (es.unique, es.count_reported), first=1,
                                   max_rewalks=self.options.max_rewalks,
                                   event_name="learners.rewalk", enterprise=es.uuid)
+        if broken and es.rows_received == 0:
+            raise broken[0]  # nothing arrived at all: the enterprise failed
         es.gaps = max(0, (es.count_reported or 0) - es.unique)
         unjudged = es.count_reported is None and es.page_errors > 0
         es.status = "partial" if es.gaps or unjudged else "complete"
@@ -601,9 +728,12 @@ class LearnerExport:
             self._take(es, part, page, seen, walk_seen)
 
         try:
+            # Only a refusal ends the walk: a page that keeps answering markup (a
+            # maintenance page) is one failed page, not a reason to drop the others.
             await walk_pages(client, Endpoint.LEARNERS, learners_path(es.uuid), PAGE_SIZE,
                              take, parallel=self.settings.limits.page_concurrency,
-                             on_plan=on_plan, on_page_error=on_page_error)
+                             on_plan=on_plan, on_page_error=on_page_error,
+                             fatal=(Forbidden, Unauthorized))
         except BaseExceptionGroup as group:
             # Pages after the first run in a TaskGroup: a 403 there arrives wrapped.
             raise leading_error(group) from None
@@ -654,8 +784,6 @@ class LearnerExport:
             if csv_part is not None:
                 infos.append(csv_part.commit())
                 csv_part = None
-            else:
-                _unlink(directory / CSV_NAME)  # an earlier run's CSV would contradict this one
         finally:
             if csv_part is not None:
                 csv_part.abandon()
@@ -706,6 +834,7 @@ class LearnerExport:
             "enterprises": {es.uuid: es.manifest() for es in self.enterprises},
             "totals": totals,
         }
+        self._publish()
         write_json_atomic(self.root / MANIFEST_NAME, manifest, private=True)
         event("learners.done", run_id=self.run_id, status=status,
               rows=totals["rows_written"], gaps=totals["gaps"])
@@ -717,6 +846,36 @@ class LearnerExport:
                        + (f" and {len(self.enterprises) - 1} more" if len(self.enterprises) > 1
                           else "") + f" ({first.error})")
         return RunResult(status, code, self.root, manifest, message)
+
+    def _publish(self) -> None:
+        """Replace the previous export with this run's staged files.
+
+        The old manifest goes first (a crash from here on leaves no manifest rather than
+        one describing files it did not write); then each enterprise's files move in, or
+        its old files go if it failed; then enterprises this run does not list go.
+        Synchronous on purpose: a signal cannot stop it halfway.
+        """
+        _unlink(self.root / MANIFEST_NAME)
+        fsync_dir(self.root)
+        for es in self.enterprises:
+            staged, final = self.staging / es.dirname, self.root / es.dirname
+            if not es.files:
+                _clear_enterprise(final)
+                continue
+            private_dir(final)
+            for name in (NDJSON_NAME, CSV_NAME):
+                with disk_errors(final / name):
+                    if name in es.files:
+                        os.replace(staged / name, final / name)  # replaces a link, never follows
+                    else:
+                        _unlink(final / name)
+                    _unlink(final / (name + PART))
+            fsync_dir(final)
+        ours = {es.dirname for es in self.enterprises}
+        for directory in self.root.glob("enterprise=*"):
+            if directory.name not in ours:
+                _clear_enterprise(directory)
+        fsync_dir(self.root)
 
     # --- progress --------------------------------------------------------------------------
 

@@ -155,14 +155,16 @@ client: ApiClient,
     skip: set[int] | None = None,
     on_plan: Callable[[ListingPlan], Awaitable[None]] | None = None,
     on_page_error: Callable[[int, HarvestError], Awaitable[None]] | None = None,
+    fatal: tuple[type[HarvestError], ...] = (Forbidden, Unauthorized, UnexpectedXML),
 ) -> None:
     """Walk a DRF list: page 1, then the planned pages concurrently by number, then
     any pages beyond the plan one at a time. ``take`` gets each page in arrival order.
 
     A page past the end (404 ``Invalid page.``) ends the walk quietly. ``plan`` resumes a
     walk whose page 1 is done; ``skip`` lists pages already taken. A page that fails
-    after its retries goes to ``on_page_error`` (or raises, without one); 401, 403 and
-    XML always raise, since every other page would fail the same way.
+    after its retries goes to ``on_page_error`` (or raises, without one); ``fatal``
+    errors (by default 401, 403 and XML) always raise, since every other page would fail
+    the same way.
     """
     skip = skip or set()
 
@@ -211,10 +213,8 @@ client: ApiClient,
             n = todo.popleft()
             try:
                 page = await fetch(fixed_plan.request(n))
-            except (Forbidden, Unauthorized, UnexpectedXML):
-                raise
             except (ApiError, RequestError) as exc:
-                if on_page_error is None:
+                if on_page_error is None or isinstance(exc, fatal):
                     raise
                 await on_page_error(n, exc)
                 continue

@@ -10,15 +10,15 @@ interrupted at an exact point without any timing.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import hmac
 import os
 import signal
 import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,16 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from harvester import cli
 from harvester.sim import SimServer
-from tests.integration.test_learners import (  # noqa: F401  (fixtures used by name)
+from tests.integration.helpers import LoopThread
+from tests.integration.test_learners import (
     KEY,
     Outcome,
     World,
     assert_no_learner_data,
     assert_private_tree,
     mac,
-    run_cli,
-    world,
 )
 
 Row = dict[str, Any]
@@ -99,8 +99,7 @@ class FaultProxy:
             n = self.calls[(ent, page)] = self.calls.get((ent, page), 0) + 1
             if ent == self.hold:
                 self.held.set()
-                while not self.release.is_set():  # a test-side gate, not a timing
-                    await _tick()
+                await asyncio.get_running_loop().run_in_executor(None, self.release.wait)
             if self.fault is not None and (answer := self.fault(ent, page, n)) is not None:
                 return answer
             if ent in self.aliases:
@@ -121,10 +120,41 @@ class FaultProxy:
         return web.Response(status=status, body=raw, headers=out_headers)
 
 
-async def _tick() -> None:
-    import asyncio
+@pytest.fixture
+def world() -> Iterator[World]:
+    w = World(LoopThread())
+    try:
+        yield w
+    finally:
+        for close in reversed(w.closers):
+            w.lt.run(close())
+        w.lt.close()
 
-    await asyncio.sleep(0.01)
+
+@pytest.fixture
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+            tmp_path: Path) -> Callable[..., Outcome]:
+    """``harvester learners`` in-process, as from a shell (zero backoff, 1000/s budget)."""
+    retry_cfg = tmp_path / "fast-retries.toml"
+    retry_cfg.write_text("[retry]\nbackoff_base = 0.0\nbackoff_cap = 0.0\n")
+
+    def run(srv: SimServer, *args: str, base: str | None = None, out: Path | None = None,
+            key: str | None = None) -> Outcome:
+        monkeypatch.setenv("EDX_CLIENT_ID", srv.client_id)
+        monkeypatch.setenv("EDX_CLIENT_SECRET", srv.client_secret)
+        if key is None:
+            monkeypatch.delenv("HARVESTER_PII_KEY", raising=False)
+        else:
+            monkeypatch.setenv("HARVESTER_PII_KEY", key)
+        out = out or tmp_path / "out"
+        capsys.readouterr()
+        code = cli.main(["learners", "--out", str(out), "--api-base", base or srv.base_url,
+                         "--rate-learners", "1000/s", "--progress", "off",
+                         "--config", str(retry_cfg), *args])
+        cap = capsys.readouterr()
+        return Outcome(code, cap.out, cap.err, out / "learners")
+
+    return run
 
 
 def start_proxy(world: World, srv: SimServer, **kw: Any) -> FaultProxy:
@@ -158,7 +188,8 @@ def assert_manifest_matches_files(root: Path) -> dict[str, Any]:
             path = root / f"enterprise={ent}" / name
             assert sha(path) == info["sha256"], path
             listed.add(path)
-    assert set(learner_files(root)) == listed
+    published = {p for p in learner_files(root) if ".state" not in p.relative_to(root).parts}
+    assert published == listed
     return m
 
 
@@ -214,7 +245,7 @@ def spawn_learners(srv: SimServer, base: str, out: Path, tmp: Path,
          *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_keep_run_leaves_the_hash_export_as_it_was(
         world: World, run_cli: Any, tmp_path: Path, sig: signal.Signals, code: int) -> None:
     """hash run, then a keep run interrupted while its second enterprise is in flight (the
@@ -254,6 +285,44 @@ def test_interrupted_keep_run_leaves_the_hash_export_as_it_was(
                          if p.is_file())
     assert_no_learner_data(everything, truth)
     assert_private_tree(root)
+
+
+def test_kill_9_leaves_the_old_export_and_the_next_run_clears_the_staged_files(
+        world: World, run_cli: Any, tmp_path: Path) -> None:
+    """SIGKILL while the second enterprise is in flight: the published export and its
+    manifest are untouched; the killed run's staged file stays private under .state and
+    the next run removes it before publishing its own."""
+    srv = world.sim(learners=300)
+    second = str(uuid.UUID(int=13))
+    proxy = start_proxy(world, srv, aliases=(second,))
+    out = tmp_path / "out"
+    root = out / "learners"
+    first = run_cli(srv, "--enterprise", srv.enterprise_uuid, "--enterprise", second,
+                    "--pii", "drop", base=proxy.base_url, out=out)
+    assert first.code == 0, first.err
+    before_manifest = (root / "manifest.json").read_bytes()
+    proxy.hold = second
+    proc = spawn_learners(srv, proxy.base_url, out, tmp_path, "--enterprise",
+                          srv.enterprise_uuid, "--enterprise", second, "--pii", "keep")
+    try:
+        assert proxy.held.wait(60), "the second enterprise was never requested"
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        proxy.release.set()
+    assert (root / "manifest.json").read_bytes() == before_manifest
+    assert_manifest_matches_files(root)
+    staged = [p for p in learner_files(root) if ".state" in p.parts]
+    assert staged, "the killed run had staged its first enterprise"
+    assert_private_tree(root)
+
+    proxy.hold = None
+    again = run_cli(srv, "--enterprise", srv.enterprise_uuid, "--pii", "drop",
+                    base=proxy.base_url, out=out)
+    assert again.code == 0, again.err
+    assert not [p for p in root.rglob("*") if ".state" in p.parts and "staging" in p.parts]
+    m = assert_manifest_matches_files(root)
+    assert list(m["enterprises"]) == [srv.enterprise_uuid]
 
 
 def test_a_failed_enterprise_under_drop_leaves_no_raw_file(
@@ -316,7 +385,7 @@ def _learners_symlink(tmp: Path) -> Path:
     return tmp / "out"
 
 
-@pytest.mark.parametrize("make, words", [
+@pytest.mark.parametrize(("make", "words"), [
     (_file, "not a directory"), (_under_file, "not a directory"),
     (_symlink, "symbolic link"), (_learners_symlink, "symbolic link")])
 def test_a_bad_out_exits_2_with_one_line_before_any_request(
@@ -398,5 +467,5 @@ def test_a_rewalk_that_fails_keeps_what_the_first_walk_wrote(
     m = assert_manifest_matches_files(res.root)
     e = m["enterprises"][srv.enterprise_uuid]
     assert (e["status"], e["rows_written"], e["gaps"]) == ("partial", 2299, 1)
-    assert [err["status"] for err in e["errors"]] == [503]
+    assert [err["status"] for err in e["errors"]] == [503, 503]  # walks 2 and 3
     assert proxy.calls[(srv.enterprise_uuid, 1)] > 2  # the rewalk's page 1 was retried

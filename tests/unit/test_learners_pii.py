@@ -96,8 +96,10 @@ def test_hash_mode_replaces_each_pii_field_with_its_hmac() -> None:
     assert out["user_country"] == mac("United Kingdom")
     assert out["user_account_creation_date"] == mac("2021-03-04T05:06:07Z")
     assert out["enterprise_user_id"] == mac("10007")  # an int hashes as its decimal text
+    assert out["enrollment_id"] == mac("5000007")  # record ids resolve to one person
+    assert out["enterprise_enrollment_id"] == mac("90001")
     assert out["enterprise_sso_uid"] is None  # null stays null
-    for name in ("enrollment_id", "enterprise_enrollment_id", "current_grade",
+    for name in ("courserun_key", "current_grade", "has_passed",
                  "enterprise_name", "user_current_enrollment_mode", "progress_status"):
         assert out[name] == original[name]
     assert original["user_email"] == "ada.lovelace@example.com"  # input not mutated
@@ -121,7 +123,8 @@ def test_drop_mode_removes_pii_fields_only() -> None:
     assert list(out) == [k for k in original if k in out]
     assert out["user_current_enrollment_mode"] == "verified"
     assert out["extra"] == 1
-    assert out["enterprise_enrollment_id"] == 90001
+    assert "enterprise_enrollment_id" not in out and "enrollment_id" not in out
+    assert out["courserun_key"] == "course-v1:edX+DemoX+1T2024"
 
 
 def test_keep_mode_is_identical() -> None:
@@ -184,7 +187,7 @@ def test_columns_follow_the_serializer_then_sorted_extras() -> None:
     assert keep == [*FIELD_ORDER, "alpha", "user_country", "zeta"]
     drop = PiiPolicy(PiiMode.DROP).columns({"zeta", "alpha"})
     assert drop == [f for f in FIELD_ORDER if f not in PII_FIELDS] + ["alpha", "zeta"]
-    assert drop.index("enrollment_id") == 0 and "user_email" not in drop
+    assert drop[0] == "is_consent_granted" and "user_email" not in drop
 
 
 def test_csv_cells() -> None:
@@ -246,3 +249,79 @@ def test_tally_counts_outcomes_and_distinct_learners() -> None:
     t.add(row(progress_status=None, enterprise_user_id=None))
     assert t.as_dict() == {"learners": 3, "enrollments": 5, "passed": 2, "in_progress": 1,
                            "failed": 1}
+
+
+#: The API reference's learner-summary table names a few fields differently from the
+#: serializer (course_duration, course_end, course_start, user_country).
+REFERENCE_ONLY = ["course_duration", "course_end", "course_start", "user_country"]
+
+#: Every field the serializer, the reference or the simulator sends that does NOT identify
+#: a person, with why (the README's table says the same).
+NOT_PERSONAL = {
+    # what the enrollment is: course, run, dates of the course
+    "course_key", "courserun_key", "course_title", "course_pacing_type", "course_start_date",
+    "course_end_date", "course_duration_weeks", "course_max_effort", "course_min_effort",
+    "course_primary_program", "primary_program_type", "course_primary_subject",
+    "course_api_url", "course_product_line", "course_passing_grade", "course_duration",
+    "course_end", "course_start",
+    # progress and outcome: what the export is for
+    "has_passed", "last_activity_date", "progress_status", "passed_date", "current_grade",
+    "letter_grade", "course_progress", "total_learning_time_hours",
+    "user_current_enrollment_mode", "enrollment_date", "unenrollment_date",
+    "unenrollment_end_within_date", "is_consent_granted", "is_refunded",
+    # money and subsidy: shared by many learners
+    "paid_by", "seat_delivery_method", "offer_id", "offer_name", "offer_type", "coupon_name",
+    "contract_id", "course_list_price", "amount_learner_paid", "is_subsidy", "budget_id",
+    "enterprise_flex_group_name", "enterprise_flex_group_uuid",
+    # the enterprise itself, and when the report row was built
+    "enterprise_name", "enterprise_customer_uuid", "created",
+}
+PERSONAL = {
+    "user_email", "user_username", "user_first_name", "user_last_name", "enterprise_sso_uid",
+    "enterprise_user_id", "enrollment_id", "enterprise_enrollment_id", "coupon_code",
+    "user_account_creation_date", "user_country_code", "user_country",
+}
+
+
+def test_every_field_sent_is_classified_as_personal_or_not() -> None:
+    """Each field of the serializer, the API reference and the simulator's rows is either
+    hashed/dropped or deliberately kept; a new field fails this test until classified."""
+    from harvester.sim import SimConfig
+    from harvester.sim.data import Dataset
+
+    sim_fields = list(Dataset(SimConfig(learners=3)).learner_row(1, 0))
+    every = set(SPEC_ORDER) | set(REFERENCE_ONLY) | set(sim_fields)
+    assert PERSONAL.isdisjoint(NOT_PERSONAL)
+    assert every == PERSONAL | NOT_PERSONAL
+    assert {f for f in every if is_pii(f)} == PERSONAL
+    assert set(PII_FIELDS) >= PERSONAL
+
+
+@pytest.mark.parametrize("name", [
+    "lms_user_id", "user_id", "userid", "enterprise_customer_user_id", "learner_uuid",
+    "enterprise_user_uuid", "manager_email", "student_id", "employee_number", "sso_subject",
+    "idp_uid", "first_name", "full_name", "display_name", "phone", "ip_address",
+    "date_of_birth"])
+def test_unlisted_person_fields_fail_closed(name: str) -> None:
+    """Fields no serializer lists but that name a person or one of their ids."""
+    assert is_pii(name)
+    assert name not in PiiPolicy(PiiMode.DROP).apply(row(**{name: 1}))
+
+
+@pytest.mark.parametrize("name", ["course_slug", "program_title", "last_modified",
+                                  "catalog_uuid", "subsidy_type"])
+def test_unlisted_course_fields_are_kept(name: str) -> None:
+    assert not is_pii(name)
+
+
+def test_small_integer_ids_are_not_reversible_without_the_key() -> None:
+    """An unkeyed sha256 of lms_user_id is a lookup table over a few million integers; the
+    keyed HMAC matches no such table, and only the key holder can rebuild it."""
+    policy = PiiPolicy(PiiMode.HASH, KEY.encode())
+    ids = range(10_000, 12_000)
+    out = [policy.apply(row(lms_user_id=i, enterprise_user_id=i))["lms_user_id"] for i in ids]
+    table = {hashlib.sha256(str(i).encode()).hexdigest() for i in ids}
+    assert table.isdisjoint(out)
+    assert out == [mac(str(i)) for i in ids]
+    other = PiiPolicy(PiiMode.HASH, (KEY + "x").encode())
+    assert {other.hash_value(i) for i in ids}.isdisjoint(out)
