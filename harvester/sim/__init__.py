@@ -71,6 +71,7 @@ etag                       False           ETag/Last-Modified on details, 304 on
 forbid_catalogs            ()              own catalog indexes whose content/details 403
 echo_token                 False           every 403 body echoes the caller's Authorization
 expires_in                 None            grant's expires_in override ("0", "-5", "soon", "")
+omit_count                 False           content pages have no ``count`` (live)
 =========================  ==============  ==================================================
 
 ``GET /__changes?from=A&to=B`` lists ``{op, catalog_uuid, content_type, key}`` (``upsert``

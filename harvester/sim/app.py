@@ -126,6 +126,8 @@ def _page_response(
     default_size: int,
     max_size: int | None,
     extra: Json | None = None,
+    *,
+    omit_count: bool = False,
 ) -> web.Response:
     cfg = ctx.state.cfg
     pq = parse_page_query(ctx.request.query, default_size, max_size, cfg.limit_mode)
@@ -136,7 +138,7 @@ def _page_response(
     results = fetch(range(page.start, page.stop))
     links = page_links(_public_base(ctx), path, page, pq.forwarded)
     body = page_body(
-        count,
+        None if omit_count else count,
         links,
         results,
         end_marker=cfg.end_marker,
@@ -207,7 +209,9 @@ async def _content_page(ctx: Ctx) -> web.StreamResponse:
     row = data.catalog_row_v1(c)
     extra = {k: row[k] for k in ("uuid", "title", "enterprise_customer")}
     path = f"/enterprise/v2/enterprise-catalogs/{data.catalog_uuids[c]}"
-    return _page_response(ctx, path, n, fetch, 10, st.cfg.max_page_size, extra)
+    return _page_response(
+        ctx, path, n, fetch, 10, st.cfg.max_page_size, extra, omit_count=st.cfg.omit_count
+    )
 
 
 def _find_detail(ctx: Ctx, c: int, kind: str, key: str) -> Json | None:
@@ -473,7 +477,7 @@ _LIVE_KNOBS: Final = frozenset({
     "forbid_catalogs", "fault_rate", "fault_kinds", "fault_token", "detail_404_rate",
     "detail_404_mode", "detail_404_times", "shuffle", "churn", "etag", "latency_ms",
     "jitter_ms", "strip_retry_after", "gateway_remap", "end_marker", "accept_mode",
-    "limit_mode", "echo_token", "expires_in",
+    "limit_mode", "echo_token", "expires_in", "omit_count",
 })
 
 

@@ -155,6 +155,10 @@ class SimConfig:
         metadata=_help("comma list of own catalog indexes (0-based) whose content and details "
                        "answer 403; POST /__config can heal them at run time"),
     )
+    omit_count: bool = field(
+        default=False,
+        metadata=_help("content pages carry no 'count' (it is optional; live knob)"),
+    )
 
     echo_token: bool = field(
         default=False,

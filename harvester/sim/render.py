@@ -189,7 +189,7 @@ def page_links(
 
 
 def page_body(
-    count: int,
+    count: int | None,
     links: tuple[str | None, str | None],
     results: list[Any],
     *,
@@ -199,13 +199,18 @@ def page_body(
     size: int,
     extra: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """The full response body of one page in the negotiated format."""
+    """The full response body of one page in the negotiated format (``count`` None:
+    the body has no ``count`` at all)."""
     nxt, prev = links
     if not xml:
         if end_marker == "empty":
             # What the gateway's VTL template makes of a null link.
             nxt, prev = nxt or "", prev or ""
-        return json_bytes({"count": count, "next": nxt, "previous": prev, "results": results})
+        plain: dict[str, Any] = {"count": count, "next": nxt, "previous": prev,
+                                 "results": results}
+        if count is None:
+            del plain["count"]
+        return json_bytes(plain)
     body: dict[str, Any] = {
         "next": nxt,
         "previous": prev,
@@ -216,4 +221,6 @@ def page_body(
         "results": results,
     }
     body.update(extra or {})
+    if count is None:
+        del body["count"]
     return xml_bytes(body)

@@ -140,6 +140,7 @@ def test_every_config_field_is_a_flag() -> None:
         "--echo-token",
         "--expires-in",
         "soon",
+        "--omit-count",
     ]
     cfg = config_from_args(parser.parse_args(argv))
     defaults = SimConfig()

@@ -36,3 +36,15 @@ def test_forbid_catalogs_validated() -> None:
         SimConfig(catalogs=2, forbid_catalogs=("2",))
     with pytest.raises(ValueError, match="forbid_catalogs"):
         SimConfig(forbid_catalogs=("x",))
+
+
+async def test_omit_count_drops_count_from_content_pages_only_and_is_live(
+    make_sim: SimFactory,
+) -> None:
+    sim = await make_sim(items=30, omit_count=True)
+    body = await sim.get_json(sim.content_path(0), page_size=10)
+    assert "count" not in body and len(body["results"]) == 10 and body["next"]
+    # The catalog list keeps its count: only content pages are affected.
+    assert "count" in await sim.get_json("/enterprise/v2/enterprise-catalogs")
+    assert await sim.ops("POST", "/__config", {"omit_count": False}) == {"omit_count": False}
+    assert (await sim.get_json(sim.content_path(0), page_size=10))["count"] == 30
