@@ -8,7 +8,8 @@ Formats (one event per item: ``upsert`` with a document, or ``delete``):
   (a sha256 when that exceeds 512 bytes), stable across runs.
 * ``meili``: Meilisearch / Typesense documents, one JSON object per line, with the primary
   key ``id`` = ``<content_type>-<40 hex>`` (only ``[A-Za-z0-9_-]``, as both engines
-  require), stable across runs. Deletes cannot be expressed as documents, so their ids go
+  require: other characters of the type become ``_``; the hex keeps ids unique), stable
+  across runs. Deletes cannot be expressed as documents, so their ids go
   to ``<out>.deletes.json`` (a JSON array, the body of Meilisearch's
   ``documents/delete-batch``).
 * ``jsonl``: ``{"op", "id", "catalog_uuid", "content_type", "key", "document"?}`` per line.
@@ -99,45 +100,65 @@ def document(ev: Event) -> dict[str, Any]:
 
 def export(source: Path, fmt: str, out: Path, *, index: str = "edx-catalog",
            changes: bool = False) -> ExportCounts:
-    """Write ``source`` in format ``fmt`` to ``out`` (atomically); count what was written."""
+    """Write ``source`` in format ``fmt`` to ``out`` (atomically); count what was written.
+
+    Whatever stops it (an error, SIGINT/SIGTERM raised as an exception) leaves no
+    ``.part`` and no changed file. Meilisearch's pair (documents and ``.deletes.json``) is
+    written in full and fsynced before either is renamed.
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    counts = ExportCounts()
-    part = PartFile(out)
-    deletes: list[str] = []
+    parts: list[PartFile] = []
     try:
-        for ev in events(source, changes=changes):
-            if ev.op == "upsert":
-                counts.upserts += 1
-            else:
-                counts.deletes += 1
-            if fmt == "es-bulk":
-                meta = {"_index": index, "_id": doc_id(ev.catalog, ev.content_type, ev.key)}
-                if ev.op == "upsert":
-                    part.write(encode_line({"index": meta}))
-                    part.write(encode_line(document(ev)))
-                else:
-                    part.write(encode_line({"delete": meta}))
-            elif fmt == "meili":
-                ident = safe_id(ev.catalog, ev.content_type, ev.key)
-                if ev.op == "upsert":
-                    part.write(encode_line({"id": ident, **document(ev)}))
-                else:
-                    deletes.append(ident)
-            else:
-                line: dict[str, Any] = {
-                    "op": ev.op, "id": doc_id(ev.catalog, ev.content_type, ev.key),
-                    "catalog_uuid": ev.catalog, "content_type": ev.content_type,
-                    "key": ev.key}
-                if ev.op == "upsert":
-                    line["document"] = document(ev)
-                part.write(encode_line(line))
-        part.commit()
+        if fmt == "meili":  # opened first: if it cannot be written, nothing is replaced
+            parts.append(PartFile(out.with_name(out.name + ".deletes.json")))
+        parts.append(PartFile(out))
+        counts, deletes = _write(parts[-1], source, fmt, index=index, changes=changes)
+        if fmt == "meili":
+            parts[0].write(orjson.dumps(deletes) + b"\n")
+        for part in parts:
+            part.checkpoint()
+        # Deletes first: a kill between the two renames pairs new deletes with the old
+        # documents, which removes only items that are really gone.
+        for part in parts:
+            part.commit()
     except BaseException:
-        part.abandon()
+        for part in parts:
+            part.abandon()
+            part.path.unlink(missing_ok=True)
         raise
-    if fmt == "meili":
-        side = PartFile(out.with_name(out.name + ".deletes.json"))
-        side.write(orjson.dumps(deletes) + b"\n")
-        side.commit()
     return counts
+
+
+def _write(part: PartFile, source: Path, fmt: str, *, index: str, changes: bool
+           ) -> tuple[ExportCounts, list[str]]:
+    """Every event of ``source`` into ``part``; the counts and (meili) the delete ids."""
+    counts = ExportCounts()
+    deletes: list[str] = []
+    for ev in events(source, changes=changes):
+        if ev.op == "upsert":
+            counts.upserts += 1
+        else:
+            counts.deletes += 1
+        if fmt == "es-bulk":
+            meta = {"_index": index, "_id": doc_id(ev.catalog, ev.content_type, ev.key)}
+            if ev.op == "upsert":
+                part.write(encode_line({"index": meta}))
+                part.write(encode_line(document(ev)))
+            else:
+                part.write(encode_line({"delete": meta}))
+        elif fmt == "meili":
+            ident = safe_id(ev.catalog, ev.content_type, ev.key)
+            if ev.op == "upsert":
+                part.write(encode_line({"id": ident, **document(ev)}))
+            else:
+                deletes.append(ident)
+        else:
+            line: dict[str, Any] = {
+                "op": ev.op, "id": doc_id(ev.catalog, ev.content_type, ev.key),
+                "catalog_uuid": ev.catalog, "content_type": ev.content_type,
+                "key": ev.key}
+            if ev.op == "upsert":
+                line["document"] = document(ev)
+            part.write(encode_line(line))
+    return counts, deletes
