@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +20,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+
+import orjson
 
 from harvester import __version__
 from harvester.config import Settings, load_settings
@@ -34,7 +38,15 @@ from harvester.learners import (
 )
 from harvester.obs import REDACTOR, event, setup_logging
 from harvester.pipeline import Harvest
-from harvester.run import EXIT_UNEXPECTED, EXIT_USAGE, RunResult
+from harvester.run import (
+    EXIT_UNEXPECTED,
+    EXIT_USAGE,
+    RunResult,
+    describe_change,
+    fingerprint,
+    fingerprint_parts,
+)
+from harvester.state import Ledger
 from harvester.sync import Store, SyncOptions
 
 T = TypeVar("T")
@@ -330,23 +342,74 @@ def _as_of(text: str | None) -> float | None:
     return when.timestamp()
 
 
+def _why_not_resume(store: Store, snap: Path, settings: Settings,
+                    options: SyncOptions) -> str | None:
+    """Why this command cannot resume the unfinished ``snap`` (None: it can)."""
+    if (problem := store.marker_problem(snap)) is not None:
+        return problem
+    try:
+        ledger = Ledger(snap)
+        try:
+            fp, parts, status = (ledger.meta(k) for k in
+                                 ("fingerprint", "fingerprint_parts", "status"))
+        finally:
+            ledger.close()
+    except (StateError, sqlite3.Error):
+        return "its resume ledger is unusable"
+    extra = options.fingerprint_parts()
+    if fp is None:
+        return "it recorded no settings"
+    if fp != fingerprint(settings, extra):
+        try:
+            old = orjson.loads(parts or "{}")
+        except orjson.JSONDecodeError:
+            old = {}
+        return f"{describe_change(old, fingerprint_parts(settings, extra))} changed"
+    if status != "running":
+        return "its run ended without a manifest"
+    return None
+
+
+def _choose_snapshot(store: Store, settings: Settings, options: SyncOptions
+                     ) -> tuple[Path, str | None]:
+    """The unfinished snapshot to resume, else a new one; plus a notice when an
+    unfinished snapshot (never latest) was abandoned because this command differs."""
+    snap = store.unfinished()
+    notice = None
+    if snap is not None:
+        why = _why_not_resume(store, snap, settings, options)
+        if why is None:
+            event("sync.resume", snapshot=snap.name)
+            return snap, None
+        store.abandon(snap)
+        notice = (f"abandoned unfinished snapshot {snap.name} ({why}; it never became "
+                  "latest); starting a new one")
+        event("sync.abandon", logging.WARNING, snapshot=snap.name, reason=why)
+    return store.new_snapshot(options.at()), notice
+
+
 def cmd_sync(ns: argparse.Namespace) -> int:
     """``harvester sync``: the next snapshot of a store, fetching only what changed."""
     settings = _settings(ns)
-    max_age = parse_duration(ns.max_age)
-    as_of = _as_of(ns.as_of)
+    options = SyncOptions(None, parse_duration(ns.max_age), _as_of(ns.as_of))
     if ns.keep < 1:
         raise ConfigError(f"--keep: must be >= 1, got {ns.keep}")
     setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
     store = Store(ns.store)
-    snap = store.unfinished()
-    if snap is None:
-        snap = store.new_snapshot(as_of if as_of is not None else time.time())
-    else:
-        event("sync.resume", snapshot=snap.name)
+    lock = store.lock()
+    lock.acquire()
+    try:
+        return _sync_locked(ns, settings, store, options)
+    finally:
+        lock.release()
+
+
+def _sync_locked(ns: argparse.Namespace, settings: Settings, store: Store,
+                 options: SyncOptions) -> int:
+    snap, notice = _choose_snapshot(store, settings, options)
     previous = store.previous_of(snap)
     settings = replace(settings, output=replace(settings.output, out=snap))
-    harvest = Harvest(settings, sync=SyncOptions(previous, max_age, as_of))
+    harvest = Harvest(settings, sync=replace(options, previous=previous))
     show = _show_progress(settings)
 
     async def go() -> RunResult:
@@ -355,8 +418,8 @@ def cmd_sync(ns: argparse.Namespace) -> int:
 
     result, sig_code = run_async(go)
     if sig_code is not None:
-        print(f"harvester: interrupted; rerun the same command to resume {snap}",
-              file=sys.stderr)
+        print(f"harvester: interrupted; rerun the same command to resume {snap} (a changed "
+              "command abandons it and starts a new snapshot)", file=sys.stderr)
         return sig_code
     assert result is not None
     assert result.manifest is not None
@@ -364,18 +427,21 @@ def cmd_sync(ns: argparse.Namespace) -> int:
     good = all(c["status"] == "done" and not c["gaps"] for c in cats)
     if good:
         store.promote(snap)
-    pruned = store.prune(ns.keep)
+    pruned = store.prune(ns.keep, current=snap)
     if not settings.output.quiet:
         _print_summary(result)
+        if notice:
+            print(notice)
         totals = {k: sum(int(c.get("sync", {}).get(k, 0)) for c in cats)
                   for k in ("carried", "fetched_new", "fetched_changed", "refreshed",
                             "not_modified", "upserts", "deletes")}
         suppressed = [u[:8] for u, c in result.manifest["catalogs"].items()
                       if c.get("sync", {}).get("deletes_suppressed")]
+        pending = sum(int(c.get("sync", {}).get("deletes_pending", 0)) for c in cats)
         print(f"sync {snap.name} (previous: {previous.name if previous else 'none'}): "
               + ", ".join(f"{k} {v}" for k, v in totals.items())
-              + (f"; deletes withheld for {', '.join(suppressed)} (listing incomplete)"
-                 if suppressed else ""))
+              + (f"; deletes withheld for {', '.join(suppressed)} (listing incomplete; "
+                 f"{pending} carried to the next night)" if suppressed else ""))
         print(f"latest -> {snap.name}" if good else
               f"latest unchanged: {snap.name} is not a good snapshot (see errors.ndjson)")
         if pruned:
@@ -384,8 +450,25 @@ def cmd_sync(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    """``harvester export``."""
-    counts = export(ns.source, ns.format, ns.out, index=ns.index, changes=ns.changes)
+    """``harvester export``: SIGINT/SIGTERM end it like ``harvest`` (130/143, one line,
+    no traceback), leaving no partial file and the previous output untouched."""
+    caught: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not caught:  # a second signal must not interrupt the clean-up of the first
+            caught.append(signum)
+            raise KeyboardInterrupt
+
+    saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        counts = export(ns.source, ns.format, ns.out, index=ns.index, changes=ns.changes)
+    except KeyboardInterrupt:
+        print(f"harvester: interrupted; {ns.out} was not written (rerun the command)",
+              file=sys.stderr)
+        return EXIT_SIGTERM if caught and caught[0] == signal.SIGTERM else EXIT_SIGINT
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
     print(f"{ns.out}: {counts.upserts} upserts, {counts.deletes} deletes ({ns.format})")
     return 0
 

@@ -319,7 +319,8 @@ class Harvest:
             lock.release()
 
     def _open_run(self, ledger: Ledger) -> RunResult | None:
-        fp = fingerprint(self.settings)
+        extra = self.sync.fingerprint_parts() if self.sync is not None else None
+        fp = fingerprint(self.settings, extra)
         if self.restart:
             ledger.reset()
             clear_outputs(self.out)
@@ -332,7 +333,7 @@ class Harvest:
                                  "Use --restart to harvest again.")
             if ledger.meta("fingerprint") != fp:
                 old = orjson.loads(ledger.meta("fingerprint_parts") or "{}")
-                new = fingerprint_parts(self.settings)
+                new = fingerprint_parts(self.settings, extra)
                 raise StateError(
                     f"{self.out} holds an unfinished run with different settings "
                     f"({describe_change(old, new)} changed); resuming would mix two "
@@ -344,7 +345,7 @@ class Harvest:
         if ledger.is_empty():
             self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuidlib.uuid4().hex[:8]}"
             self.started_at = self._now()
-            parts = orjson.dumps(fingerprint_parts(self.settings)).decode()
+            parts = orjson.dumps(fingerprint_parts(self.settings, extra)).decode()
             ledger.set_meta(fingerprint=fp, fingerprint_parts=parts, run_id=self.run_id,
                             started_at=self.started_at, status="running",
                             version=__version__)
@@ -761,7 +762,7 @@ class Harvest:
                                if self.sync is not None and self.sync.previous else None)
         if counts.deletes_suppressed:
             event("sync.deletes_suppressed", catalog=cs.uuid, unique=cs.unique,
-                  count=cs.count_reported)
+                  count=cs.count_reported, pending=counts.deletes_pending)
 
     def _recount(self, cs: CatalogState) -> None:
         """Item counters from what is on disk, not from memory: sessions that died took

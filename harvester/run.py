@@ -34,16 +34,19 @@ def now_iso(at: float | None = None) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def fingerprint_parts(settings: Settings) -> dict[str, Any]:
-    """What must not change between an interrupted run and its resumption."""
+def fingerprint_parts(settings: Settings, extra: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
+    """What must not change between an interrupted run and its resumption (``extra``:
+    a sync's own parts, see ``SyncOptions.fingerprint_parts``)."""
     h = settings.harvest
     return {"api": settings.api.base, "catalogs": sorted(h.catalogs), "shard": h.shard,
-            "page_size": h.page_size, "details": h.details, "gzip": settings.output.gzip}
+            "page_size": h.page_size, "details": h.details, "gzip": settings.output.gzip,
+            **(extra or {})}
 
 
-def fingerprint(settings: Settings) -> str:
+def fingerprint(settings: Settings, extra: dict[str, Any] | None = None) -> str:
     """A short hash of :func:`fingerprint_parts`."""
-    raw = orjson.dumps(fingerprint_parts(settings), option=orjson.OPT_SORT_KEYS)
+    raw = orjson.dumps(fingerprint_parts(settings, extra), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -51,7 +54,7 @@ def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     names = {"catalogs": "the catalog set (--catalog)", "shard": "--shard",
              "page_size": "--page-size",
              "details": "details on/off (--no-details)", "gzip": "--gzip",
-             "api": "the API base URL"}
+             "api": "the API base URL", "as_of": "--as-of", "max_age": "--max-age"}
     changed = [names[k] for k in names if old.get(k) != new.get(k)]
     return ", ".join(changed) or "the settings"
 

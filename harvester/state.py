@@ -98,12 +98,15 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise StateError(f"another harvester (pid {holder}) is writing to "
-                             f"{self.path.parent.parent}; wait for it or use another --out"
-                             ) from None
+            raise StateError(self.busy_message(holder)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
+
+    def busy_message(self, holder: str) -> str:
+        """The one-line refusal when pid ``holder`` has the lock."""
+        return (f"another harvester (pid {holder}) is writing to {self.path.parent.parent}; "
+                "wait for it or use another --out")
 
     def release(self) -> None:
         """Drop the lock (the kernel also drops it if the process dies)."""

@@ -15,15 +15,19 @@
   hashes to, so each night refreshes about 1/N of the catalog, never all of it at once.
 * :func:`write_changes` writes a catalog's ``changes.ndjson``. Upserts are new or changed
   items. Deletes are emitted only when the catalog's listing completed and matched
-  ``count``.
+  ``count``; otherwise they are withheld and kept in the snapshot's index as *pending*, so
+  the first night that can settle them still emits them (unless the item came back).
 * :class:`Store` keeps dated snapshots and ``latest`` (a symlink); only a good run becomes
-  latest, and ``--keep N`` prunes the oldest.
+  latest, ``--keep N`` prunes the oldest (never latest, never the one just written), and
+  an unfinished snapshot a changed command cannot resume is abandoned. One sync at a time
+  per store (:class:`StoreLock`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import zlib
@@ -38,7 +42,8 @@ import orjson
 
 from harvester.errors import SinkError, StateError
 from harvester.models import JSONDict, key_digest
-from harvester.sinks import PartFile, encode_line, iter_lines
+from harvester.sinks import PartFile, encode_line, fsync_dir, iter_lines, write_json_atomic
+from harvester.state import RunLock
 
 #: Fields that change without the content changing; left out of every comparison.
 VOLATILE: Final = frozenset({
@@ -85,6 +90,9 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE TABLE IF NOT EXISTS listing (
     catalog TEXT NOT NULL, digest INTEGER NOT NULL, listing_hash TEXT NOT NULL,
     PRIMARY KEY (catalog, digest)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+    catalog TEXT NOT NULL, digest INTEGER NOT NULL, content_type TEXT NOT NULL,
+    key TEXT NOT NULL, PRIMARY KEY (catalog, digest)) WITHOUT ROWID;
 """
 
 
@@ -137,6 +145,32 @@ class SnapshotIndex:
         yield from self._db.execute(
             "SELECT digest, content_type, key FROM items WHERE catalog=?", (catalog,))
 
+    def pending(self, catalog: str) -> Iterator[tuple[int, str, str]]:
+        """``(digest, content_type, key)`` of deletes withheld on this night (or carried
+        into it) for a catalog: gone from an earlier snapshot, not yet in any feed."""
+        try:
+            rows = self._db.execute(
+                "SELECT digest, content_type, key FROM pending WHERE catalog=?", (catalog,))
+        except sqlite3.OperationalError:  # an index written before pending deletes existed
+            return
+        yield from rows
+
+    def set_pending(self, catalog: str, rows: Iterator[tuple[int, str, str]]) -> int:
+        """Replace a catalog's pending deletes; returns how many there are."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM pending WHERE catalog=?", (catalog,))
+            db.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?)",
+                           ((catalog, d, t, k) for d, t, k in rows))
+            n = int(db.execute("SELECT count(*) FROM pending WHERE catalog=?",
+                               (catalog,)).fetchone()[0])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return n
+
     def rebuild(self, catalog: str, spool: Path | None, files: list[Path], *,
                 compressed: bool) -> None:
         """(Re)build a catalog's rows from its spooled listing and committed files."""
@@ -186,6 +220,11 @@ class SyncOptions:
     def at(self) -> float:
         """The run's notion of now."""
         return self.now if self.now is not None else datetime.now(UTC).timestamp()
+
+    def fingerprint_parts(self) -> dict[str, Any]:
+        """What gives a snapshot its meaning beyond the harvest settings: its date
+        (``--as-of``, which also names it) and the refresh plan (``--max-age``)."""
+        return {"as_of": self.now, "max_age": self.max_age}
 
 
 CARRY: Final = "carry"
@@ -275,16 +314,24 @@ class ChangeCounts:
     upserts: int = 0
     deletes: int = 0
     deletes_suppressed: bool = False
+    deletes_pending: int = 0  #: withheld deletes carried to the next night
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for the manifest."""
         return {"upserts": self.upserts, "deletes": self.deletes,
-                "deletes_suppressed": self.deletes_suppressed}
+                "deletes_suppressed": self.deletes_suppressed,
+                "deletes_pending": self.deletes_pending}
 
 
 def write_changes(current: SnapshotIndex, previous: SnapshotIndex | None, catalog: str,
                   path: Path, *, listing_complete: bool) -> ChangeCounts:
-    """Write ``changes.ndjson`` for one catalog (atomically) and count it."""
+    """Write ``changes.ndjson`` for one catalog (atomically) and count it.
+
+    Gone items are those of the previous snapshot, plus the deletes it still had pending,
+    that this night did not list. With ``listing_complete`` they are emitted; otherwise
+    they become this snapshot's pending deletes, so promoting a night that cannot settle
+    its deletes never loses them. An item listed again simply stops being gone.
+    """
     counts = ChangeCounts()
     part = PartFile(path)
     try:
@@ -298,15 +345,20 @@ def write_changes(current: SnapshotIndex, previous: SnapshotIndex | None, catalo
                                     "content_type": ctype, "key": key,
                                     "record": now.record()}))
             counts.upserts += 1
+        gone: Iterator[tuple[int, str, str]] = iter(())
         if previous is not None:
-            if listing_complete:
-                for digest, ctype, key in previous.digests(catalog):
-                    if current.get(catalog, digest) is None:
-                        part.write(encode_line({"op": "delete", "catalog_uuid": catalog,
-                                                "content_type": ctype, "key": key}))
-                        counts.deletes += 1
-            else:
-                counts.deletes_suppressed = True
+            # Disjoint by construction: a pending delete is never in its snapshot's items.
+            gone = (row for src in (previous.digests(catalog), previous.pending(catalog))
+                    for row in src if current.get(catalog, row[0]) is None)
+        if listing_complete:
+            for _digest, ctype, key in gone:
+                part.write(encode_line({"op": "delete", "catalog_uuid": catalog,
+                                        "content_type": ctype, "key": key}))
+                counts.deletes += 1
+            current.set_pending(catalog, iter(()))
+        else:
+            counts.deletes_suppressed = previous is not None
+            counts.deletes_pending = current.set_pending(catalog, gone)
         part.commit()
     except BaseException:
         part.abandon()
@@ -316,6 +368,16 @@ def write_changes(current: SnapshotIndex, previous: SnapshotIndex | None, catalo
 
 # --- the store ---------------------------------------------------------------------------
 
+class StoreLock(RunLock):
+    """``STORE/.state/lock``: one sync per store, for the whole command (choosing,
+    abandoning or resuming a snapshot, the run, promote and prune)."""
+
+    def busy_message(self, holder: str) -> str:
+        """Name the store: `sync` has no --out to switch to."""
+        return (f"another harvester (pid {holder}) is syncing the store "
+                f"{self.path.parent.parent}; wait for it to finish")
+
+
 class Store:
     """``STORE/snapshots/<id>/`` (each a complete harvest output) and ``STORE/latest``."""
 
@@ -324,6 +386,10 @@ class Store:
         self.snapshots = root / "snapshots"
         self.latest_link = root / "latest"
 
+    def lock(self) -> StoreLock:
+        """The store's lock (acquire it before anything else)."""
+        return StoreLock(self.root)
+
     def latest(self) -> Path | None:
         """The latest good snapshot, if any."""
         if not self.latest_link.is_symlink():
@@ -331,53 +397,104 @@ class Store:
         target = self.latest_link.resolve()
         return target if target.is_dir() else None
 
-    def unfinished(self) -> Path | None:
-        """The newest snapshot a killed or interrupted run left behind, to resume."""
+    def _dirs(self) -> list[Path]:
+        """Snapshot directories, oldest name first (never a link planted there)."""
         if not self.snapshots.is_dir():
-            return None
-        for snap in sorted(self.snapshots.iterdir(), reverse=True):
-            if (snap / ".state" / "ledger.sqlite").exists() and \
-                    not (snap / "manifest.json").exists():
-                return snap
-        return None
+            return []
+        return sorted(s for s in self.snapshots.iterdir() if s.is_dir() and not s.is_symlink())
+
+    def unfinished(self) -> Path | None:
+        """The newest snapshot a killed or interrupted run left behind (no manifest)."""
+        left = [s for s in self._dirs() if not (s / "manifest.json").exists()]
+        return left[-1] if left else None
 
     def new_snapshot(self, run_at: float) -> Path:
         """A fresh, dated snapshot directory."""
         stamp = datetime.fromtimestamp(run_at, UTC).strftime("%Y%m%dT%H%M%SZ")
         path = self.snapshots / stamp
         n = 1
-        while path.exists():
+        while path.exists() or path.is_symlink():
             n += 1
             path = self.snapshots / f"{stamp}-{n}"
         try:
-            path.mkdir(parents=True)
+            self.snapshots.mkdir(parents=True, exist_ok=True, mode=0o755)
+            path.mkdir(mode=0o755)
         except OSError as exc:
             raise SinkError(f"cannot create snapshot {path}: {exc.strerror}") from None
         return path
 
+    def _is_latest(self, snap: Path) -> bool:
+        latest = self.latest()
+        return latest is not None and latest == snap.resolve()
+
+    def abandon(self, snap: Path) -> None:
+        """Delete an unfinished snapshot that cannot be resumed. Never latest, never a
+        finished one: those are refused with StateError."""
+        if self._is_latest(snap) or (snap / "manifest.json").exists() or snap.is_symlink():
+            raise StateError(f"refusing to abandon {snap}: it is a finished snapshot")
+        try:
+            shutil.rmtree(snap)
+        except OSError as exc:
+            raise SinkError(f"cannot remove abandoned snapshot {snap}: {exc.strerror}"
+                            ) from None
+        fsync_dir(self.snapshots)
+
+    def _marker(self, snap: Path) -> Path:
+        return snap / ".state" / "previous"
+
+    def marker_problem(self, snap: Path) -> str | None:
+        """Why ``snap``'s record of its previous snapshot cannot be trusted, or None.
+
+        A run that cannot be sure what it compares against would emit a wrong feed (no
+        previous: every item an upsert and no deletes), so such a snapshot is abandoned.
+        """
+        marker = self._marker(snap)
+        if not marker.exists():
+            return None  # not started yet: the marker is written when the run starts
+        try:
+            data = orjson.loads(marker.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return "its record of the previous snapshot is unreadable"
+        name = data.get("previous", "") if isinstance(data, dict) else ""
+        if name is None:
+            return None
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            return "its record of the previous snapshot is unreadable"
+        if not (self.snapshots / name / "index.sqlite").exists():
+            return f"its previous snapshot {name} is gone"
+        return None
+
     def previous_of(self, snap: Path) -> Path | None:
         """The snapshot a run in ``snap`` compares against (fixed when it started)."""
-        marker = snap / ".state" / "previous"
+        marker = self._marker(snap)
         if marker.exists():
-            name = marker.read_text().strip()
+            if (problem := self.marker_problem(snap)) is not None:
+                raise StateError(f"{snap}: {problem}")
+            name = orjson.loads(marker.read_bytes())["previous"]
             return self.snapshots / name if name else None
         prev = self.latest()
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(prev.name if prev else "")
+        write_json_atomic(marker, {"previous": prev.name if prev else None})
         return prev
 
     def promote(self, snap: Path) -> None:
-        """Point ``latest`` at ``snap`` atomically (a new symlink renamed over the old)."""
+        """Point ``latest`` at ``snap`` atomically (a new symlink renamed over the old), and
+        durably: a power cut after this returns still finds ``latest`` there."""
+        fsync_dir(self.snapshots)  # the snapshot's own entry first
         tmp = self.root / ".latest.tmp"
         tmp.unlink(missing_ok=True)
         os.symlink(Path("snapshots") / snap.name, tmp)
         os.replace(tmp, self.latest_link)
+        fsync_dir(self.root)
 
-    def prune(self, keep: int) -> list[str]:
-        """Delete all but the ``keep`` newest finished snapshots; never latest."""
-        latest = self.latest()
-        finished = sorted(s for s in self.snapshots.iterdir() if (s / "manifest.json").exists())
-        doomed = [s for s in finished[:-keep] if s != latest] if keep > 0 else []
+    def prune(self, keep: int, *, current: Path | None = None) -> list[str]:
+        """Delete all but the ``keep`` newest finished snapshots; never the one ``latest``
+        points to, nor ``current`` (the one just written), however the store path is
+        spelled (relative, through a link)."""
+        if keep < 1:
+            return []
+        spared = {p.resolve() for p in (self.latest(), current) if p is not None}
+        finished = [s for s in self._dirs() if (s / "manifest.json").exists()]
+        doomed = [s for s in finished[:-keep] if s.resolve() not in spared]
         for snap in doomed:
             shutil.rmtree(snap)
         return [s.name for s in doomed]
@@ -391,7 +508,21 @@ def doc_id(catalog: str, content_type: str, key: str) -> str:
     return raw if len(raw.encode()) <= 512 else hashlib.sha256(raw.encode()).hexdigest()
 
 
+_ID_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]+")
+
+
 def safe_id(catalog: str, content_type: str, key: str) -> str:
-    """An id Meilisearch/Typesense accept (``[A-Za-z0-9_-]``, <= 511 bytes), stable."""
-    digest = hashlib.sha256(f"{catalog}:{content_type}:{key}".encode()).hexdigest()[:40]
-    return f"{content_type}-{digest}"
+    """An id Meilisearch/Typesense accept (``[A-Za-z0-9_-]``, <= 511 bytes), stable.
+
+    ``<content type, cleaned and cut to 64>-<40 hex>``. The hex is what makes it unique:
+    a hash of an unambiguous encoding of all three parts (``catalog:type:key`` while
+    neither of the first two holds a ``:``, as ids have always been made, so existing ids
+    do not change; a NUL-tagged JSON array otherwise, which no plain form can equal).
+    """
+    if ":" in catalog + content_type or "\0" in catalog + content_type:
+        raw = b"\0" + orjson.dumps([catalog, content_type, key])
+    else:
+        raw = f"{catalog}:{content_type}:{key}".encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(raw).hexdigest()[:40]
+    prefix = _ID_UNSAFE.sub("_", content_type)[:64] or "item"
+    return f"{prefix}-{digest}"
