@@ -5,7 +5,8 @@ Formats (one event per item: ``upsert`` with a document, or ``delete``):
 * ``es-bulk``: Elasticsearch / OpenSearch ``_bulk`` NDJSON. An upsert is two lines,
   ``{"index": {"_index": I, "_id": ID}}`` then the document; a delete is one line,
   ``{"delete": {"_index": I, "_id": ID}}``. ``_id`` is ``<catalog>:<content_type>:<key>``
-  (a sha256 when that exceeds 512 bytes), stable across runs.
+  (a sha256 when that exceeds 512 bytes or the catalog or type holds a ``:``, which
+  would make it ambiguous), stable across runs.
 * ``meili``: Meilisearch / Typesense documents, one JSON object per line, with the primary
   key ``id`` = ``<content_type>-<40 hex>`` (only ``[A-Za-z0-9_-]``, as both engines
   require: other characters of the type become ``_``; the hex keeps ids unique), stable

@@ -428,3 +428,14 @@ def test_meili_ids_are_clean_and_unique_whatever_the_content_type(tmp_path: Path
         assert ident and len(ident.encode()) <= 511
         assert all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in ident), ident
     assert ids[types.index("course")].startswith("course-")  # stable for the usual types
+
+
+def test_es_and_jsonl_ids_never_merge_two_items(tmp_path: Path) -> None:
+    """`cat:x:y` + key `k` and `cat:x` + key `y:k` read the same as plain text."""
+    source = write_feed(tmp_path / "feed.ndjson", [("upsert", "x:y", "k"), ("upsert", "x", "y:k"),
+                                                    ("upsert", "course", "K")])
+    out = tmp_path / "feed.jsonl"
+    assert cli.main(["export", str(source), "--format", "jsonl", "--out", str(out)]) == 0
+    ids = [orjson.loads(x)["id"] for x in out.read_bytes().splitlines()]
+    assert len(set(ids)) == 3
+    assert ids[2] == "cat:course:K"  # readable ids of ordinary items stay as they were
