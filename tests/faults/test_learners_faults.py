@@ -233,8 +233,8 @@ def test_hash_and_drop_leave_no_stable_person_id(world: World, run_cli: Any,
 
 # --- #11.8: a manifest never describes files it did not write --------------------------------
 
-def spawn_learners(srv: SimServer, base: str, out: Path, tmp: Path,
-                   *args: str) -> subprocess.Popen[bytes]:
+def spawn_learners(srv: SimServer, base: str, out: Path, tmp: Path, *args: str,
+                   preexec: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
     cfg = tmp / "fast.toml"
     cfg.write_text("[retry]\nbackoff_base = 0.0\nbackoff_cap = 0.0\n")
     env = {**os.environ, "EDX_CLIENT_ID": srv.client_id, "EDX_CLIENT_SECRET": srv.client_secret,
@@ -242,7 +242,7 @@ def spawn_learners(srv: SimServer, base: str, out: Path, tmp: Path,
     return subprocess.Popen(
         [sys.executable, "-m", "harvester", "learners", "--out", str(out), "--config", str(cfg),
          "--api-base", base, "--rate-learners", "1000/s", "--progress", "off", "--quiet",
-         *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec)
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -323,6 +323,39 @@ def test_kill_9_leaves_the_old_export_and_the_next_run_clears_the_staged_files(
     assert not [p for p in root.rglob("*") if ".state" in p.parts and "staging" in p.parts]
     m = assert_manifest_matches_files(root)
     assert list(m["enterprises"]) == [srv.enterprise_uuid]
+
+
+def _small_disk() -> None:
+    """In the child: files may not grow past 150 kB, as on a disk that fills up."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_previous_export(
+        world: World, run_cli: Any, tmp_path: Path) -> None:
+    """A keep run that runs out of disk: exit 1, one line saying the previous export is
+    unchanged; it is, with its manifest; nothing staged is left."""
+    srv = world.sim(learners=2300)
+    proxy = start_proxy(world, srv)
+    out = tmp_path / "out"
+    root = out / "learners"
+    first = run_cli(srv, "--enterprise", srv.enterprise_uuid, "--pii", "drop",
+                    base=proxy.base_url, out=out)
+    assert first.code == 0, first.err
+    before = {p: sha(p) for p in learner_files(root)}
+    before_manifest = (root / "manifest.json").read_bytes()
+    proc = spawn_learners(srv, proxy.base_url, out, tmp_path, "--enterprise",
+                          srv.enterprise_uuid, preexec=_small_disk)
+    _, err = proc.communicate(timeout=120)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 1, err.decode()
+    assert len(lines) == 2 and "personal data" in lines[0], lines  # the keep notice, then
+    assert "File too large" in lines[1] and "previous export" in lines[1]
+    assert "Traceback" not in err.decode()
+    assert {p: sha(p) for p in learner_files(root)} == before
+    assert (root / "manifest.json").read_bytes() == before_manifest
 
 
 def test_a_failed_enterprise_under_drop_leaves_no_raw_file(
