@@ -28,7 +28,8 @@ route                                                                  class    
 ``GET /enterprise/v3/enterprise-customer/{uuid}/learner-summary``      learners    own rate
 ``GET /__info``, ``GET /__stats``, ``POST /__reset``,                  (ops)       none
 ``POST /__epoch {"epoch": N}``, ``GET /__changes?from=A&to=B``,
-``POST /__config {"knob": value}`` (live knobs only, e.g. ``forbid_catalogs``)
+``POST /__config {"knob": value}`` (live knobs only, e.g. ``forbid_catalogs``,
+``detail_403_rate``, ``detail_403_keys``)
 =====================================================================  ==========  =========
 
 Auth is ``Authorization: JWT <token>``: missing header -> 400 (gateway), ``Bearer``/unknown
@@ -72,6 +73,9 @@ forbid_catalogs            ()              own catalog indexes whose content/det
 echo_token                 False           every 403 body echoes the caller's Authorization
 expires_in                 None            grant's expires_in override ("0", "-5", "soon", "")
 omit_count                 False           content pages have no ``count`` (live)
+detail_403_rate            0.0             fraction of items whose detail 403s, always (live)
+detail_403_keys            ()              item keys whose detail 403s, always (live)
+drop_catalog_at_epoch      ()              "I:E": own catalog I unlisted (content 404) from E
 =========================  ==============  ==================================================
 
 ``GET /__changes?from=A&to=B`` lists ``{op, catalog_uuid, content_type, key}`` (``upsert``

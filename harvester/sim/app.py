@@ -46,6 +46,7 @@ _GATEWAY_PASS: Final = frozenset({200, 304, 401, 403, 404, 429, 500})
 _COURSE_KEY: Final = re.compile(r"[^/+]+\+[^/+]+")
 _RUN_KEY: Final = re.compile(r"[^/+]+\+[^/+]+\+[^/?]+")
 _T_D404: Final = 400
+_T_D403: Final = 403
 _HTML_404: Final = (
     b'<!doctype html>\n<html lang="en">\n<head><title>Not Found</title></head>\n'
     b"<body><h1>Not Found</h1><p>The requested resource was not found on this server.</p>"
@@ -155,23 +156,36 @@ async def _catalogs_v1(ctx: Ctx) -> web.StreamResponse:
     st = ctx.state
     if (wait := st.lms_log.hit(ctx.user)) is not None:
         return _throttled(ctx, wait)
-    own = st.data.foreign_index
+    own = _listed_catalogs(ctx)
 
     def fetch(rows: range) -> list[Any]:
-        return [st.data.catalog_row_v1(c) for c in rows]
+        return [st.data.catalog_row_v1(own[i]) for i in rows]
 
-    return _page_response(ctx, "/enterprise/v1/enterprise-catalogs", own, fetch, 10, 100)
+    return _page_response(ctx, "/enterprise/v1/enterprise-catalogs", len(own), fetch, 10, 100)
 
 
 async def _catalogs_v2(ctx: Ctx) -> web.StreamResponse:
     st = ctx.state
 
+    own = _listed_catalogs(ctx)
+
     def fetch(rows: range) -> list[Any]:
-        return [st.data.catalog_row_v2(c, st.epoch) for c in rows]
+        return [st.data.catalog_row_v2(own[i], st.epoch) for i in rows]
 
     # PageNumberWithSizePagination has no max_page_size.
-    count = st.data.foreign_index
-    return _page_response(ctx, "/enterprise/v2/enterprise-catalogs", count, fetch, 10, None)
+    return _page_response(ctx, "/enterprise/v2/enterprise-catalogs", len(own), fetch, 10, None)
+
+
+def _listed_catalogs(ctx: Ctx) -> list[int]:
+    """Own catalog indexes still in the catalog lists (``drop_catalog_at_epoch``)."""
+    st = ctx.state
+    return [c for c in range(st.data.foreign_index) if not st.cfg.dropped(c, st.epoch)]
+
+
+def _dropped_catalog(ctx: Ctx) -> bool:
+    """Whether the request names an own catalog that has left the lists (deleted)."""
+    c = ctx.state.data.catalog_index(ctx.params["uuid"])
+    return c is not None and ctx.state.cfg.dropped(c, ctx.state.epoch)
 
 
 def _own_catalog(ctx: Ctx) -> int | None:
@@ -196,6 +210,8 @@ def _forbidden_catalog(ctx: Ctx) -> web.Response:
 
 async def _content_page(ctx: Ctx) -> web.StreamResponse:
     st = ctx.state
+    if _dropped_catalog(ctx):
+        return _drf(ctx, 404, {"detail": "Not found."})
     c = _own_catalog(ctx)
     if c is None:
         return _forbidden_catalog(ctx)
@@ -263,16 +279,29 @@ def _detail_404_knob(ctx: Ctx, c: int, key: str) -> bool:
     return True
 
 
+def _detail_403_knob(ctx: Ctx, key: str) -> bool:
+    """Whether this item's detail is persistently forbidden (``detail_403_*`` knobs)."""
+    cfg = ctx.state.cfg
+    if key in cfg.detail_403_keys:
+        return True
+    rate = cfg.detail_403_rate
+    return rate > 0 and unit(cfg.seed, _T_D403, int.from_bytes(key.encode(), "big")) < rate
+
+
 async def _detail(ctx: Ctx) -> web.StreamResponse:
     st = ctx.state
     st.stats.detail_requests += 1
     # DRF runs throttles in initial(); the can_view_catalog decorator runs inside the action.
     if (wait := st.lms_log.hit(ctx.user)) is not None:
         return _throttled(ctx, wait)
+    if _dropped_catalog(ctx):
+        return _drf(ctx, 404, {"detail": "Not found."})
     c = _own_catalog(ctx)
     if c is None:
         return _forbidden_catalog(ctx)
     kind, key = ctx.params["kind"], ctx.params["key"]
+    if _detail_403_knob(ctx, key):
+        return _drf(ctx, 403, {"detail": "You do not have permission to perform this action."})
     body = _find_detail(ctx, c, kind, key)
     if body is None or _detail_404_knob(ctx, c, key):
         return _drf(ctx, 404, {"detail": "Not found."})
@@ -474,7 +503,8 @@ async def _set_epoch(request: web.Request) -> web.StreamResponse:
 #: Knobs that ``POST /__config`` may change at run time: those read per request. The data
 #: shape (seed, catalogs, items...) and the throttle logs are built once and stay fixed.
 _LIVE_KNOBS: Final = frozenset({
-    "forbid_catalogs", "fault_rate", "fault_kinds", "fault_token", "detail_404_rate",
+    "forbid_catalogs", "detail_403_rate", "detail_403_keys",
+    "fault_rate", "fault_kinds", "fault_token", "detail_404_rate",
     "detail_404_mode", "detail_404_times", "shuffle", "churn", "etag", "latency_ms",
     "jitter_ms", "strip_retry_after", "gateway_remap", "end_marker", "accept_mode",
     "limit_mode", "echo_token", "expires_in", "omit_count",

@@ -159,6 +159,21 @@ class SimConfig:
         default=False,
         metadata=_help("content pages carry no 'count' (it is optional; live knob)"),
     )
+    detail_403_rate: float = field(
+        default=0.0,
+        metadata=_help("fraction of items (picked by seeded key hash) whose detail answers "
+                       "403, every time; live (POST /__config heals it)"),
+    )
+    detail_403_keys: tuple[str, ...] = field(
+        default=(),
+        metadata=_help("comma list of item keys (course/run key, program uuid) whose detail "
+                       "answers 403, every time; live"),
+    )
+    drop_catalog_at_epoch: tuple[str, ...] = field(
+        default=(),
+        metadata=_help("comma list of I:E: own catalog index I leaves the catalog lists "
+                       "(its content and details 404) from epoch E on"),
+    )
 
     echo_token: bool = field(
         default=False,
@@ -220,6 +235,14 @@ class SimConfig:
             "forbid_catalogs",
             f"must be catalog indexes in [0, {self.catalogs})",
         )
+        _check(0.0 <= self.detail_403_rate <= 1.0, "detail_403_rate", "must be in [0, 1]")
+        _check(all(isinstance(k, str) and k for k in self.detail_403_keys), "detail_403_keys",
+               "must be non-empty keys")
+        _check(
+            all(_drop_spec(d, self.catalogs) is not None for d in self.drop_catalog_at_epoch),
+            "drop_catalog_at_epoch",
+            f"must be I:E pairs, I a catalog index in [0, {self.catalogs}), E an epoch >= 0",
+        )
         for name in ("client_id", "client_secret"):
             value = getattr(self, name)
             _check(value is None or value != "", name, "must not be empty")
@@ -248,6 +271,14 @@ class SimConfig:
         """Whether own catalog index ``c`` is forbidden by the ``forbid_catalogs`` knob."""
         return str(c) in self.forbid_catalogs
 
+    def dropped(self, c: int, epoch: int) -> bool:
+        """Whether own catalog ``c`` has left the catalog lists at ``epoch``."""
+        for spec in self.drop_catalog_at_epoch:
+            parsed = _drop_spec(spec, self.catalogs)
+            if parsed is not None and parsed[0] == c and epoch >= parsed[1]:
+                return True
+        return False
+
     @property
     def lms_rate(self) -> Rate | None:
         """The parsed LMS budget (``None`` = unthrottled)."""
@@ -257,6 +288,15 @@ class SimConfig:
     def learners_rate(self) -> Rate | None:
         """The parsed learner-summary budget (``None`` = unthrottled)."""
         return parse_rate(self.rate_learners)
+
+
+def _drop_spec(spec: str, catalogs: int) -> tuple[int, int] | None:
+    """``"I:E"`` as ``(I, E)``, or None when it is not a valid drop of an own catalog."""
+    index, sep, epoch = spec.partition(":")
+    if not (sep and index.isdigit() and epoch.isdigit()):
+        return None
+    c, e = int(index), int(epoch)
+    return (c, e) if c < catalogs and e <= 10_000 else None
 
 
 def _check(ok: bool, name: str, message: str) -> None:

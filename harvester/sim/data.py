@@ -199,7 +199,9 @@ class Dataset:
         """Ground-truth change feed from epoch ``a`` to ``b`` over the client's catalogs."""
         out: list[dict[str, str]] = []
         for c in range(self.foreign_index):
-            before, after = self.membership(c, a), self.membership(c, b)
+            # A catalog that left the lists (drop_catalog_at_epoch) holds nothing any more.
+            before = set() if self.cfg.dropped(c, a) else self.membership(c, a)
+            after = set() if self.cfg.dropped(c, b) else self.membership(c, b)
             rows: list[tuple[str, int]] = [("delete", g) for g in before - after]
             rows += [("upsert", g) for g in after - before]
             rows += [

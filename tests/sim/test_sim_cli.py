@@ -141,6 +141,12 @@ def test_every_config_field_is_a_flag() -> None:
         "--expires-in",
         "soon",
         "--omit-count",
+        "--detail-403-rate",
+        "0.05",
+        "--detail-403-keys",
+        "edX+DemoX",
+        "--drop-catalog-at-epoch",
+        "1:2",
     ]
     cfg = config_from_args(parser.parse_args(argv))
     defaults = SimConfig()
