@@ -63,6 +63,7 @@ latency_ms, jitter_ms      0, 0            added latency per API request
 fault_rate                 0.0             chance of a fault per API request
 fault_kinds                all             500,502,503,504,reset,truncate,badjson
 fault_token                False           faults also hit the token endpoint
+fault_scope                "all"           "details": faults hit only detail requests
 detail_404_rate            0.0             fraction of items whose detail 404s
 detail_404_mode            "transient"     "transient" (first K calls) or "permanent"
 detail_404_times           2               K

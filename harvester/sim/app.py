@@ -404,7 +404,7 @@ async def _handle(st: SimState, request: web.Request) -> tuple[str, web.StreamRe
     klass = route.klass
     st.stats.enter(klass)
     try:
-        fault = st.draw_fault(klass)
+        fault = st.draw_fault(klass, detail=route.handler is _detail)
         if fault is not None:
             st.stats.faults[fault] += 1
             return klass, fault_response(request, fault)
@@ -504,7 +504,7 @@ async def _set_epoch(request: web.Request) -> web.StreamResponse:
 #: shape (seed, catalogs, items...) and the throttle logs are built once and stay fixed.
 _LIVE_KNOBS: Final = frozenset({
     "forbid_catalogs", "detail_403_rate", "detail_403_keys",
-    "fault_rate", "fault_kinds", "fault_token", "detail_404_rate",
+    "fault_rate", "fault_kinds", "fault_token", "fault_scope", "detail_404_rate",
     "detail_404_mode", "detail_404_times", "shuffle", "churn", "etag", "latency_ms",
     "jitter_ms", "strip_retry_after", "gateway_remap", "end_marker", "accept_mode",
     "limit_mode", "echo_token", "expires_in", "omit_count",

@@ -138,6 +138,9 @@ class SimConfig:
         default=FAULT_KINDS, metadata=_help("comma list of " + ",".join(FAULT_KINDS))
     )
     fault_token: bool = field(default=False, metadata=_help("faults also hit the token endpoint"))
+    fault_scope: str = field(
+        default="all", metadata=_help("'all' API requests, or only 'details' (listings stay clean)")
+    )
     detail_404_rate: float = field(
         default=0.0, metadata=_help("fraction of items whose detail 404s")
     )
@@ -222,6 +225,7 @@ class SimConfig:
         )
         unknown = sorted(set(self.fault_kinds) - set(FAULT_KINDS))
         _check(not unknown, "fault_kinds", f"unknown kinds {unknown}; known: {FAULT_KINDS}")
+        _check(self.fault_scope in {"all", "details"}, "fault_scope", "must be 'all' or 'details'")
         _check(0.0 <= self.detail_404_rate <= 1.0, "detail_404_rate", "must be in [0, 1]")
         _check(
             self.detail_404_mode in {"transient", "permanent"},

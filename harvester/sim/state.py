@@ -123,9 +123,11 @@ class SimState:
         jitter = self.latency_rng.uniform(-self.cfg.jitter_ms, self.cfg.jitter_ms)
         return max(0.0, self.cfg.latency_ms + jitter) / 1000.0
 
-    def draw_fault(self, klass: str) -> str | None:
-        """The fault to inject into this request, if any."""
+    def draw_fault(self, klass: str, *, detail: bool = False) -> str | None:
+        """The fault to inject into this request (``detail``: a detail route), if any."""
         if self.cfg.fault_rate <= 0 or (klass == "token" and not self.cfg.fault_token):
+            return None
+        if self.cfg.fault_scope == "details" and not detail:
             return None
         if self.fault_rng.random() >= self.cfg.fault_rate:
             return None

@@ -125,6 +125,8 @@ def test_every_config_field_is_a_flag() -> None:
         "--fault-kinds",
         "500,reset",
         "--fault-token",
+        "--fault-scope",
+        "details",
         "--detail-404-rate",
         "0.2",
         "--detail-404-mode",

@@ -89,3 +89,16 @@ def test_detail_403_knobs_validated() -> None:
         SimConfig(detail_403_rate=1.5)
     with pytest.raises(ValueError, match="detail_403_keys"):
         SimConfig(detail_403_keys=("",))
+
+
+async def test_fault_scope_details_spares_listings(make_sim: SimFactory) -> None:
+    sim = await make_sim(rate_lms="0", fault_rate=1.0, fault_kinds=("503",),
+                         fault_scope="details")
+    items = await _detailed(sim)  # every content page answers
+    assert items
+    assert (await sim.get("/enterprise/v1/enterprise-catalogs")).status == 200
+    assert {(await sim.get(_detail_path(sim, 0, i))).status for i in items[:5]} == {503}
+    await sim.ops("POST", "/__config", {"fault_scope": "all"})
+    assert (await sim.get(sim.content_path(0))).status == 503
+    with pytest.raises(ValueError, match="fault_scope"):
+        SimConfig(fault_scope="pages")
