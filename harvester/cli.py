@@ -424,7 +424,10 @@ def _sync_locked(ns: argparse.Namespace, settings: Settings, store: Store,
     assert result is not None
     assert result.manifest is not None
     cats = result.manifest["catalogs"].values()
-    good = all(c["status"] == "done" and not c["gaps"] for c in cats)
+    # Usable: every catalog either done or, failed, carried forward from the previous
+    # snapshot (stale, no deletes); failed details are kept stale in their catalogs.
+    good = all((c["status"] == "done" or "carried_forward" in c.get("sync", {}))
+               and not c["gaps"] for c in cats)
     if good:
         store.promote(snap)
     pruned = store.prune(ns.keep, current=snap)

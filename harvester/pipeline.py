@@ -27,7 +27,8 @@ import re
 import time
 import uuid as uuidlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -96,11 +97,14 @@ from harvester.sync import (
     FETCH_CHANGED,
     FETCH_NEW,
     REFRESH,
+    RETRY,
     SnapshotIndex,
     SyncOptions,
     SyncPlan,
     carried_line,
+    stale_line,
     write_changes,
+    write_gone,
 )
 from harvester.writer import (
     ERRORS_KEY,
@@ -259,6 +263,12 @@ async def walk_until_complete(
         n += 1
 
 
+def _describe(exc: BaseException) -> str:
+    """An error's class and status, for ``_harvest.stale_reason`` (never server text)."""
+    status = getattr(exc, "status", None)
+    return f"{type(exc).__name__}, {status}" if status is not None else type(exc).__name__
+
+
 class Harvest:
     """One ``harvester harvest`` run."""
 
@@ -298,6 +308,9 @@ class Harvest:
         self._writer: Writer | None = None
         self._ledger: Ledger | None = None
         self._errors = 0
+        #: sync: catalogs of the previous snapshot gone from a complete catalog list
+        self._gone: list[str] = []
+        self._gone_deletes: dict[str, int] = {}
 
     # --- entry point -----------------------------------------------------------------------
 
@@ -360,16 +373,19 @@ class Harvest:
         async with ApiClient(self.settings, stats=self.stats, clock=self._clock,
                              sleep=self._sleep, rand=self._rand) as client:
             self._client = client
-            catalogs = await self._catalog_list(client, ledger)
-            writer = self._writer = Writer(self.out, ledger, compress=self.settings.output.gzip,
-                                           clock=self._clock)
-            self._prepare_resume(writer, ledger, catalogs)
-            n_workers = self.settings.limits.concurrency if self.settings.harvest.details else 0
             if self.sync is not None:
                 self._plan = SyncPlan(self.sync)
                 self._index = SnapshotIndex(self.out / "index.sqlite")
             try:
+                catalogs = await self._catalog_list(client, ledger)
+                writer = self._writer = Writer(self.out, ledger,
+                                               compress=self.settings.output.gzip,
+                                               clock=self._clock)
+                self._prepare_resume(writer, ledger, catalogs)
+                n_workers = (self.settings.limits.concurrency
+                             if self.settings.harvest.details else 0)
                 errors_info = await self._stages(writer, n_workers)
+                self._write_gone()
             except BaseExceptionGroup as group:
                 raise leading_error(group) from None
             finally:
@@ -408,6 +424,7 @@ class Harvest:
     async def _catalog_list(self, client: ApiClient, ledger: Ledger) -> list[Catalog]:
         saved = ledger.catalogs()
         if saved:
+            self._gone = orjson.loads(ledger.meta("gone_catalogs") or "[]")
             cats = [Catalog(u, str(r.get("title", "")), r) for u, r, _, _ in saved]
             for (u, r, phase, info) in saved:
                 cs = CatalogState(u, str(r.get("title", "")), phase=phase)
@@ -415,17 +432,25 @@ class Harvest:
                 self.catalogs.append(cs)
             return cats
         listed: dict[str, Catalog] = {}
+        reported: list[int | None] = []
 
         async def take(page: Page) -> None:
+            if page.number == 1:
+                reported.append(page.count)
             for rec in page.results:
                 u = rec.get("uuid")
                 if isinstance(u, str) and u and u not in listed:
                     listed[u] = Catalog(u, str(rec.get("title") or ""), rec)
 
         await walk_pages(client, Endpoint.LMS, catalogs_path(), 100, take, parallel=1)
+        complete = bool(reported) and reported[0] is not None and len(listed) >= reported[0]
+        self._gone = self._gone_catalogs(listed, complete=complete)
+        ledger.set_meta(gone_catalogs=orjson.dumps(self._gone).decode())
         wanted = self.settings.harvest.catalogs
         if wanted:
-            cats = [listed.get(u) or Catalog(u, "", {"uuid": u}) for u in wanted]
+            # A named catalog that is gone is deleted, not tried (it could only fail).
+            cats = [listed.get(u) or Catalog(u, "", {"uuid": u}) for u in wanted
+                    if u not in self._gone]
             missing = [u for u in wanted if u not in listed]
             if missing:
                 event("harvest.catalog_not_listed", catalogs=",".join(missing))
@@ -436,6 +461,33 @@ class Harvest:
         self.catalogs = [CatalogState(c.uuid, c.title) for c in cats]
         event("harvest.catalogs", count=len(cats))
         return cats
+
+    def _gone_catalogs(self, listed: dict[str, Catalog], *, complete: bool) -> list[str]:
+        """Sync: the previous snapshot's catalogs, within this run's scope (``--catalog``,
+        ``--shard``), that the catalog list no longer has. Only a complete list (as many
+        catalogs as its ``count``) can say a catalog is gone; a listed catalog that fails
+        is never gone."""
+        previous = self._plan.previous if self._plan is not None else None
+        if previous is None:
+            return []
+        h = self.settings.harvest
+        missing = [u for u in sorted(previous.catalogs())
+                   if u not in listed and (not h.catalogs or u in h.catalogs)
+                   and h.in_shard(u)]
+        if missing and not complete:
+            event("sync.catalog_list_incomplete", missing=len(missing), listed=len(listed))
+            return []
+        return missing
+
+    def _write_gone(self) -> None:
+        """Sync: a change feed of deletes for every item of each gone catalog."""
+        previous = self._plan.previous if self._plan is not None else None
+        if previous is None:
+            return
+        for uuid in self._gone:
+            path = self.out / catalog_dirname(uuid) / "changes.ndjson"
+            self._gone_deletes[uuid] = write_gone(previous, uuid, path)
+            event("sync.catalog_gone", catalog=uuid, deletes=self._gone_deletes[uuid])
 
     def _prepare_resume(self, writer: Writer, ledger: Ledger, catalogs: list[Catalog]) -> None:
         keys: list[FileKey] = [ERRORS_KEY]
@@ -469,6 +521,8 @@ class Harvest:
             await self._wq.put(CatalogInfo(cs.uuid, cs.info()))
             await self._wq.put(PhaseChange(cs.uuid, "failed"))
             event("harvest.catalog_failed", catalog=cs.uuid, error=str(exc))
+            if self._index is not None:
+                await self._carry_catalog(cs, f"catalog_failed ({_describe(exc)})")
 
     async def _list_catalog(self, cs: CatalogState) -> None:
         assert self._client is not None
@@ -596,38 +650,10 @@ class Harvest:
         spool = self._writer.part_path(("spool", cs.uuid))
         cs.idle.clear()
         total = 0
-        if spool.exists():
-            for line in iter_lines(spool):
-                entry = orjson.loads(line)
-                digest, ctype, key, rec = int(entry["d"]), entry["t"], entry["k"], entry["r"]
-                total += 1
-                if digest in done:
-                    continue
-                if detail_segment(ctype) is None or not self._routable(ctype, key):
-                    if detail_segment(ctype) is not None:
-                        await self._error(cs.uuid, "unroutable_key", ctype, key,
-                                          "key cannot be routed to its detail endpoint; "
-                                          "written from the listing")
-                    meta = self._meta(cs.uuid, ctype, key, rec, self._now(), "listing")
-                    await self._wq.put(Write(("out", cs.uuid, ctype), encode_item(rec, meta),
-                                             done=(cs.uuid, digest)))
-                    cs.listing_only += 1
-                    self.stats.items_written += 1
-                    continue
-                job = DetailJob(cs, ctype, key, digest, rec)
-                if self._plan is not None:
-                    decision, prev = self._plan.decide(cs.uuid, digest, rec)
-                    self._count(cs, decision)
-                    if decision == CARRY and prev is not None:
-                        await self._wq.put(Write(("out", cs.uuid, ctype),
-                                                 carried_line(prev, rec),
-                                                 done=(cs.uuid, digest)))
-                        self.stats.items_written += 1
-                        continue
-                    if decision == REFRESH:
-                        job.previous = prev
-                cs.outstanding += 1
-                await self._dq.put(job)
+        for entry in self._spooled(cs, spool):
+            total += 1
+            if int(entry["d"]) not in done:
+                await self._plan_item(cs, entry)
         cs.details_total = total
         attempt = 0
         while True:
@@ -648,6 +674,50 @@ class Harvest:
                 job.attempt += 1
                 cs.outstanding += 1
                 await self._dq.put(job)
+
+    def _spooled(self, cs: CatalogState, spool: Path) -> Iterator[JSONDict]:
+        """The spooled listing of a catalog. In a sync, the items an earlier night kept
+        stale (their fetch failed) come first: they have waited longest."""
+        if not spool.exists():
+            return
+        previous = self._plan.previous if self._plan is not None else None
+        first = previous.stale_digests(cs.uuid) if previous is not None else set()
+        if first:
+            for line in iter_lines(spool):
+                if int((entry := orjson.loads(line))["d"]) in first:
+                    yield entry
+        for line in iter_lines(spool):
+            if int((entry := orjson.loads(line))["d"]) not in first:
+                yield entry
+
+    async def _plan_item(self, cs: CatalogState, entry: JSONDict) -> None:
+        """One listed item: written from the listing, carried forward, or queued."""
+        digest, ctype, key, rec = int(entry["d"]), entry["t"], entry["k"], entry["r"]
+        if detail_segment(ctype) is None or not self._routable(ctype, key):
+            if detail_segment(ctype) is not None:
+                await self._error(cs.uuid, "unroutable_key", ctype, key,
+                                  "key cannot be routed to its detail endpoint; "
+                                  "written from the listing")
+            meta = self._meta(cs.uuid, ctype, key, rec, self._now(), "listing")
+            await self._wq.put(Write(("out", cs.uuid, ctype), encode_item(rec, meta),
+                                     done=(cs.uuid, digest)))
+            cs.listing_only += 1
+            self.stats.items_written += 1
+            return
+        job = DetailJob(cs, ctype, key, digest, rec)
+        if self._plan is not None:
+            decision, prev = self._plan.decide(cs.uuid, digest, rec)
+            self._count(cs, decision)
+            if decision == CARRY and prev is not None:
+                await self._wq.put(Write(("out", cs.uuid, ctype), carried_line(prev, rec),
+                                         done=(cs.uuid, digest)))
+                self.stats.items_written += 1
+                return
+            job.fallback = prev  # listed, so never gone: kept (stale) if the fetch fails
+            if decision == REFRESH:
+                job.previous = prev
+        cs.outstanding += 1
+        await self._dq.put(job)
 
     @staticmethod
     def _routable(ctype: str, key: str) -> bool:
@@ -700,14 +770,13 @@ class Harvest:
                 cs.deferred.append(job)  # discovery outages surface as 404: try later
                 return
             cs.not_found += 1
-            await self._error(cs.uuid, "not_found", job.content_type, job.key, exc,
-                              done=(cs.uuid, job.digest))
+            await self._detail_failed(job, "not_found", exc)
             return
         except (AuthError, SinkError, StateError):
             raise
         except (Forbidden, Unauthorized, UnexpectedXML, ApiError, RequestError) as exc:
             cs.failed += 1
-            await self._error(cs.uuid, "detail_failed", job.content_type, job.key, exc)
+            await self._detail_failed(job, "detail_failed", exc)
             return
         self.stats.details += 1
         meta = self._meta(cs.uuid, job.content_type, job.key, job.listing, self._now(), "detail")
@@ -717,6 +786,47 @@ class Harvest:
                                  encode_item(resp.body, meta), done=(cs.uuid, job.digest)))
         cs.details_done += 1
         self.stats.items_written += 1
+
+    async def _detail_failed(self, job: DetailJob, kind: str, exc: HarvestError) -> None:
+        """Record a detail that failed for good (``not_found`` after its passes, or any
+        other failure after its retries). In a sync a listed item is not gone: its previous
+        record stays in the snapshot unchanged, marked stale, and the next night retries it
+        first. With no previous record there is nothing to keep and nothing to delete."""
+        cs, keep = job.cs, job.fallback
+        done = (cs.uuid, job.digest)
+        extra = {"stale": keep is not None} if self.sync is not None else None
+        # A plain not_found is an answer and completes the item; a failure is retried on
+        # resume unless a kept record completes it.
+        await self._error(cs.uuid, kind, job.content_type, job.key, exc, extra=extra,
+                          done=done if kind == "not_found" and keep is None else None)
+        if keep is not None:
+            line = stale_line(keep.line, f"{kind} ({_describe(exc)})", self._now())
+            await self._wq.put(Write(("out", cs.uuid, job.content_type), line, done=done))
+            self.stats.items_written += 1
+
+    async def _carry_catalog(self, cs: CatalogState, reason: str) -> None:
+        """Sync: a listed catalog that failed is not gone. Its previous records go into
+        this snapshot unchanged, marked stale, with no deletes; the next night retries it.
+        Items this night already wrote (a --no-details listing cut short) stay as written."""
+        assert self._ledger is not None
+        barrier = Barrier()
+        await self._wq.put(barrier)
+        await barrier.done
+        written = self._ledger.done(cs.uuid)
+        previous = self._plan.previous if self._plan is not None else None
+        kept, at = 0, self._now()
+        for digest, ctype, line in previous.lines(cs.uuid) if previous is not None else ():
+            if digest not in written:
+                await self._wq.put(Write(("out", cs.uuid, ctype), stale_line(line, reason, at)))
+                kept += 1
+        commit = CommitCatalog(cs.uuid)
+        await self._wq.put(commit)
+        cs.files = {name: i.as_dict() for name, i in (await commit.done).items()}
+        self._sync_commit(cs)
+        cs.sync["carried_forward"] = kept > 0
+        await self._wq.put(CatalogInfo(cs.uuid, cs.info()))
+        await self._wq.put(PhaseChange(cs.uuid, "failed"))  # the commit said "committing"
+        event("sync.catalog_carried", catalog=cs.uuid, items=kept)
 
     # --- finishing -------------------------------------------------------------------------
 
@@ -738,7 +848,7 @@ class Harvest:
     def _count(self, cs: CatalogState, what: str) -> None:
         """Count a sync decision (carried, new, changed, refresh, not_modified)."""
         name = {CARRY: "carried", FETCH_NEW: "fetched_new", FETCH_CHANGED: "fetched_changed",
-                REFRESH: "refreshed"}.get(what, what)
+                REFRESH: "refreshed", RETRY: "retried_stale"}.get(what, what)
         cs.sync[name] = cs.sync.get(name, 0) + 1
 
     def _sync_commit(self, cs: CatalogState) -> None:
@@ -751,13 +861,16 @@ class Harvest:
         spool = self._writer.part_path(("spool", cs.uuid))
         self._index.rebuild(cs.uuid, spool if self.settings.harvest.details else None,
                             [f for f in files if f.exists()], compressed=gz)
-        complete = (cs.count_reported is not None and cs.gaps == 0
+        # Failed details are kept (stale), so they never look deleted; a failed catalog's
+        # listing was cut short, so it can say nothing is gone.
+        complete = (cs.phase != "failed" and cs.count_reported is not None and cs.gaps == 0
                     and cs.unique >= cs.count_reported)
         previous = self._plan.previous if self._plan is not None else None
         counts = write_changes(self._index, previous, cs.uuid,
                                self.out / catalog_dirname(cs.uuid) / "changes.ndjson",
                                listing_complete=complete)
         cs.sync.update(counts.as_dict())
+        cs.sync["stale"], cs.sync["stale_keys"] = self._index.stale_summary(cs.uuid)
         cs.sync["previous"] = (self.sync.previous.name
                                if self.sync is not None and self.sync.previous else None)
         if counts.deletes_suppressed:
@@ -807,6 +920,12 @@ class Harvest:
             status=status, config=self.settings.public_dict(), catalogs=self.catalogs,
             files={"catalogs.ndjson": cat_info.as_dict(), "errors.ndjson": errors_info},
             errors=self._errors, stats=stats)
+        if self.sync is not None:
+            manifest["stale"] = {
+                "items": sum(int(cs.sync.get("stale", 0)) for cs in self.catalogs),
+                "catalogs": [cs.uuid for cs in self.catalogs if cs.sync.get("carried_forward")]}
+            manifest["gone_catalogs"] = {u: {"deletes": self._gone_deletes.get(u, 0)}
+                                         for u in self._gone}
         write_json_atomic(self.out / "manifest.json", manifest)
         ledger.set_meta(status="complete" if status == "complete" else "finished-partial")
         spool_dir = self.out / STATE_DIR / "spool"
@@ -838,7 +957,8 @@ class Harvest:
 
     async def _error(self, catalog: str, kind: str, ctype: str | None, key: str | None,
                      error: BaseException | str, *, page: int | None = None,
-                     done: tuple[str, int] | None = None) -> None:
+                     done: tuple[str, int] | None = None,
+                     extra: dict[str, Any] | None = None) -> None:
         rec: dict[str, Any] = {"catalog_uuid": catalog, "kind": kind, "at": self._now()}
         if ctype is not None:
             rec["content_type"] = ctype
@@ -851,6 +971,7 @@ class Harvest:
         if isinstance(error, BaseException):
             rec["error"] = type(error).__name__
         rec["message"] = str(error)
+        rec.update(extra or {})
         self._errors += 1
         await self._wq.put(Write(ERRORS_KEY, encode_line(rec), done=done))
 

@@ -139,6 +139,7 @@ class DetailJob:
     listing: JSONDict
     attempt: int = 0
     previous: Indexed | None = None  #: sync: the record to revalidate (If-None-Match)
+    fallback: Indexed | None = None  #: sync: the record kept (stale) if this fetch fails
     deferred_at: float = 0.0  #: clock time of its last 404 (retried once that is old enough)
 
 

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -34,6 +35,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -86,7 +88,8 @@ _INDEX_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS items (
     catalog TEXT NOT NULL, digest INTEGER NOT NULL, content_type TEXT NOT NULL,
     key TEXT NOT NULL, listing_hash TEXT, record_hash TEXT NOT NULL, fetched_at TEXT,
-    source TEXT, etag TEXT, line BLOB NOT NULL, PRIMARY KEY (catalog, digest)) WITHOUT ROWID;
+    source TEXT, etag TEXT, line BLOB NOT NULL, stale INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (catalog, digest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS listing (
     catalog TEXT NOT NULL, digest INTEGER NOT NULL, listing_hash TEXT NOT NULL,
     PRIMARY KEY (catalog, digest)) WITHOUT ROWID;
@@ -105,6 +108,8 @@ class Indexed:
     fetched_at: str | None
     etag: str | None
     line: bytes
+    source: str | None = None  #: "detail", or "listing" for a listing-only record
+    stale: bool = False  #: kept from an earlier night because its fetch failed
 
     def record(self) -> JSONDict:
         """The stored line as an object (``_harvest`` included)."""
@@ -124,8 +129,13 @@ class SnapshotIndex:
                 self._db = sqlite3.connect(path, isolation_level=None)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.executescript(_INDEX_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+            if "stale" not in columns and not readonly:  # an index from before `stale`
+                self._db.execute("ALTER TABLE items ADD COLUMN stale INTEGER NOT NULL DEFAULT 0")
         except sqlite3.Error as exc:
             raise StateError(f"snapshot index {path} is unusable ({exc})") from None
+        # An older previous index has no `stale` column: nothing in it is stale.
+        self._stale = "stale" if readonly is False or "stale" in columns else "0"
 
     def close(self) -> None:
         """Close the database."""
@@ -134,11 +144,12 @@ class SnapshotIndex:
     def get(self, catalog: str, digest: int) -> Indexed | None:
         """The previous snapshot's entry for an item of a catalog."""
         row = self._db.execute(
-            "SELECT listing_hash, record_hash, fetched_at, etag, line FROM items "
-            "WHERE catalog=? AND digest=?", (catalog, digest)).fetchone()
+            f"SELECT listing_hash, record_hash, fetched_at, etag, line, source, {self._stale} "
+            "FROM items WHERE catalog=? AND digest=?", (catalog, digest)).fetchone()
         if row is None:
             return None
-        return Indexed(row[0], row[1], row[2], row[3], zlib.decompress(row[4]))
+        return Indexed(row[0], row[1], row[2], row[3], zlib.decompress(row[4]), row[5],
+                       bool(row[6]))
 
     def digests(self, catalog: str) -> Iterator[tuple[int, str, str]]:
         """``(digest, content_type, key)`` of every item of a catalog."""
@@ -170,6 +181,33 @@ class SnapshotIndex:
             db.execute("ROLLBACK")
             raise
         return n
+    def catalogs(self) -> set[str]:
+        """Every catalog that has an item, or a pending delete, in this snapshot."""
+        found = {row[0] for row in self._db.execute("SELECT DISTINCT catalog FROM items")}
+        # An index written before pending deletes existed has no such table.
+        with contextlib.suppress(sqlite3.OperationalError):
+            found |= {row[0] for row in self._db.execute("SELECT DISTINCT catalog FROM pending")}
+        return found
+
+    def lines(self, catalog: str) -> Iterator[tuple[int, str, bytes]]:
+        """``(digest, content_type, line)`` of every item of a catalog."""
+        for digest, ctype, blob in self._db.execute(
+                "SELECT digest, content_type, line FROM items WHERE catalog=?", (catalog,)):
+            yield digest, ctype, zlib.decompress(blob)
+
+    def stale_digests(self, catalog: str) -> set[int]:
+        """The items of a catalog kept stale (their fetch failed): retried first."""
+        return {row[0] for row in self._db.execute(
+            f"SELECT digest FROM items WHERE catalog=? AND {self._stale}", (catalog,))}
+
+    def stale_summary(self, catalog: str, *, limit: int = 100) -> tuple[int, list[str]]:
+        """How many items of a catalog are stale, and the keys of the first ``limit``."""
+        (n,) = self._db.execute(f"SELECT count(*) FROM items WHERE catalog=? AND {self._stale}",
+                                (catalog,)).fetchone()
+        keys = [row[0] for row in self._db.execute(
+            f"SELECT key FROM items WHERE catalog=? AND {self._stale} ORDER BY key LIMIT ?",
+            (catalog, limit))]
+        return int(n), keys
 
     def rebuild(self, catalog: str, spool: Path | None, files: list[Path], *,
                 compressed: bool) -> None:
@@ -187,7 +225,7 @@ class SnapshotIndex:
                 db.executemany(
                     "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, "
                     "(SELECT listing_hash FROM listing WHERE catalog=? AND digest=?), "
-                    "?, ?, ?, ?, ?)",
+                    "?, ?, ?, ?, ?, ?)",
                     (_row(catalog, line) for line in iter_lines(path, compressed=compressed)))
             # A listing-only record is its own listing.
             db.execute("UPDATE items SET listing_hash=record_hash "
@@ -204,7 +242,8 @@ def _row(catalog: str, line: bytes) -> tuple[Any, ...]:
     h = rec["_harvest"]
     digest = key_digest(h["content_type"], h["key"])
     return (catalog, digest, h["content_type"], h["key"], catalog, digest, content_hash(rec),
-            h.get("fetched_at"), h.get("source"), h.get("etag"), zlib.compress(line, 1))
+            h.get("fetched_at"), h.get("source"), h.get("etag"), zlib.compress(line, 1),
+            1 if h.get("stale") else 0)
 
 
 # --- deciding what to fetch --------------------------------------------------------------
@@ -231,6 +270,7 @@ CARRY: Final = "carry"
 FETCH_NEW: Final = "new"
 FETCH_CHANGED: Final = "changed"
 REFRESH: Final = "refresh"
+RETRY: Final = "retry"  #: kept stale by an earlier night: fetched again, first
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -265,6 +305,11 @@ class SyncPlan:
         prev = self.previous.get(catalog, digest) if self.previous else None
         if prev is None:
             return FETCH_NEW, None
+        if prev.stale:
+            return RETRY, prev
+        if prev.source != "detail":
+            # A listing-only record (a --no-details night) is not a detail to carry.
+            return FETCH_CHANGED, prev
         if prev.listing_hash != content_hash(listing):
             return FETCH_CHANGED, prev
         if self._due(digest, prev.fetched_at):
@@ -299,8 +344,26 @@ def carried_line(prev: Indexed, listing: JSONDict, *, fetched_at: str | None = N
     meta["aggregation_key"] = listing.get("aggregation_key", meta.get("aggregation_key"))
     if fetched_at is not None:
         meta["fetched_at"] = fetched_at
+        for key in STALE_FIELDS:  # revalidated just now: current again
+            meta.pop(key, None)
     if etag is not None:
         meta["etag"] = etag
+    rec["_harvest"] = meta
+    return orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
+
+
+#: ``_harvest`` fields of a record kept from an earlier night because its fetch failed.
+STALE_FIELDS: Final = ("stale", "stale_reason", "stale_since")
+
+
+def stale_line(line: bytes, reason: str, at: str) -> bytes:
+    """A previous record kept unchanged, marked stale in ``_harvest``: ``stale: true``,
+    why (``stale_reason``) and since when (``stale_since``, kept from the first failure)."""
+    rec: JSONDict = orjson.loads(line)
+    meta = dict(rec.get("_harvest") or {})
+    meta["stale"] = True
+    meta["stale_reason"] = reason
+    meta.setdefault("stale_since", at)
     rec["_harvest"] = meta
     return orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
 
@@ -364,6 +427,24 @@ def write_changes(current: SnapshotIndex, previous: SnapshotIndex | None, catalo
         part.abandon()
         raise
     return counts
+
+
+def write_gone(previous: SnapshotIndex, catalog: str, path: Path) -> int:
+    """Write ``changes.ndjson`` for a catalog that left a complete catalog list: a delete
+    for every item the previous snapshot had, and for every delete it still had pending.
+    Returns the number of deletes."""
+    n = 0
+    part = PartFile(path)
+    try:
+        for _digest, ctype, key in chain(previous.digests(catalog), previous.pending(catalog)):
+            part.write(encode_line({"op": "delete", "catalog_uuid": catalog,
+                                    "content_type": ctype, "key": key}))
+            n += 1
+        part.commit()
+    except BaseException:
+        part.abandon()
+        raise
+    return n
 
 
 # --- the store ---------------------------------------------------------------------------
