@@ -28,8 +28,8 @@ import time
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
