@@ -10,13 +10,17 @@
   itself (zlib). A later night reads it by point look-ups, so a 1,000,000-item catalog
   syncs in flat memory.
 * :class:`SyncPlan` decides per listed item: carry the previous record forward, fetch it
-  (new, listing changed), or revalidate it (refresh due, with ``If-None-Match``). Refreshes
-  are spread over the nights of ``max_age``: an item is due on the night its identity
-  hashes to, so each night refreshes about 1/N of the catalog, never all of it at once.
+  (new, listing changed, previous record listing-only, or kept stale by an earlier night),
+  or revalidate it (refresh due, with ``If-None-Match``). Refreshes are spread over the
+  nights of ``max_age``: an item is due on the night its identity hashes to, so each
+  night refreshes about 1/N of the catalog, never all of it at once.
+* :func:`stale_line` keeps a previous record whose fetch failed tonight, marked stale: a
+  listed item is never gone, so a failure is never a delete.
 * :func:`write_changes` writes a catalog's ``changes.ndjson``. Upserts are new or changed
   items. Deletes are emitted only when the catalog's listing completed and matched
   ``count``; otherwise they are withheld and kept in the snapshot's index as *pending*, so
   the first night that can settle them still emits them (unless the item came back).
+  :func:`write_gone` deletes every item of a catalog that left a complete catalog list.
 * :class:`Store` keeps dated snapshots and ``latest`` (a symlink); only a good run becomes
   latest, ``--keep N`` prunes the oldest (never latest, never the one just written), and
   an unfinished snapshot a changed command cannot resume is abandoned. One sync at a time
@@ -344,16 +348,10 @@ def carried_line(prev: Indexed, listing: JSONDict, *, fetched_at: str | None = N
     meta["aggregation_key"] = listing.get("aggregation_key", meta.get("aggregation_key"))
     if fetched_at is not None:
         meta["fetched_at"] = fetched_at
-        for key in STALE_FIELDS:  # revalidated just now: current again
-            meta.pop(key, None)
     if etag is not None:
         meta["etag"] = etag
     rec["_harvest"] = meta
     return orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
-
-
-#: ``_harvest`` fields of a record kept from an earlier night because its fetch failed.
-STALE_FIELDS: Final = ("stale", "stale_reason", "stale_since")
 
 
 def stale_line(line: bytes, reason: str, at: str) -> bytes:

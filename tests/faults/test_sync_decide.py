@@ -63,14 +63,15 @@ def ops(loop: LoopThread, srv: SimServer, method: str, path: str, body: Any = No
 
 
 def sync(monkeypatch: pytest.MonkeyPatch, srv: SimServer, store: Path, day: str,
-         *extra: str) -> int:
+         *extra: str, quiet: bool = True) -> int:
     monkeypatch.setenv("EDX_CLIENT_ID", srv.client_id)
     monkeypatch.setenv("EDX_CLIENT_SECRET", srv.client_secret)
     cfg = store.parent / "fast.toml"
     cfg.write_text("[retry]\nbackoff_base = 0\nbackoff_cap = 0\nmax_tries = 2\n"
                    "[harvest]\ndetail_404_retries = 0\n")
     return cli.main(["sync", "--store", str(store), "--api-base", srv.base_url,
-                     "--rate-lms", "2000/s", "--progress", "off", "--quiet",
+                     "--rate-lms", "2000/s", "--progress", "off",
+                     *(["--quiet"] if quiet else []),
                      "--config", str(cfg), "--as-of", day, *extra])
 
 
@@ -244,7 +245,8 @@ def test_not_found_detail_of_a_listed_item_is_carried_stale(
 # --- a failed catalog --------------------------------------------------------------------
 
 def test_forbidden_catalog_is_carried_forward_stale_and_retried(
-        monkeypatch: pytest.MonkeyPatch, loop: LoopThread, start: Any, tmp_path: Path) -> None:
+        monkeypatch: pytest.MonkeyPatch, loop: LoopThread, start: Any, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     srv = start()
     store = tmp_path / "store"
     assert sync(monkeypatch, srv, store, "2026-11-20") == 0
@@ -252,7 +254,11 @@ def test_forbidden_catalog_is_carried_forward_stale_and_retried(
     before = records(night1)
     bad = srv.catalog_uuids[1]
     ops(loop, srv, "POST", "/__config", {"forbid_catalogs": ["1"]})
-    assert sync(monkeypatch, srv, store, "2026-11-21") == 3
+    capsys.readouterr()
+    assert sync(monkeypatch, srv, store, "2026-11-21", quiet=False) == 3
+    said = capsys.readouterr().out
+    assert "kept stale from the previous snapshot" in said and bad[:8] in said
+    assert "latest -> " in said
     night2 = newest(store)
     assert latest(store) == night2
     after = records(night2)
@@ -280,7 +286,8 @@ def test_forbidden_catalog_is_carried_forward_stale_and_retried(
 # --- a catalog that goes away ------------------------------------------------------------
 
 def test_catalog_gone_from_a_complete_list_deletes_all_its_items(
-        monkeypatch: pytest.MonkeyPatch, loop: LoopThread, start: Any, tmp_path: Path) -> None:
+        monkeypatch: pytest.MonkeyPatch, loop: LoopThread, start: Any, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     srv = start(drop_catalog_at_epoch=("1:1",))
     store = tmp_path / "store"
     assert sync(monkeypatch, srv, store, "2026-11-20") == 0
@@ -291,7 +298,11 @@ def test_catalog_gone_from_a_complete_list_deletes_all_its_items(
     truth = {(c["catalog_uuid"], c["content_type"], c["key"])
              for c in ops(loop, srv, "GET", "/__changes?from=0&to=1") if c["op"] == "delete"}
     assert truth == doomed  # the simulator agrees: the whole catalog is deleted
-    assert sync(monkeypatch, srv, store, "2026-11-21") == 0
+    capsys.readouterr()
+    assert sync(monkeypatch, srv, store, "2026-11-21", quiet=False) == 0
+    said = capsys.readouterr().out
+    assert f"gone from the catalog list (all items deleted): {gone_cat[:8]}" in said
+    assert f"deletes {len(doomed)}" in said
     night2 = latest(store)
     assert night2 != night1
     assert deletes(night2) == doomed
