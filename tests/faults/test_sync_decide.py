@@ -369,3 +369,33 @@ def test_sync_after_a_no_details_snapshot_fetches_every_detail(
     got = records(night2)
     assert {i for i, r in got.items() if r["_harvest"]["source"] == "detail"} == detailed
     assert sum(c["sync"].get("carried", 0) for c in manifest(night2)["catalogs"].values()) == 0
+
+
+def test_an_incomplete_catalog_list_calls_no_catalog_gone(tmp_path: Path) -> None:
+    """A list shorter than its count cannot say a catalog is gone (narrow: no server)."""
+    from harvester.config import load_settings
+    from harvester.models import Catalog
+    from harvester.pipeline import Harvest
+    from harvester.sync import SnapshotIndex, SyncOptions, SyncPlan
+
+    prev = tmp_path / "prev"
+    prev.mkdir()
+    lines = tmp_path / "lines.ndjson"
+    index = SnapshotIndex(prev / "index.sqlite")
+    for cat in ("a", "b"):
+        lines.write_bytes(orjson.dumps({"key": "X+Y", "_harvest": {
+            "catalog_uuid": cat, "content_type": "course", "key": "X+Y",
+            "source": "detail"}}) + b"\n")
+        index.rebuild(cat, None, [lines], compressed=False)
+    index.close()
+    settings, _ = load_settings(cli={"api.client_id": "i", "api.client_secret": "s",
+                                     "output.out": str(tmp_path / "out")},
+                                environ={}, config_file=None)
+    harvest = Harvest(settings, sync=SyncOptions(prev))
+    harvest._plan = SyncPlan(SyncOptions(prev))
+    try:
+        listed = {"a": Catalog("a", "", {"uuid": "a"})}
+        assert harvest._gone_catalogs(listed, complete=True) == ["b"]
+        assert harvest._gone_catalogs(listed, complete=False) == []
+    finally:
+        harvest._plan.close()
