@@ -399,3 +399,36 @@ def test_an_incomplete_catalog_list_calls_no_catalog_gone(tmp_path: Path) -> Non
         assert harvest._gone_catalogs(listed, complete=False) == []
     finally:
         harvest._plan.close()
+
+
+def test_items_kept_stale_are_retried_first(tmp_path: Path) -> None:
+    """Narrow: the details phase hands out last night's stale items before the rest."""
+    from harvester.config import load_settings
+    from harvester.models import key_digest
+    from harvester.pipeline import Harvest
+    from harvester.run import CatalogState
+    from harvester.sync import SnapshotIndex, SyncOptions, SyncPlan
+
+    keys = [f"Org+C{i}" for i in range(6)]
+    prev = tmp_path / "prev"
+    prev.mkdir()
+    lines = tmp_path / "lines.ndjson"
+    lines.write_bytes(b"".join(orjson.dumps({"key": k, "_harvest": {
+        "catalog_uuid": "a", "content_type": "course", "key": k, "source": "detail",
+        **({"stale": True} if k in ("Org+C4", "Org+C2") else {})}}) + b"\n" for k in keys))
+    index = SnapshotIndex(prev / "index.sqlite")
+    index.rebuild("a", None, [lines], compressed=False)
+    index.close()
+    spool = tmp_path / "spool.ndjson"
+    spool.write_bytes(b"".join(orjson.dumps({"d": key_digest("course", k), "t": "course",
+                                             "k": k, "r": {"key": k}}) + b"\n" for k in keys))
+    settings, _ = load_settings(cli={"api.client_id": "i", "api.client_secret": "s",
+                                     "output.out": str(tmp_path / "out")},
+                                environ={}, config_file=None)
+    harvest = Harvest(settings, sync=SyncOptions(prev))
+    harvest._plan = SyncPlan(SyncOptions(prev))
+    try:
+        order = [e["k"] for e in harvest._spooled(CatalogState("a", ""), spool)]
+    finally:
+        harvest._plan.close()
+    assert order == ["Org+C2", "Org+C4", "Org+C0", "Org+C1", "Org+C3", "Org+C5"]
