@@ -77,6 +77,7 @@ omit_count                 False           content pages have no ``count`` (live
 detail_403_rate            0.0             fraction of items whose detail 403s, always (live)
 detail_403_keys            ()              item keys whose detail 403s, always (live)
 drop_catalog_at_epoch      ()              "I:E": own catalog I unlisted (content 404) from E
+case_twin_catalogs         False           catalog 1's id = catalog 0's id upper-cased
 =========================  ==============  ==================================================
 
 ``GET /__changes?from=A&to=B`` lists ``{op, catalog_uuid, content_type, key}`` (``upsert``

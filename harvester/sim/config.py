@@ -189,6 +189,12 @@ class SimConfig:
                        "('0', '-5'), else as the string ('soon', ''); 'null' serves null, "
                        "'omit' leaves it out; the JWT's exp still uses token_ttl"),
     )
+    case_twin_catalogs: bool = field(
+        default=False,
+        metadata=_help("own catalog 1's id is catalog 0's id in upper case: two catalogs "
+                       "whose ids differ only in case, each with its own content "
+                       "(needs --catalogs >= 2)"),
+    )
 
     def __post_init__(self) -> None:
         """Reject impossible settings early, with the field name in the message."""
@@ -247,6 +253,8 @@ class SimConfig:
             "drop_catalog_at_epoch",
             f"must be I:E pairs, I a catalog index in [0, {self.catalogs}), E an epoch >= 0",
         )
+        _check(not self.case_twin_catalogs or self.catalogs >= 2, "case_twin_catalogs",
+               "needs catalogs >= 2")
         for name in ("client_id", "client_secret"):
             value = getattr(self, name)
             _check(value is None or value != "", name, "must not be empty")

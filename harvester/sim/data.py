@@ -93,6 +93,8 @@ class Dataset:
         self.enterprise_slug = f"acme-{seed % 1000:03d}"
         # Own catalogs are indexes 0..catalogs-1; the foreign one is index `catalogs`.
         self.catalog_uuids = [rand_uuid(seed, _T_CAT, c) for c in range(cfg.catalogs + 1)]
+        if cfg.case_twin_catalogs:
+            self.catalog_uuids[1] = self.catalog_uuids[0].upper()
         self.foreign_index = cfg.catalogs
         self.content = Content(seed, self.enterprise_uuid, self.enterprise_slug)
         self._items: OrderedDict[tuple[int, int], Json] = OrderedDict()
@@ -105,11 +107,12 @@ class Dataset:
 
     # -- catalog structure -------------------------------------------------------------------
     def catalog_index(self, catalog_uuid: str) -> int | None:
-        """Index of a catalog (own or foreign) by UUID, case-insensitively."""
-        try:
-            return self.catalog_uuids.index(catalog_uuid.lower())
-        except ValueError:
-            return None
+        """Index of a catalog (own or foreign) by UUID: the exact id first (case twins are
+        distinct catalogs), else case-insensitively."""
+        for candidate in (catalog_uuid, catalog_uuid.lower()):
+            if candidate in self.catalog_uuids:
+                return self.catalog_uuids.index(candidate)
+        return None
 
     def size(self, c: int, epoch: int) -> int:
         """Number of items of catalog ``c`` at ``epoch`` (memoised: O(epoch) once)."""

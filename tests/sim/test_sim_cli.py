@@ -149,6 +149,7 @@ def test_every_config_field_is_a_flag() -> None:
         "edX+DemoX",
         "--drop-catalog-at-epoch",
         "1:2",
+        "--case-twin-catalogs",
     ]
     cfg = config_from_args(parser.parse_args(argv))
     defaults = SimConfig()
