@@ -25,7 +25,14 @@ import orjson
 
 from harvester import __version__
 from harvester.config import Settings, load_settings
-from harvester.errors import AuthError, ConfigError, HarvestError, SinkError, StateError
+from harvester.errors import (
+    AuthError,
+    ConfigError,
+    HarvestError,
+    SinkError,
+    StateError,
+    UnsafePath,
+)
 from harvester.export import export
 from harvester.learners import (
     PII_HELP,
@@ -539,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "learners": cmd_learners, "demo": cmd_demo}
     try:
         return handlers[ns.command](ns)
-    except (ConfigError, AuthError, StateError) as exc:
+    except (ConfigError, AuthError, StateError, UnsafePath) as exc:
         print(f"harvester: {REDACTOR.scrub(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except SinkError as exc:

@@ -26,6 +26,7 @@ name what failed and never contain a secret, a token or learner data: every mess
     │   └── PayloadError         a 2xx whose body is not the JSON we expect
     │       └── UnexpectedXML    XML although we asked for JSON
     ├── SinkError                the output could not be written (disk full, permissions)
+    │   └── UnsafePath           a link (or a stranger's directory) where we would write (exit 2)
     └── StateError               resume ledger unusable, incompatible or locked
 """
 
@@ -144,6 +145,10 @@ class UnexpectedXML(PayloadError):
 
 class SinkError(HarvestError):
     """Output could not be written; what was already written and renamed stays valid."""
+
+
+class UnsafePath(SinkError):
+    """A symlink, or a directory writable by another user, where we would write: refused."""
 
 
 class StateError(HarvestError):

@@ -85,6 +85,7 @@ from harvester.sinks import (
     FileInfo,
     PartFile,
     catalog_dirname,
+    clear_dir,
     clear_outputs,
     encode_item,
     encode_line,
@@ -904,7 +905,7 @@ class Harvest:
         problems = self._errors or any(
             cs.phase != "done" or cs.gaps or cs.not_found or cs.failed for cs in self.catalogs)
         status = "partial" if problems else "complete"
-        cat_part = PartFile(self.out / "catalogs.ndjson")
+        cat_part = PartFile(self.out / "catalogs.ndjson", root=self.out)
         by_uuid = {c.uuid: c for c in catalogs}
         for cs in self.catalogs:
             rec: dict[str, Any] = (dict(by_uuid[cs.uuid].record) if cs.uuid in by_uuid
@@ -926,12 +927,9 @@ class Harvest:
                 "catalogs": [cs.uuid for cs in self.catalogs if cs.sync.get("carried_forward")]}
             manifest["gone_catalogs"] = {u: {"deletes": self._gone_deletes.get(u, 0)}
                                          for u in self._gone}
-        write_json_atomic(self.out / "manifest.json", manifest)
+        write_json_atomic(self.out / "manifest.json", manifest, root=self.out)
         ledger.set_meta(status="complete" if status == "complete" else "finished-partial")
-        spool_dir = self.out / STATE_DIR / "spool"
-        if spool_dir.is_dir():
-            for f in spool_dir.iterdir():
-                f.unlink(missing_ok=True)
+        clear_dir(self.out / STATE_DIR / "spool")
         code = EXIT_OK if status == "complete" else EXIT_PARTIAL
         return RunResult(status, code, self.out, manifest)
 

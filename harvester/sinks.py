@@ -1,8 +1,8 @@
 """NDJSON output: route, encode, store.
 
 * :func:`catalog_dirname` routes a catalog to ``catalog=<uuid>``; anything that is not a
-  plain UUID is percent-encoded and tagged with a hash, so nothing a server sends can name
-  a path outside OUT.
+  canonical (lowercase) UUID is percent-encoded and tagged with a hash of the exact id, so
+  nothing a server sends can name a path outside OUT and no two ids share a directory.
 * :func:`encode_item` turns an API object into one line: the object's keys unchanged, plus
   ``_harvest``.
 * :class:`PartFile` writes ``<name>.part`` (optionally gzip) and, on ``commit()``, fsyncs
@@ -11,16 +11,24 @@
 * :func:`write_json_atomic` writes the manifest (temp file, fsync, rename); the
   writer (``writer.py``) owns the open files.
 
+We write only files we created, only inside OUT, never through a link: a new file is
+created exclusively with ``O_NOFOLLOW`` (a stale temp or a planted link in its place is
+unlinked first, which removes the link, not its target), an existing file is reopened only
+with ``O_NOFOLLOW``, a directory inside OUT that is a symlink is refused, and directories
+are created ``0750`` (``0700`` for private data) whatever the umask.
+
 OSErrors become :class:`~harvester.errors.SinkError` here, naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import os
 import re
+import stat
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,12 +39,16 @@ from urllib.parse import quote
 
 import orjson
 
-from harvester.errors import SinkError
+from harvester.errors import SinkError, UnsafePath
 from harvester.models import JSONDict, file_stem
 
-_UUID_RE: Final = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-                             r"[0-9a-fA-F]{12}$")
+_CANONICAL_UUID_RE: Final = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PART: Final = ".part"
+DIR_MODE: Final = 0o750
+PRIVATE_DIR_MODE: Final = 0o700
+_OPEN_NEW: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_EXISTING: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @contextmanager
@@ -45,17 +57,117 @@ def disk_errors(path: Path | str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise UnsafePath(f"refusing to write through {path}: it is a symbolic link "
+                             "the harvester did not create") from exc
         reason = exc.strerror or type(exc).__name__
         raise SinkError(f"cannot write {path}: {reason}") from exc
 
 
 def catalog_dirname(catalog_uuid: str) -> str:
-    """``catalog=<uuid>`` for a real UUID; a safe, unique encoding for anything else."""
-    if _UUID_RE.match(catalog_uuid):
-        return f"catalog={catalog_uuid.lower()}"
+    """``catalog=<uuid>`` for a canonical (lowercase) UUID; else a safe, unique encoding.
+
+    One-to-one: any other id (an upper-case UUID included, so ids that differ only in case
+    never share a directory, even on a case-insensitive filesystem) is percent-encoded,
+    cut at 80 characters and tagged with 12 hex digits of the sha256 of the exact id.
+    """
+    if _CANONICAL_UUID_RE.fullmatch(catalog_uuid):
+        return f"catalog={catalog_uuid}"
     digest = hashlib.sha256(catalog_uuid.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     safe = quote(catalog_uuid, safe="-_")[:80]  # encodes '/', '.', '%', NUL, ...
     return f"catalog=x-{safe}-{digest}"
+
+
+# --- creating directories and files safely -----------------------------------------------
+
+def _mkdirs(path: Path, mode: int) -> None:
+    """Create ``path`` and its missing parents, each with ``mode`` (``os.makedirs`` gives
+    intermediate directories the umask's default, which may be world-writable)."""
+    missing: list[Path] = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, mode)
+
+
+def _checked_dir(path: Path) -> None:
+    """Refuse a link or non-directory at ``path``; tighten a group/world-writable one of
+    ours (an older version created them ``0777 & ~umask``)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePath(f"refusing to write through {path}: it is a symbolic link the "
+                         "harvester did not create (remove it, or choose another --out)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise SinkError(f"cannot write into {path}: it is not a directory")
+    if st.st_mode & 0o022:
+        if st.st_uid != os.geteuid():
+            raise UnsafePath(f"refusing to write into {path}: another user owns it and it "
+                             "is writable by others")
+        os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o022)
+
+
+def ensure_dir(path: Path, *, root: Path | None = None, private: bool = False) -> Path:
+    """Create ``path`` (``0750``, or ``0700`` if ``private``) with missing parents.
+
+    With ``root`` (OUT), every component strictly below ``root`` must be a real directory:
+    a symlink planted there is refused rather than written through. ``root`` itself is
+    the user's choice and may be a link.
+    """
+    mode = PRIVATE_DIR_MODE if private else DIR_MODE
+    with disk_errors(path):
+        if root is None:
+            _mkdirs(path, mode)
+            return path
+        _mkdirs(root, mode)
+        current = root
+        for part in path.relative_to(root).parts:
+            current = current / part
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(current, mode)
+            _checked_dir(current)
+    return path
+
+
+def create_new(path: Path, mode: int) -> int:
+    """Open a new file for writing that is certainly ours: ``O_CREAT|O_EXCL|O_NOFOLLOW``.
+
+    Something already at ``path`` (a stale temp of ours, or a link someone planted) is
+    unlinked first: that removes the link, never its target. Raises OSError.
+    """
+    try:
+        return os.open(path, _OPEN_NEW, mode)
+    except FileExistsError:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(path)
+                                    ) from None
+        os.unlink(path)
+        return os.open(path, _OPEN_NEW, mode)
+
+
+def open_existing(path: Path) -> int:
+    """Reopen a file of ours read-write, never through a link; it must be a regular file."""
+    fd = os.open(path, _OPEN_EXISTING)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePath(f"refusing to write {path}: it is not a regular file")
+    return fd
+
+
+def planted_link(*paths: Path) -> Path | None:
+    """The first of ``paths`` that is a symbolic link (or not a regular file), if any."""
+    for p in paths:
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            return p
+    return None
 
 
 def encode_item(record: JSONDict, meta: JSONDict) -> bytes:
@@ -117,21 +229,21 @@ class PartFile:
     """
 
     def __init__(self, final: Path, *, compress: bool = False, private: bool = False,
-                 resume_at: tuple[int, int] | None = None) -> None:
+                 resume_at: tuple[int, int] | None = None, root: Path | None = None) -> None:
         self.final = final
         self.path = final.with_name(final.name + PART)
         self.lines = 0
         self._compress = compress
+        ensure_dir(final.parent, root=root, private=private)
         with disk_errors(self.path):
-            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if private else 0o777)
-            if resume_at is not None and not self.path.exists():
+            if resume_at is not None and not os.path.lexists(self.path):
                 # Never start an empty file in place of one the ledger knows: that
                 # would later be renamed over good data.
                 raise SinkError(f"{self.path} is missing although the resume ledger tracks "
                                 "it; rerun with --restart")
             if resume_at is not None:
                 size, self.lines = resume_at
-                fd = os.open(self.path, os.O_RDWR)
+                fd = open_existing(self.path)
                 if os.fstat(fd).st_size < size:
                     os.close(fd)
                     raise SinkError(f"{self.path} is shorter than the ledger says "
@@ -139,8 +251,7 @@ class PartFile:
                 os.ftruncate(fd, size)
                 os.lseek(fd, size, os.SEEK_SET)
             else:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                             0o600 if private else 0o644)
+                fd = create_new(self.path, 0o600 if private else 0o644)
             self._raw: IO[bytes] = os.fdopen(fd, "wb", buffering=1 << 16)
         self._gz: gzip.GzipFile | None = None
 
@@ -204,13 +315,20 @@ def output_path(out: Path, catalog_uuid: str, content_type: str, *, compress: bo
     return out / catalog_dirname(catalog_uuid) / f"{file_stem(content_type)}{ext}"
 
 
-def write_json_atomic(path: Path, data: Any, *, private: bool = False) -> None:
+def write_json_atomic(path: Path, data: Any, *, private: bool = False,
+                      root: Path | None = None) -> None:
     """Write JSON to ``path`` atomically: temp file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
     payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    write_bytes_atomic(path, payload, private=private, root=root)
+
+
+def write_bytes_atomic(path: Path, payload: bytes, *, private: bool = False,
+                       root: Path | None = None) -> None:
+    """Write ``payload`` to ``path`` atomically (a new temp file of ours, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    ensure_dir(path.parent, root=root, private=private)
     with disk_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        fd = create_new(tmp, 0o600 if private else 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -234,10 +352,17 @@ def clear_outputs(out: Path) -> None:
                      "index.sqlite-wal", "index.sqlite-shm"):
             with contextlib.suppress(FileNotFoundError):
                 (out / name).unlink()
-        spool = out / ".state" / "spool"
-        if spool.is_dir():
-            for f in spool.iterdir():
-                f.unlink()
+        clear_dir(out / ".state" / "spool")
+
+
+def clear_dir(directory: Path) -> None:
+    """Unlink the entries of one of our flat directories; refuse one that is a link."""
+    with disk_errors(directory):
+        if not os.path.lexists(directory):
+            return
+        _checked_dir(directory)
+        for f in directory.iterdir():
+            f.unlink(missing_ok=True)
 
 
 def iter_lines(path: Path, *, compressed: bool = False) -> Iterator[bytes]:
@@ -265,7 +390,9 @@ def recover_tail(part: Path, size: int, *, compressed: bool) -> list[bytes]:
     after the first torn or invalid line is dropped. With gzip the tail is an unfinished
     member, read as far as its last sync flush.
     """
-    with disk_errors(part), part.open("rb") as fh:
+    if os.path.islink(part):
+        return []  # not ours: never adopt what a link points to (PartFile replaces it)
+    with disk_errors(part), os.fdopen(os.open(part, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
         fh.seek(size)
         tail = fh.read()
     if compressed and tail:

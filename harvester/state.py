@@ -12,13 +12,18 @@ twice.
 ``OUT/.state/lock`` is held with ``flock`` for the whole run: a second harvester on the
 same OUT is refused with the holder's pid; a lock left by a dead process is released
 by the kernel, so it is never stale.
+
+``.state`` is a private directory (``0700``); a symlink planted in place of it, of the
+lock or of a ledger file is refused, never followed.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sqlite3
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +31,8 @@ from typing import Any, Final
 
 import orjson
 
-from harvester.errors import StateError
+from harvester.errors import SinkError, StateError
+from harvester.sinks import ensure_dir, planted_link
 
 STATE_DIR: Final = ".state"
 SCHEMA_VERSION: Final = 1
@@ -79,6 +85,14 @@ class Checkpoint:
                     or self.phases)
 
 
+def state_dir(out: Path) -> Path:
+    """Create ``OUT/.state`` private (``0700``); refuse it if it is a link."""
+    try:
+        return ensure_dir(out / STATE_DIR, root=out, private=True)
+    except SinkError as exc:
+        raise StateError(str(exc)) from None
+
+
 class RunLock:
     """An exclusive ``flock`` on ``OUT/.state/lock`` for the life of a run."""
 
@@ -88,11 +102,17 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock or raise StateError naming the pid that holds it."""
+        state_dir(self.path.parent.parent)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o644)
         except OSError as exc:
-            raise StateError(f"cannot create lock {self.path}: {exc.strerror}") from None
+            raise StateError(f"cannot create lock {self.path}: {exc.strerror}"
+                             + (" (a symbolic link; refusing to follow it)"
+                                if exc.errno == errno.ELOOP else "")) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"lock {self.path} is not a regular file; refusing to use it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -122,8 +142,14 @@ class Ledger:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.path = out / STATE_DIR / "ledger.sqlite"
+        state_dir(out)
+        # SQLite follows links: refuse one planted in place of the database or its journals.
+        suffixes = ("", "-wal", "-shm", "-journal")
+        link = planted_link(*(self.path.with_name(self.path.name + s) for s in suffixes))
+        if link is not None:
+            raise StateError(f"resume ledger file {link} is a symbolic link or not a regular "
+                             "file; refusing to use it (remove it, or choose another --out)")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")

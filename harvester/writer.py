@@ -29,6 +29,7 @@ from harvester.sinks import (
     PartFile,
     catalog_dirname,
     describe,
+    ensure_dir,
     output_path,
     recover_tail,
 )
@@ -187,7 +188,7 @@ class Writer:
             final = self.path_for(key)
             rel = str(final.with_name(final.name + ".part").relative_to(self.out))
             f = PartFile(final, compress=self.compress and key[0] == "out",
-                         resume_at=self._tracked.get(rel))
+                         resume_at=self._tracked.get(rel), root=self.out)
             self._files[key] = f
         return f
 
@@ -339,7 +340,7 @@ class Writer:
             infos[info.name] = info
             self.ledger.forget_file(rel)
             self._tracked.pop(rel, None)
-        self.path_for(("out", catalog, "course")).parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.path_for(("out", catalog, "course")).parent, root=self.out)
         spool = self._files.pop(("spool", catalog), None)
         if spool is not None:
             spool.abandon()

@@ -143,8 +143,10 @@ def test_catalog_dirname_cannot_escape(tmp_path: Path, hostile: str) -> None:
 
 
 def test_uuid_catalog_dirname_is_plain() -> None:
-    u = "3F56A21C-76C8-47C0-ADD8-A99714D40D94"
-    assert catalog_dirname(u) == f"catalog={u.lower()}"
+    u = "3f56a21c-76c8-47c0-add8-a99714d40d94"
+    assert catalog_dirname(u) == f"catalog={u}"
+    # An upper-case UUID is another id: it must not share the lowercase one's directory.
+    assert catalog_dirname(u.upper()) != catalog_dirname(u)
     assert catalog_dirname("x") != catalog_dirname("y")
 
 
