@@ -140,6 +140,7 @@ from harvester.sinks import (
     PartFile,
     disk_errors,
     encode_item,
+    ensure_dir,
     fsync_dir,
     iter_lines,
     write_json_atomic,
@@ -622,8 +623,7 @@ class LearnerExport:
         """Export every enterprise into staging, then publish; the manifest is written last."""
         self.settings.api.require_credentials()
         check_out(self.out)
-        with disk_errors(self.out):
-            self.out.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.out)
         private_dir(self.root)
         private_dir(self.root / STATE_DIR)  # before RunLock makes it with default modes
         lock = RunLock(self.root)

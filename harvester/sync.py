@@ -46,9 +46,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from harvester.errors import SinkError, StateError
+from harvester.errors import SinkError, StateError, UnsafePath
 from harvester.models import JSONDict, key_digest
-from harvester.sinks import PartFile, encode_line, fsync_dir, iter_lines, write_json_atomic
+from harvester.sinks import (
+    DIR_MODE,
+    PartFile,
+    encode_line,
+    ensure_dir,
+    fsync_dir,
+    iter_lines,
+    planted_link,
+    write_json_atomic,
+)
 from harvester.state import RunLock
 
 #: Fields that change without the content changing; left out of every comparison.
@@ -130,6 +139,12 @@ class SnapshotIndex:
             if readonly:
                 self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             else:
+                # SQLite follows links: never open one planted in place of ours.
+                link = planted_link(*(path.with_name(path.name + s)
+                                      for s in ("", "-wal", "-shm", "-journal")))
+                if link is not None:
+                    raise UnsafePath(f"refusing to use {link}: a symbolic link or not a "
+                                     "regular file")
                 self._db = sqlite3.connect(path, isolation_level=None)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.executescript(_INDEX_SCHEMA)
@@ -495,9 +510,9 @@ class Store:
         while path.exists() or path.is_symlink():
             n += 1
             path = self.snapshots / f"{stamp}-{n}"
+        ensure_dir(self.snapshots)
         try:
-            self.snapshots.mkdir(parents=True, exist_ok=True, mode=0o755)
-            path.mkdir(mode=0o755)
+            path.mkdir(mode=DIR_MODE)
         except OSError as exc:
             raise SinkError(f"cannot create snapshot {path}: {exc.strerror}") from None
         return path
@@ -552,7 +567,8 @@ class Store:
             name = orjson.loads(marker.read_bytes())["previous"]
             return self.snapshots / name if name else None
         prev = self.latest()
-        write_json_atomic(marker, {"previous": prev.name if prev else None})
+        write_json_atomic(marker, {"previous": prev.name if prev else None}, private=True,
+                          root=snap)
         return prev
 
     def promote(self, snap: Path) -> None:

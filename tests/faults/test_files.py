@@ -11,6 +11,7 @@ The CLI runs in-process against a simulator on a background loop (real HTTP on l
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from collections.abc import Iterator
@@ -148,11 +149,9 @@ def test_lock_and_ledger_links_are_refused(tmp_path: Path, victims: Path) -> Non
         out = tmp_path / name
         target = victim(victims, name, b"")
         plant(out / ".state" / name, target)
+        opener = RunLock(out).acquire if name == "lock" else functools.partial(Ledger, out)
         with pytest.raises(StateError, match="link"):
-            if name == "lock":
-                RunLock(out).acquire()
-            else:
-                Ledger(out).set_meta(status="running")
+            opener()
         assert target.read_bytes() == b"", name
 
 
@@ -253,10 +252,15 @@ def test_no_group_or_world_writable_directory_under_umask_000(
     assert harvest(monkeypatch, sim, out, "--gzip", cfg_dir=tmp_path) == 0
     dest = tmp_path / "exports" / "deep" / "bulk.ndjson"
     assert cli.main(["export", str(out), "--format", "es-bulk", "--out", str(dest)]) == 0
+    store = tmp_path / "stores" / "edx"
+    assert cli.main(["sync", "--store", str(store), "--api-base", sim.base_url, "--rate-lms",
+                     "2000/s", "--progress", "off", "--quiet", "--config",
+                     str(tmp_path / "fast.toml"), "--as-of", "2026-01-01"]) == 0
     created = [tmp_path / "nested", *tmp_path.joinpath("nested").rglob("*"),
-               tmp_path / "exports", *tmp_path.joinpath("exports").rglob("*")]
+               tmp_path / "exports", *tmp_path.joinpath("exports").rglob("*"),
+               tmp_path / "stores", *tmp_path.joinpath("stores").rglob("*")]
     writable = [(str(p), oct(stat.S_IMODE(p.lstat().st_mode))) for p in created
-                if stat.S_IMODE(p.lstat().st_mode) & 0o022]
+                if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o022]
     assert not writable, writable
 
 
