@@ -19,12 +19,19 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 
 from harvester import __version__
-from harvester.config import Settings, load_settings
+from harvester.config import (
+    MAX_CONCURRENCY,
+    Settings,
+    load_settings,
+    parse_duration,
+    parse_path,
+    sync_defaults,
+)
 from harvester.errors import (
     AuthError,
     ConfigError,
@@ -61,8 +68,23 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"harvester: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _path(text: str) -> Path:
+    """An argparse type: a path, never empty (an empty one would mean the cwd)."""
+    try:
+        return parse_path(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML config file (see config/)")
+    p.add_argument("--config", type=_path, help="TOML config file (see config/)")
     p.add_argument("--api-base", dest="api.base", help="API base URL (env EDX_API_BASE)")
     p.add_argument("--token-url", dest="api.token_url", help="OAuth2 token URL (env EDX_TOKEN_URL)")
     p.add_argument("--rate-lms", dest="rates.lms", metavar="N/min|N/s",
@@ -70,7 +92,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate-learners", dest="rates.learners", metavar="N/min|N/s",
                    help="budget of learner-summary calls (default 60/min)")
     p.add_argument("--concurrency", dest="harvest.concurrency", type=int,
-                   help="max requests in flight (default 8)")
+                   help=f"max requests in flight (default 8, at most {MAX_CONCURRENCY})")
     p.add_argument("--quiet", dest="output.quiet", action="store_const", const=True,
                    help="only warnings and errors")
     p.add_argument("--log-format", dest="output.log_format", choices=("text", "json"))
@@ -98,7 +120,7 @@ def _add_harvest_flags(h: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for every sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="harvester",
         description="Bulk harvester for the edX Enterprise API. Credentials come from "
                     "EDX_CLIENT_ID / EDX_CLIENT_SECRET (or the config file), never flags.")
@@ -116,21 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     sy = sub.add_parser("sync", help="nightly: a new snapshot in --store, details only for "
                         "what changed, and a change feed (upserts/deletes) per catalog")
-    sy.add_argument("--store", type=Path, required=True,
-                    help="store directory: snapshots/<id>/ and latest")
+    sy.add_argument("--store", type=_path,
+                    help="store directory: snapshots/<id>/ and latest (or [sync] store)")
     _add_harvest_flags(sy)
-    sy.add_argument("--max-age", default="7d", metavar="DURATION",
+    sy.add_argument("--max-age", metavar="DURATION",
                     help="refresh details older than this, spread over the nights "
-                         "(e.g. 7d, 36h; default 7d)")
-    sy.add_argument("--keep", type=int, default=7, help="finished snapshots kept (default 7)")
+                         "(e.g. 7d, 36h; default 7d, or [sync] max_age)")
+    sy.add_argument("--keep", type=int,
+                    help="finished snapshots kept (default 7, or [sync] keep)")
     sy.add_argument("--as-of", metavar="ISO-8601",
                     help="the run's date for refresh planning (backfills and tests)")
 
     ex = sub.add_parser("export", help="a snapshot or change feed -> search-engine input")
-    ex.add_argument("source", type=Path,
+    ex.add_argument("source", type=_path,
                     help="a snapshot directory, a sync store (its latest), or changes.ndjson")
     ex.add_argument("--format", required=True, choices=("es-bulk", "meili", "jsonl"))
-    ex.add_argument("--out", type=Path, required=True, help="file to write")
+    ex.add_argument("--out", type=_path, required=True, help="file to write")
     ex.add_argument("--index", default="edx-catalog", help="index name for es-bulk")
     ex.add_argument("--changes", action="store_true",
                     help="export a snapshot's change feeds instead of all its items")
@@ -150,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(lr)
 
     d = sub.add_parser("demo", help="harvest the built-in simulator into ./out/demo")
-    d.add_argument("--out", type=Path, default=Path("out/demo"))
+    d.add_argument("--out", type=_path, default=Path("out/demo"))
     d.add_argument("--catalogs", type=int, default=3)
     d.add_argument("--items", type=int, default=120)
 
@@ -160,7 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cli_layer(ns: argparse.Namespace) -> dict[str, object]:
-    return {k: v for k, v in vars(ns).items() if "." in k and v is not None}
+    """The settings given as flags. An empty flag value is an error: it is almost always an
+    unset shell variable, and taken as "not given" it would silently widen the run."""
+    layer = {k: v for k, v in vars(ns).items() if "." in k and v is not None}
+    for name, value in layer.items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            raise ConfigError(f"{name}: an empty value was given (an unset shell variable?)")
+    return layer
 
 
 def _settings(ns: argparse.Namespace) -> Settings:
@@ -293,6 +323,7 @@ def cmd_learners(ns: argparse.Namespace) -> int:
     options = LearnerOptions.load(file_layer, cli)
     export = LearnerExport(settings, options, PiiPolicy.from_env(options.pii, os.environ))
     check_out(settings.output.out)  # a bad --out is one line, before the PII notice
+    settings.api.require_credentials()  # one line, before the notice
     setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
     if (notice := export.pii_notice()) is not None:
         print(notice, file=sys.stderr)
@@ -321,20 +352,28 @@ def cmd_learners(ns: argparse.Namespace) -> int:
     return result.exit_code
 
 
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def parse_duration(text: str) -> float:
-    """``7d``, ``36h``, ``90m``, ``3600s`` or plain seconds, as seconds."""
-    t = text.strip().lower()
-    unit = _DURATION_UNITS.get(t[-1:]) if t else None
+def parse_max_age(text: str) -> float:
+    """``--max-age``: ``7d``, ``36h``, ``90m``, ``3600s`` or plain seconds, as seconds."""
     try:
-        value = float(t[:-1]) * unit if unit else float(t)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigError(f"--max-age: expected a duration such as 7d or 36h, got {text!r}")
-    return value
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"--max-age: {exc}, got {text!r}") from None
+
+
+def _sync_options(ns: argparse.Namespace, file_layer: dict[str, object]
+                  ) -> tuple[Path, float, int]:
+    """``(store, max_age, keep)``: the flag, else ``[sync]`` in the config, else default."""
+    defaults = sync_defaults(file_layer)
+    store = ns.store or defaults.get("store")
+    if store is None:
+        raise ConfigError("sync: no store given; pass --store DIR or set store under [sync] "
+                          "in the config file")
+    max_age = parse_max_age(ns.max_age) if ns.max_age is not None else \
+        float(defaults.get("max_age", 7 * 86400.0))
+    keep = ns.keep if ns.keep is not None else int(defaults.get("keep", 7))
+    if keep < 1:
+        raise ConfigError(f"--keep: must be >= 1, got {keep}")
+    return Path(store), max_age, keep
 
 
 def _as_of(text: str | None) -> float | None:
@@ -429,22 +468,23 @@ def _print_sync_summary(manifest: dict[str, Any], snap: Path, previous: Path | N
 
 def cmd_sync(ns: argparse.Namespace) -> int:
     """``harvester sync``: the next snapshot of a store, fetching only what changed."""
-    settings = _settings(ns)
-    options = SyncOptions(None, parse_duration(ns.max_age), _as_of(ns.as_of))
-    if ns.keep < 1:
-        raise ConfigError(f"--keep: must be >= 1, got {ns.keep}")
+    settings, file_layer = load_settings(cli=_cli_layer(ns), environ=os.environ,
+                                         config_file=ns.config)
+    store_dir, max_age, keep = _sync_options(ns, file_layer)
+    options = SyncOptions(None, max_age, _as_of(ns.as_of))
+    settings.api.require_credentials()  # before the store gets a lock or a snapshot
     setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
-    store = Store(ns.store)
+    store = Store(store_dir)
     lock = store.lock()
     lock.acquire()
     try:
-        return _sync_locked(ns, settings, store, options)
+        return _sync_locked(ns, settings, store, options, keep)
     finally:
         lock.release()
 
 
 def _sync_locked(ns: argparse.Namespace, settings: Settings, store: Store,
-                 options: SyncOptions) -> int:
+                 options: SyncOptions, keep: int) -> int:
     snap, notice = _choose_snapshot(store, settings, options)
     previous = store.previous_of(snap)
     settings = replace(settings, output=replace(settings.output, out=snap))
@@ -465,7 +505,7 @@ def _sync_locked(ns: argparse.Namespace, settings: Settings, store: Store,
     good = usable_snapshot(result.manifest)
     if good:
         store.promote(snap)
-    pruned = store.prune(ns.keep, current=snap)
+    pruned = store.prune(keep, current=snap)
     if not settings.output.quiet:
         _print_summary(result)
         if notice:
@@ -506,9 +546,12 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     """``harvester demo``: the simulator in-process, a small harvest, a summary."""
     from harvester.sim import SimConfig, SimServer
 
+    try:
+        sim_cfg = SimConfig(catalogs=ns.catalogs, items=ns.items, rate_lms="100/s",
+                            rate_learners="100/s", latency_ms=5.0)
+    except ValueError as exc:
+        raise ConfigError(f"demo: {exc}") from None
     setup_logging(quiet=True)
-    sim_cfg = SimConfig(catalogs=ns.catalogs, items=ns.items, rate_lms="100/s",
-                        rate_learners="100/s", latency_ms=5.0)
 
     async def go() -> RunResult:
         async with SimServer(sim_cfg, port=0) as srv:

@@ -23,6 +23,11 @@ from harvester.errors import ConfigError
 
 DEFAULT_API_BASE: Final = "https://api.edx.org"
 TOKEN_PATH: Final = "/oauth2/v1/access_token"
+#: Upper bound of every concurrency setting: far above what any budget can use (the
+#: server's 60/min is the real limit), low enough that a typo cannot exhaust memory.
+MAX_CONCURRENCY: Final = 1000
+#: Longest ``sync --max-age``: a century (beyond it, "never refresh" in practice).
+MAX_AGE_LIMIT: Final = 100 * 365 * 86400.0
 
 
 class Secret:
@@ -162,9 +167,11 @@ class LimitsConfig:
     catalog_concurrency: int = 2
 
     def __post_init__(self) -> None:
-        _positive("harvest.concurrency", self.concurrency)
-        _positive("harvest.page_concurrency", self.page_concurrency)
-        _positive("harvest.catalog_concurrency", self.catalog_concurrency)
+        for name in ("concurrency", "page_concurrency", "catalog_concurrency"):
+            value = getattr(self, name)
+            if not 1 <= value <= MAX_CONCURRENCY:
+                raise ConfigError(f"harvest.{name}: must be 1..{MAX_CONCURRENCY}, "
+                                  f"got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,14 +324,65 @@ def parse_rate(v: object) -> Rate:
 
 
 def parse_str_tuple(v: object) -> tuple[str, ...]:
-    """A list of strings, or a comma-separated string; blanks and repeats dropped."""
+    """A list of strings, or a comma-separated string; repeats dropped.
+
+    An empty entry is an error, not "no filter": ``--catalog "$UNSET"`` must not widen a
+    run to everything.
+    """
     if isinstance(v, str):
-        items = [p.strip() for p in v.split(",") if p.strip()]
+        items = [p.strip() for p in v.split(",")]
     elif isinstance(v, list | tuple) and all(isinstance(i, str) for i in v):
-        items = [i.strip() for i in v if i.strip()]
+        items = [i.strip() for i in v]
     else:
         raise ValueError("expected a list of strings")
+    if not all(items):
+        raise ValueError("an entry is empty (an unset shell variable?)")
     return tuple(dict.fromkeys(items))  # keep order, drop repeats
+
+
+def parse_path(v: object) -> Path:
+    """A path; an empty one is an error (it would silently mean the current directory)."""
+    text = parse_str(v)
+    if not text.strip():
+        raise ValueError("expected a path, got an empty value (an unset shell variable?)")
+    return Path(text)
+
+
+_DURATION_RE: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhdw]?)\s*")
+_DURATION_UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
+                          "w": 604800.0}
+
+
+def parse_duration(v: object) -> float:
+    """``7d``, ``36h``, ``90m``, ``3600s`` or plain seconds: positive, at most a century."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        seconds = float(v)
+    else:
+        m = _DURATION_RE.fullmatch(parse_str(v).lower())
+        if not m:
+            raise ValueError("expected a duration such as 7d or 36h")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if not 0 < seconds <= MAX_AGE_LIMIT:  # also false for nan and inf
+        raise ValueError("expected a duration above 0 and at most 36500d")
+    return seconds
+
+
+def parse_keep(v: object) -> int:
+    """How many finished snapshots a sync store keeps: at least 1."""
+    n = parse_int(v)
+    if n < 1:
+        raise ValueError("must be >= 1")
+    return n
+
+
+def parse_choice(*choices: str) -> Callable[[object], str]:
+    """A parser accepting one of ``choices``."""
+    def parse(v: object) -> str:
+        text = parse_str(v)
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+    return parse
 
 
 #: dotted name -> (section, attribute, parser). The single source of valid keys.
@@ -352,7 +410,7 @@ SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
     "retry.backoff_cap": ("retry", "backoff_cap", parse_float),
     "retry.gateway_400_retries": ("retry", "gateway_400_retries", parse_int),
     "retry.max_wait": ("retry", "max_wait", parse_float),
-    "output.out": ("output", "out", lambda v: Path(parse_str(v))),
+    "output.out": ("output", "out", parse_path),
     "output.gzip": ("output", "gzip", parse_bool),
     "output.quiet": ("output", "quiet", parse_bool),
     "output.log_format": ("output", "log_format", parse_str),
@@ -367,8 +425,21 @@ ENV: Final[dict[str, str]] = {
     "EDX_TOKEN_URL": "api.token_url",
 }
 
-#: Sections other commands own; the harvest loader accepts and ignores them.
-FOREIGN_SECTIONS: Final = frozenset({"learners", "sync"})
+#: Keys of the sections one command owns (``[sync]``, ``[learners]``), with the parser of
+#: their raw values. Every command checks them when it reads the file, so a typo there is
+#: an error whichever command runs; the owning command applies them (``learners`` through
+#: ``LearnerOptions.load``, ``sync`` through :func:`sync_defaults`).
+FOREIGN_SCHEMA: Final[dict[str, Callable[[object], Any]]] = {
+    "learners.enterprises": parse_str_tuple,
+    "learners.pii": parse_choice("keep", "hash", "drop"),
+    "learners.csv": parse_bool,
+    "learners.consented_only": parse_bool,
+    "learners.max_rewalks": parse_int,
+    "sync.store": parse_path,
+    "sync.max_age": parse_duration,
+    "sync.keep": parse_keep,
+}
+FOREIGN_SECTIONS: Final = frozenset(k.split(".")[0] for k in FOREIGN_SCHEMA)
 
 
 def read_config_file(path: Path) -> dict[str, object]:
@@ -382,24 +453,39 @@ def read_config_file(path: Path) -> dict[str, object]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    known = [*SCHEMA, *FOREIGN_SCHEMA]
+    sections = sorted(dict.fromkeys(k.split(".")[0] for k in known))
     flat: dict[str, object] = {}
     for section, body in data.items():
-        if section in FOREIGN_SECTIONS:
-            if isinstance(body, dict):
-                flat.update({f"{section}.{k}": v for k, v in body.items()})
-            continue
+        if section not in sections:
+            raise ConfigError(f"{path}: unknown section [{section}]; sections are "
+                              f"{', '.join(sections)}")
         if not isinstance(body, dict):
-            raise ConfigError(f"{path}: top-level key {section!r} must be a [section]; "
-                              f"sections are {sorted({k.split('.')[0] for k in SCHEMA})}")
+            raise ConfigError(f"{path}: top-level key {section!r} must be a [{section}] "
+                              "section")
         for key, value in body.items():
             name = f"{section}.{key}"
-            if name not in SCHEMA:
-                raise ConfigError(f"{path}: unknown setting {name!r}; valid: "
-                                  f"{', '.join(k for k in SCHEMA if k.startswith(section + '.'))}"
-                                  if any(k.startswith(section + ".") for k in SCHEMA)
-                                  else f"{path}: unknown section [{section}]")
+            if name not in known:
+                valid = ", ".join(k for k in known if k.startswith(section + "."))
+                raise ConfigError(f"{path}: unknown setting {name!r}; valid: {valid}")
+            if name in FOREIGN_SCHEMA:
+                _parse_setting(name, FOREIGN_SCHEMA[name], value)  # checked, kept raw
             flat[name] = value
     return flat
+
+
+def _parse_setting(name: str, parse: Callable[[object], Any], raw: object) -> Any:
+    try:
+        return parse(raw)
+    except (ValueError, TypeError, ConfigError) as exc:  # ConfigError: e.g. Rate's checks
+        shown = "***" if name.endswith("client_secret") else repr(raw)
+        raise ConfigError(f"{name}: {exc} (got {shown})") from None
+
+
+def sync_defaults(file_layer: Mapping[str, object]) -> dict[str, Any]:
+    """``[sync]`` values from the config file, parsed: ``{"store"?, "max_age"?, "keep"?}``."""
+    return {name.split(".", 1)[1]: _parse_setting(name, FOREIGN_SCHEMA[name], raw)
+            for name, raw in file_layer.items() if name.startswith("sync.")}
 
 
 def build_settings(*layers: Mapping[str, object]) -> Settings:
@@ -414,11 +500,7 @@ def build_settings(*layers: Mapping[str, object]) -> Settings:
         if spec is None:
             continue  # a foreign section's key (learners.*, sync.*)
         section, attr, parse = spec
-        try:
-            sections[section][attr] = parse(raw)
-        except (ValueError, TypeError) as exc:
-            shown = "***" if attr == "client_secret" else repr(raw)
-            raise ConfigError(f"{name}: {exc} (got {shown})") from None
+        sections[section][attr] = _parse_setting(name, parse, raw)
     return Settings(
         api=ApiConfig(**sections["api"]),
         limits=LimitsConfig(**sections["limits"]),

@@ -306,6 +306,12 @@ class Harvest:
         self._dq: asyncio.Queue[DetailJob | None] = asyncio.Queue(
             maxsize=settings.limits.concurrency * 4)
         self._client: ApiClient | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._max_workers = 0
+        self._idle_workers = 0
+        #: detail workers created so far: lazily, never more than jobs queued (a high
+        #: --concurrency costs nothing until there is work for it)
+        self.workers_started = 0
         self._writer: Writer | None = None
         self._ledger: Ledger | None = None
         self._errors = 0
@@ -401,8 +407,7 @@ class Harvest:
         """Every task of the run, in one TaskGroup; returns errors.ndjson's file info."""
         async with asyncio.TaskGroup() as tg:
             writer_task = tg.create_task(writer.run(self._wq), name="writer")
-            workers = [tg.create_task(self._detail_worker(), name=f"detail-{i}")
-                       for i in range(n_workers)]
+            self._tg, self._max_workers = tg, n_workers
             ticker = tg.create_task(self._ticker(), name="ticker")
             listing_slots = asyncio.Semaphore(self.settings.limits.catalog_concurrency)
             async with asyncio.TaskGroup() as jobs:
@@ -410,7 +415,7 @@ class Harvest:
                     if cs.phase not in ("done",):
                         jobs.create_task(self._catalog_job(cs, listing_slots),
                                          name=f"catalog-{cs.uuid[:8]}")
-            for _ in workers:
+            for _ in range(self.workers_started):
                 await self._dq.put(None)
             ticker.cancel()
             commit = CommitErrors()
@@ -674,7 +679,7 @@ class Harvest:
             for job in retry:
                 job.attempt += 1
                 cs.outstanding += 1
-                await self._dq.put(job)
+                await self._queue_detail(job)
 
     def _spooled(self, cs: CatalogState, spool: Path) -> Iterator[JSONDict]:
         """The spooled listing of a catalog. In a sync, the items an earlier night kept
@@ -718,18 +723,30 @@ class Harvest:
             if decision == REFRESH:
                 job.previous = prev
         cs.outstanding += 1
-        await self._dq.put(job)
+        await self._queue_detail(job)
 
     @staticmethod
     def _routable(ctype: str, key: str) -> bool:
         pattern = _DETAIL_KEY_RE.get(ctype)
         return bool(pattern and pattern.match(key)) and key not in (".", "..")
 
+    async def _queue_detail(self, job: DetailJob) -> None:
+        """Queue a detail job, starting a worker if none is free to take it."""
+        if (self._idle_workers <= self._dq.qsize()
+                and self.workers_started < self._max_workers and self._tg is not None):
+            self._tg.create_task(self._detail_worker(), name=f"detail-{self.workers_started}")
+            self.workers_started += 1
+        await self._dq.put(job)
+
     async def _detail_worker(self) -> None:
         assert self._client is not None
         client = self._client
         while True:
-            job = await self._dq.get()
+            self._idle_workers += 1
+            try:
+                job = await self._dq.get()
+            finally:
+                self._idle_workers -= 1
             if job is None:
                 return
             cs = job.cs
