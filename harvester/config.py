@@ -186,7 +186,9 @@ class RetryConfig:
     max_wait: float = 300.0
 
     def __post_init__(self) -> None:
-        _positive("retry.max_tries", self.max_tries)
+        # The back-off doubles per attempt: 2.0 ** 1024 overflows a float.
+        if not 1 <= self.max_tries <= 1000:
+            raise ConfigError(f"retry.max_tries: must be 1..1000, got {self.max_tries!r}")
         _positive("retry.max_time", self.max_time)
         _positive("retry.backoff_base", self.backoff_base, allow_zero=True)
         _positive("retry.backoff_cap", self.backoff_cap, allow_zero=True)

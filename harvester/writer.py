@@ -330,6 +330,9 @@ class Writer:
         cat_dir = self.path_for(("out", catalog, "course")).parent
         if cat_dir.is_dir():  # files an earlier session committed before it died
             for final in cat_dir.iterdir():
+                if final.is_symlink():  # not ours: never describe (or leave) it as output
+                    final.unlink(missing_ok=True)
+                    continue
                 stem = final.name.split(".", 1)[0]
                 if stem in ITEM_STEMS and final.name.endswith((".ndjson", ".ndjson.gz")):
                     infos[final.name] = describe(final)

@@ -115,6 +115,8 @@ CASES: dict[str, Case] = {
     "bad toml": Case("harvest", config="[harvest\nconcurrency = 4\n", says="TOML"),
     "config is a directory": Case("harvest", config="<dir>", says="config"),
     "config missing": Case("harvest", config="<missing>", says="not found"),
+    "retries that overflow the back-off": Case("harvest", config="[retry]\nmax_tries = 5000\n",
+                                               says="max_tries"),
     "concurrency from config": Case("harvest", config="[harvest]\nconcurrency = 100000\n",
                                     says="concurrency"),
     # --- environment -----------------------------------------------------------------------

@@ -164,7 +164,8 @@ def test_planted_output_links_never_written_through(
     targets = {rel: victim(victims, rel.replace("/", "_"))
                for rel in ("catalogs.ndjson.part", "errors.ndjson.part", ".manifest.json.tmp",
                            f"{catalog_dirname(cat)}/courses.ndjson.part",
-                           f"{catalog_dirname(cat)}/programs.ndjson")}
+                           f"{catalog_dirname(cat)}/programs.ndjson",
+                           f"{catalog_dirname(cat)}/learner_pathways.ndjson")}
     for rel, target in targets.items():
         plant(out / rel, target)
     code = harvest(monkeypatch, sim, out)
@@ -232,6 +233,31 @@ def test_export_part_link_is_not_followed(
     assert cli.main(["export", str(out), "--format", "meili", "--out", str(dest)]) == 0
     assert all(t.read_bytes() == VICTIM for t in targets)
     assert not dest.is_symlink() and dest.stat().st_size > 0
+
+
+def test_a_planted_snapshot_link_in_a_store_is_neither_resumed_nor_pruned(
+        monkeypatch: pytest.MonkeyPatch, sim: SimServer, tmp_path: Path, victims: Path) -> None:
+    store = tmp_path / "store"
+    # Looks like an unfinished snapshot (ledger, no manifest) newer than any real one, and
+    # holds a finished one's manifest in a subdirectory nobody may delete.
+    (victims / ".state").mkdir()
+    victim(victims / ".state", "ledger.sqlite", b"")
+    keep = victim(victims, "someone-elses.ndjson")
+    plant(store / "snapshots" / "20991231T000000Z", victims)
+    before = sorted((str(p.relative_to(victims)), p.read_bytes()) for p in victims.rglob("*")
+                    if p.is_file())
+    monkeypatch.setenv("EDX_CLIENT_ID", sim.client_id)
+    monkeypatch.setenv("EDX_CLIENT_SECRET", sim.client_secret)
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text("[retry]\nbackoff_base = 0\nbackoff_cap = 0\n")
+    for day in ("2026-01-01", "2026-01-02"):
+        assert cli.main(["sync", "--store", str(store), "--api-base", sim.base_url,
+                         "--progress", "off", "--quiet", "--config", str(cfg), "--keep", "1",
+                         "--as-of", day]) == 0
+    after = sorted((str(p.relative_to(victims)), p.read_bytes()) for p in victims.rglob("*")
+                   if p.is_file())
+    assert after == before and keep.read_bytes() == VICTIM
+    assert os.readlink(store / "latest") == "snapshots/20260102T000000Z"
 
 
 # --- directory modes under a permissive umask ------------------------------------------------
