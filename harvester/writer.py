@@ -350,8 +350,15 @@ class Writer:
         return infos
 
     def commit_errors(self) -> FileInfo:
-        """Commit ``errors.ndjson`` (written even when empty: no errors is an answer)."""
+        """Checkpoint, then commit ``errors.ndjson`` (written even when empty: no errors is
+        an answer).
+
+        The checkpoint comes first: the last error lines (a catalog that failed last) may
+        still be pending, and a pending write to a file that is no longer open would
+        break every later checkpoint.
+        """
         part = self._file(ERRORS_KEY)
+        self.checkpoint()
         self._files.pop(ERRORS_KEY)
         rel = self._rel(part)
         info = part.commit()
