@@ -68,6 +68,7 @@ from harvester.models import (
 from harvester.obs import Stats, event
 from harvester.paginate import ListingPlan, PageRequest
 from harvester.policy import Clock, RateGate, Sleep
+from harvester.reopen import reopen_failures
 from harvester.run import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -87,6 +88,7 @@ from harvester.sinks import (
     catalog_dirname,
     clear_dir,
     clear_outputs,
+    disk_errors,
     encode_item,
     encode_line,
     iter_lines,
@@ -315,6 +317,7 @@ class Harvest:
         self._writer: Writer | None = None
         self._ledger: Ledger | None = None
         self._errors = 0
+        self._resumed = False
         #: sync: catalogs of the previous snapshot gone from a complete catalog list
         self._gone: list[str] = []
         self._gone_deletes: dict[str, int] = {}
@@ -372,7 +375,14 @@ class Harvest:
         else:
             self.run_id = ledger.meta("run_id") or ""
             self.started_at = ledger.meta("started_at") or self._now()
-            event("harvest.resume", run_id=self.run_id, out=str(self.out))
+            self._resumed = True
+            event("harvest.resume", run_id=self.run_id, out=str(self.out),
+                  was=ledger.meta("status"))
+            # A run that ended partial is reopened: its manifest describes files that this
+            # session changes, so it goes until this session writes the new one.
+            ledger.set_meta(status="running")
+            with disk_errors(self.out):
+                (self.out / "manifest.json").unlink(missing_ok=True)
         return None
 
     async def _run(self, ledger: Ledger) -> RunResult:
@@ -496,12 +506,21 @@ class Harvest:
             event("sync.catalog_gone", catalog=uuid, deletes=self._gone_deletes[uuid])
 
     def _prepare_resume(self, writer: Writer, ledger: Ledger, catalogs: list[Catalog]) -> None:
-        keys: list[FileKey] = [ERRORS_KEY]
+        keys: list[FileKey] = []
         for cs in self.catalogs:
             keys.append(("spool", cs.uuid))
             keys.extend(("out", cs.uuid, t) for t in
                         ("course", "courserun", "program", "learnerpathway", "other"))
         writer.reopen_tracked(keys)
+        if self._resumed:
+            # Every rerun retries what failed before, and drops those error lines first.
+            again = reopen_failures(self.out, ledger, writer, self.catalogs,
+                                    details=self.settings.harvest.details)
+            if again.relist or again.refetch:
+                event("harvest.retry", catalogs_relisted=len(again.relist),
+                      items_refetched=again.refetch, errors_kept=again.kept)
+        # Again, with the errors file: also opens the files reopen_failures reopened.
+        writer.reopen_tracked([*keys, ERRORS_KEY])
         if writer.recovered:
             event("harvest.recovered", lines=len(writer.recovered))
         errors = writer.part_path(ERRORS_KEY)
@@ -911,11 +930,16 @@ class Harvest:
                     else:
                         listing += 1
         cs.details_done, cs.listing_only = detail, listing
+        # Failures too: a session that died took its counts with it, and errors of work
+        # retried since are gone from the file.
+        kinds: dict[str, int] = {}
         errors = self._writer.part_path(ERRORS_KEY)
         if errors.exists():
-            cs.not_found = sum(1 for line in iter_lines(errors)
-                               if (e := orjson.loads(line))["kind"] == "not_found"
-                               and e["catalog_uuid"] == cs.uuid)
+            for line in iter_lines(errors):
+                e = orjson.loads(line)
+                if e.get("catalog_uuid") == cs.uuid:
+                    kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+        cs.not_found, cs.failed = kinds.get("not_found", 0), kinds.get("detail_failed", 0)
 
     def _finish(self, ledger: Ledger, catalogs: list[Catalog], errors_info: dict[str, Any],
                 wall: float) -> RunResult:
@@ -946,7 +970,9 @@ class Harvest:
                                          for u in self._gone}
         write_json_atomic(self.out / "manifest.json", manifest, root=self.out)
         ledger.set_meta(status="complete" if status == "complete" else "finished-partial")
-        clear_dir(self.out / STATE_DIR / "spool")
+        if status == "complete":
+            # A partial run keeps its listings: the rerun fetches failed items from them.
+            clear_dir(self.out / STATE_DIR / "spool")
         code = EXIT_OK if status == "complete" else EXIT_PARTIAL
         return RunResult(status, code, self.out, manifest)
 

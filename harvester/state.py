@@ -234,20 +234,41 @@ class Ledger:
         with self._tx():
             self._db.execute("DELETE FROM files WHERE path=?", (rel,))
 
+    def reopen(self, *, relist: Iterable[str], undone: Iterable[tuple[str, int]],
+               forget: Iterable[str], cp: Checkpoint) -> None:
+        """Make failed work to do again, in one transaction: forget the walks and pages of
+        the catalogs to list again, the done marks of the items to fetch again and the
+        files in ``forget``, and record ``cp`` (new phases and counters, the files reopened
+        for appending).
+
+        Call before anything that loses the record of those failures (the old error
+        lines), so a crash in between only makes the next session do it again.
+        """
+        with self._tx():
+            for catalog in relist:
+                self._db.execute("DELETE FROM walks WHERE catalog=?", (catalog,))
+                self._db.execute("DELETE FROM pages WHERE catalog=?", (catalog,))
+            self._db.executemany("DELETE FROM done WHERE catalog=? AND digest=?", undone)
+            self._db.executemany("DELETE FROM files WHERE path=?", ((p,) for p in forget))
+            self._record(cp)
+
     def record(self, cp: Checkpoint) -> None:
         """Record a checkpoint atomically. Call only after its files are fsynced."""
         with self._tx():
-            self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)",
-                                 [(p, s, n) for p, (s, n) in cp.files.items()])
-            self._db.executemany("INSERT OR IGNORE INTO pages VALUES (?, ?, ?)", cp.pages)
-            self._db.executemany(
-                "INSERT OR REPLACE INTO walks VALUES (?, ?, ?, ?, ?)",
-                [(c, w, p.count, p.page_size, p.total_pages) for c, w, p in cp.walks])
-            self._db.executemany("INSERT OR IGNORE INTO done VALUES (?, ?)", cp.done)
-            self._db.executemany("UPDATE catalogs SET info=? WHERE uuid=?",
-                                 [(orjson.dumps(i).decode(), c) for c, i in cp.infos.items()])
-            self._db.executemany("UPDATE catalogs SET phase=? WHERE uuid=?",
-                                 [(p, c) for c, p in cp.phases.items()])
+            self._record(cp)
+
+    def _record(self, cp: Checkpoint) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)",
+                             [(p, s, n) for p, (s, n) in cp.files.items()])
+        self._db.executemany("INSERT OR IGNORE INTO pages VALUES (?, ?, ?)", cp.pages)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO walks VALUES (?, ?, ?, ?, ?)",
+            [(c, w, p.count, p.page_size, p.total_pages) for c, w, p in cp.walks])
+        self._db.executemany("INSERT OR IGNORE INTO done VALUES (?, ?)", cp.done)
+        self._db.executemany("UPDATE catalogs SET info=? WHERE uuid=?",
+                             [(orjson.dumps(i).decode(), c) for c, i in cp.infos.items()])
+        self._db.executemany("UPDATE catalogs SET phase=? WHERE uuid=?",
+                             [(p, c) for c, p in cp.phases.items()])
 
     def _tx(self) -> _Tx:
         return _Tx(self._db, self.path)

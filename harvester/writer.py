@@ -192,6 +192,10 @@ class Writer:
             self._files[key] = f
         return f
 
+    def retrack(self) -> None:
+        """Reload which files the ledger tracks (after the ledger was changed directly)."""
+        self._tracked = self.ledger.files()
+
     def reopen_tracked(self, keys: list[FileKey]) -> None:
         """On resume: reopen these files, keep the complete lines a killed session wrote
         after its last checkpoint (marking their items done), and cut off the torn rest.

@@ -1,11 +1,220 @@
-"""The run lifecycle under failure: reruns, resume and ``errors.ndjson`` (issues 10, 11)."""
+"""The run lifecycle under failure: reruns, resume and ``errors.ndjson`` (issues 10, 11).
+
+The contract: ``complete`` means complete; anything that failed keeps the run ``partial``
+(exit 3) on every rerun until it succeeds; a rerun retries what failed; ``errors.ndjson``
+always describes the output next to it (no line for work that succeeded, none lost or
+duplicated for work that still fails); a run never adopts files it did not write.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+import orjson
+import pytest
+
+from harvester import cli
+from harvester.pipeline import Harvest
+from harvester.sim import SimConfig, SimServer
 from harvester.state import Ledger
 from harvester.writer import ERRORS_KEY, Write, Writer
+from tests.conftest import SimStarter, settings_for
+from tests.integration.helpers import (
+    LoopThread,
+    assert_exactly_once,
+    harvested,
+    read_lines,
+    truth,
+)
+
+#: Plenty of failures, none of them permanent: every request has a 1 in 4 chance to fail
+#: after its two tries (a 500 or 503 each time).
+FLAKY: dict[str, Any] = {"fault_rate": 0.5, "fault_kinds": ("500", "503")}
+
+
+async def post_config(srv: SimServer, **knobs: Any) -> None:
+    async with aiohttp.ClientSession() as s, s.post(f"{srv.base_url}/__config",
+                                                    json=knobs) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+def errors(out: Path) -> list[dict[str, Any]]:
+    return read_lines(out / "errors.ndjson")
+
+
+def manifest(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads((out / "manifest.json").read_bytes())
+    return data
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_errors_describe_output(out: Path) -> None:
+    """errors.ndjson, the manifest and the files next to them tell one story."""
+    m = manifest(out)
+    lines = errors(out)
+    info = m["files"]["errors.ndjson"]
+    assert info["lines"] == len(lines) == m["totals"]["errors"]
+    assert info["sha256"] == sha256(out / "errors.ndjson")
+    ident = Counter((e["catalog_uuid"], e["kind"], e.get("content_type"), e.get("key"),
+                     e.get("page")) for e in lines if e["kind"] != "no_key")
+    assert not [k for k, n in ident.items() if n > 1], f"duplicate error lines: {ident}"
+    written = {cat: set(keys) for cat, keys in harvested(out).items()}
+    for e in lines:
+        if e["kind"] in ("detail_failed", "not_found"):
+            assert (e["content_type"], e["key"]) not in written.get(e["catalog_uuid"], set()), \
+                f"an error line for an item that is in the output: {e}"
+    for cat, entry in m["catalogs"].items():
+        failed = [e for e in lines if e["catalog_uuid"] == cat and e["kind"] == "catalog_failed"]
+        assert (entry["status"] == "failed") == bool(failed), (cat, entry["status"], failed)
+        assert entry["failed"] == sum(e["catalog_uuid"] == cat and e["kind"] == "detail_failed"
+                                      for e in lines)
+        assert entry["not_found"] == sum(e["catalog_uuid"] == cat and e["kind"] == "not_found"
+                                         for e in lines)
+        for name, f in entry["files"].items():
+            assert f["sha256"] == sha256(out / entry["dir"] / name), name
+    assert (m["status"] == "partial") == bool(lines or any(
+        c["status"] != "done" or c["gaps"] for c in m["catalogs"].values()))
+
+
+# --- #10.1: a failed catalog is never committed as done ------------------------------------
+
+async def test_failed_catalog_stays_partial_on_every_rerun_until_healed(
+        start_sim: SimStarter, tmp_path: Path) -> None:
+    srv = await start_sim(catalogs=2, items=40, forbid_catalogs=("1",))
+    bad = srv.catalog_uuids[1]
+    out = tmp_path / "out"
+    first = await Harvest(settings_for(srv, out)).run()
+    assert (first.exit_code, first.status) == (3, "partial")
+    assert [(e["catalog_uuid"], e["kind"]) for e in errors(out)] == [(bad, "catalog_failed")]
+    for _ in range(2):
+        forbidden = srv.state.stats.requests["content"]["403"]
+        again = await Harvest(settings_for(srv, out)).run()
+        assert (again.exit_code, again.status) == (3, "partial")
+        assert srv.state.stats.requests["content"]["403"] > forbidden, "not retried"
+        assert manifest(out)["catalogs"][bad]["status"] == "failed"
+        assert [(e["catalog_uuid"], e["kind"]) for e in errors(out)] == \
+            [(bad, "catalog_failed")]
+        assert_errors_describe_output(out)
+    await post_config(srv, forbid_catalogs=[])
+    healed = await Harvest(settings_for(srv, out)).run()
+    assert (healed.exit_code, healed.status) == (0, "complete")
+    assert_exactly_once(out, await truth(srv))
+    assert errors(out) == []
+    assert_errors_describe_output(out)
+    # And complete now means done: the next rerun asks nothing.
+    requests = srv.state.stats.snapshot()["requests"]
+    assert (await Harvest(settings_for(srv, out)).run()).exit_code == 0
+    assert srv.state.stats.snapshot()["requests"] == requests
+
+
+async def test_rerun_of_a_partial_run_retries_failed_pages_and_details(
+        start_sim: SimStarter, tmp_path: Path) -> None:
+    srv = await start_sim(catalogs=2, items=120, seed=5, **FLAKY)
+    out = tmp_path / "out"
+    settings = settings_for(srv, out, **{"retry.max_tries": 2, "harvest.page_size": 10,
+                                         "harvest.max_rewalks": 0})
+    first = await Harvest(settings).run()
+    assert (first.exit_code, first.status) == (3, "partial")
+    kinds = {e["kind"] for e in errors(out)}
+    assert {"detail_failed", "page_failed"} <= kinds, kinds
+    assert_errors_describe_output(out)
+    # Still failing: partial again, and errors.ndjson is about this output, no older one.
+    again = await Harvest(settings).run()
+    assert (again.exit_code, again.status) == (3, "partial")
+    assert_errors_describe_output(out)
+    await post_config(srv, fault_rate=0.0)
+    healed = await Harvest(settings).run()
+    assert (healed.exit_code, healed.status) == (0, "complete")
+    assert_exactly_once(out, await truth(srv))
+    assert errors(out) == []
+    assert_errors_describe_output(out)
+
+
+@pytest.mark.parametrize("gzip", [False, True])
+async def test_rerun_retries_details_that_were_not_found(start_sim: SimStarter,
+                                                         tmp_path: Path, gzip: bool) -> None:
+    srv = await start_sim(catalogs=1, items=60, detail_404_rate=0.2,
+                          detail_404_mode="permanent")
+    out = tmp_path / "out"
+    settings = settings_for(srv, out, **{"harvest.detail_404_retries": 0,
+                                         "output.gzip": gzip})
+    first = await Harvest(settings).run()
+    assert first.exit_code == 3
+    missing = sorted((e["content_type"], e["key"]) for e in errors(out))
+    assert missing and {e["kind"] for e in errors(out)} == {"not_found"}
+    assert_errors_describe_output(out)
+    # A kill -9 after errors.ndjson was committed and before the manifest was written:
+    # the rerun neither loses nor duplicates those lines.
+    (out / "manifest.json").unlink()
+    ledger = Ledger(out)
+    ledger.set_meta(status="running")
+    ledger.close()
+    again = await Harvest(settings).run()
+    assert again.exit_code == 3
+    assert sorted((e["content_type"], e["key"]) for e in errors(out)) == missing
+    assert_errors_describe_output(out)
+    await post_config(srv, detail_404_rate=0.0)
+    healed = await Harvest(settings).run()
+    assert (healed.exit_code, healed.status) == (0, "complete")
+    assert_exactly_once(out, await truth(srv))
+    assert errors(out) == []
+
+
+# --- #10.4: a failing catalog never crashes the run ---------------------------------------
+
+@pytest.fixture
+def loop() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+def sim_on(loop: LoopThread, **cfg: Any) -> SimServer:
+    srv = SimServer(SimConfig(**{"rate_lms": "0", "rate_learners": "0", **cfg}), port=0)
+    loop.run(srv.start())
+    return srv
+
+
+def harvest_cli(monkeypatch: pytest.MonkeyPatch, srv: SimServer, out: Path,
+                *extra: str) -> int:
+    monkeypatch.setenv("EDX_CLIENT_ID", srv.client_id)
+    monkeypatch.setenv("EDX_CLIENT_SECRET", srv.client_secret)
+    cfg = out.parent / "fast.toml"
+    cfg.write_text("[retry]\nbackoff_base = 0\nbackoff_cap = 0\n")
+    return cli.main(["harvest", "--out", str(out), "--api-base", srv.base_url,
+                     "--rate-lms", "2000/s", "--progress", "off", "--quiet",
+                     "--config", str(cfg), *extra])
+
+
+@pytest.mark.parametrize("catalogs", [1, 2])
+def test_failing_last_catalog_ends_partial_with_a_manifest(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        loop: LoopThread, tmp_path: Path, catalogs: int) -> None:
+    srv = sim_on(loop, catalogs=catalogs, items=30, forbid_catalogs=(str(catalogs - 1),))
+    bad = srv.catalog_uuids[-1]
+    out = tmp_path / "out"
+    try:
+        for _ in range(2):  # the rerun ends the same way
+            assert harvest_cli(monkeypatch, srv, out) == 3, capsys.readouterr().err
+            assert "Traceback" not in capsys.readouterr().err
+            m = manifest(out)
+            assert m["status"] == "partial"
+            assert m["catalogs"][bad]["status"] == "failed"
+            assert [(e["catalog_uuid"], e["kind"], e["status"]) for e in errors(out)] == \
+                [(bad, "catalog_failed", 403)]
+            assert_errors_describe_output(out)
+            assert Ledger(out).files().get("errors.ndjson.part") is None
+    finally:
+        loop.run(srv.close())
 
 
 def test_commit_errors_checkpoints_its_pending_lines(tmp_path: Path) -> None:
@@ -19,3 +228,32 @@ def test_commit_errors_checkpoints_its_pending_lines(tmp_path: Path) -> None:
     assert (tmp_path / "errors.ndjson").read_bytes() == b'{"kind": "catalog_failed"}\n'
     assert ledger.files() == {}
     ledger.close()
+
+
+# --- #11.5: a resume after an interruption retries and forgets what then succeeded --------
+
+async def test_resume_retries_failed_details_and_drops_their_errors(
+        start_sim: SimStarter, tmp_path: Path) -> None:
+    srv = await start_sim(catalogs=1, items=200, seed=3)
+    out = tmp_path / "out"
+    settings = settings_for(srv, out, **{"retry.max_tries": 2, "rates.lms": "300/s"})
+    harvest = Harvest(settings)
+    task = asyncio.create_task(harvest.run())
+    # Faults start once the listing is done, so every failure is a detail's.
+    while not harvest.catalogs or harvest.catalogs[0].phase != "details":
+        assert not task.done()
+        await asyncio.sleep(0)
+    await post_config(srv, **FLAKY)
+    while harvest.catalogs[0].failed < 3:
+        assert not task.done(), "the details ended before the interruption"
+        await asyncio.sleep(0)
+    task.cancel()  # what SIGINT does
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not (out / "manifest.json").exists()
+    await post_config(srv, fault_rate=0.0)
+    resumed = await Harvest(settings_for(srv, out)).run()
+    assert (resumed.exit_code, resumed.status) == (0, "complete")
+    assert_exactly_once(out, await truth(srv))
+    assert errors(out) == []
+    assert_errors_describe_output(out)

@@ -1,0 +1,201 @@
+"""A rerun retries what failed: a run's failed work is reopened before a session starts.
+
+Every later session of a run (a resume after a crash or a signal, or a rerun of a run that
+ended partial) starts here. ``errors.ndjson`` is the record of what failed, and its lines
+name the work to do again:
+
+* ``catalog_failed``, ``page_failed``, ``gap``: the catalog is listed again (fresh walks;
+  what is already spooled counts as seen, so only items not found yet are added);
+* ``detail_failed``, ``not_found``: the item's detail is fetched again.
+
+Those lines are dropped here, and the retried work writes them again if it still fails:
+so no line stays for work that succeeded, and none is duplicated. Lines that describe the
+data rather than failed work (``unroutable_key``, ``no_key``) are kept, once each; a
+catalog listed again reports its ``no_key`` items again, so its old ones go.
+
+A catalog that was committed is reopened: its files go back to ``.part`` (the ledger
+records their size and lines first) and its phase back to listing or details. Each step
+is safe to interrupt: the ledger learns of the work to redo first, then files are
+renamed, then the error lines go. A session that dies in between does it all again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import orjson
+
+from harvester.models import key_digest
+from harvester.run import CatalogState
+from harvester.sinks import disk_errors, fsync_dir, iter_lines, recover_tail
+from harvester.state import Checkpoint, Ledger
+from harvester.writer import ERRORS_KEY, FileKey, Writer
+
+#: Error kinds whose catalog is listed again on a rerun.
+RELIST_KINDS: Final = frozenset({"catalog_failed", "page_failed", "gap"})
+#: Error kinds whose item is fetched again on a rerun.
+REFETCH_KINDS: Final = frozenset({"detail_failed", "not_found"})
+#: Item file types of a catalog (``writer.FileKey`` ``("out", catalog, type)``).
+ITEM_TYPES: Final = ("course", "courserun", "program", "learnerpathway", "other")
+_COMMITTED: Final = frozenset({"committing", "done"})
+
+
+@dataclass(slots=True)
+class Reopened:
+    """What a session retries."""
+
+    relist: set[str]  #: catalogs listed again
+    refetch: int  #: items fetched again
+    kept: int  #: error lines kept (not about failed work)
+
+
+def error_lines(out: Path) -> list[bytes]:
+    """The run's error lines so far: the ``.part`` of a session that was under way, else
+    the committed ``errors.ndjson``; complete, valid lines only (a torn tail is dropped)."""
+    part, final = out / "errors.ndjson.part", out / "errors.ndjson"
+    src = part if part.exists() else final if final.exists() else None
+    return recover_tail(src, 0, compressed=False) if src is not None else []
+
+
+def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[CatalogState],
+                    *, details: bool) -> Reopened:
+    """Reopen everything that failed in earlier sessions, so this one retries it."""
+    lines = error_lines(out)
+    known = {cs.uuid for cs in catalogs}
+    relist = {cs.uuid for cs in catalogs if cs.phase == "failed"}
+    refetch: dict[str, set[int]] = {}
+    for line in lines:
+        e = orjson.loads(line)
+        cat, kind = e.get("catalog_uuid"), e.get("kind")
+        if cat not in known:
+            continue
+        if kind in RELIST_KINDS:
+            relist.add(cat)
+        elif kind in REFETCH_KINDS and (d := _digest(e)) is not None:
+            refetch.setdefault(cat, set()).add(d)
+    written: set[tuple[str, int]] = set()
+    for cat, digests in refetch.items():
+        # An item with a line in the output (a record carried forward) stays as it is, and
+        # so does its error line: fetching it again would write it twice.
+        written |= {(cat, d) for d in _written(writer, cat, digests)}
+        digests -= {d for c, d in written if c == cat}
+    forget = [str(writer.part_path(ERRORS_KEY).relative_to(out))]
+    if details:  # an item is fetched again from its catalog's spool: without one, list again
+        for cat in {c for c, ds in refetch.items() if ds} | relist:
+            spool = writer.part_path(("spool", cat))
+            if not spool.exists():
+                relist.add(cat)
+                forget.append(str(spool.relative_to(out)))
+    cp = Checkpoint.empty()
+    moves: list[tuple[Path, Path]] = []
+    for cs in catalogs:
+        if cs.uuid in relist or refetch.get(cs.uuid):
+            _reset(cs, relist=cs.uuid in relist)
+            cp.phases[cs.uuid] = cs.phase
+            cp.infos[cs.uuid] = cs.info()
+        if cs.phase not in _COMMITTED:
+            moves += _reopen_files(writer, cs.uuid, cp)
+    ledger.reopen(relist=relist, undone=[(c, d) for c, ds in refetch.items() for d in ds],
+                  forget=forget, cp=cp)
+    for final, part in moves:
+        with disk_errors(final):
+            os.replace(final, part)
+            fsync_dir(part.parent)
+    kept = _kept(lines, relist, written)
+    _rewrite_errors(out, kept)
+    writer.retrack()
+    return Reopened(relist, sum(len(ds) for ds in refetch.values()), len(kept))
+
+
+def _reset(cs: CatalogState, *, relist: bool) -> None:
+    """Put a catalog back to the phase that redoes its failed work."""
+    if relist:
+        cs.phase = "listing"
+        cs.gaps = 0
+        cs.error = None
+    elif cs.phase in _COMMITTED:
+        cs.phase = "details"
+    # Recounted from errors.ndjson when the catalog is committed again.
+    cs.failed = cs.not_found = 0
+    cs.files = {}
+
+
+def _reopen_files(writer: Writer, catalog: str, cp: Checkpoint) -> list[tuple[Path, Path]]:
+    """The committed item files of a catalog that must take more lines: tracked at their
+    committed size, to be renamed back to ``.part``."""
+    moves: list[tuple[Path, Path]] = []
+    for ctype in ITEM_TYPES:
+        key: FileKey = ("out", catalog, ctype)
+        final, part = writer.path_for(key), writer.part_path(key)
+        if final.is_file() and not final.is_symlink() and not os.path.lexists(part):
+            lines = sum(1 for _ in iter_lines(final, compressed=writer.compress))
+            with disk_errors(final):
+                size = final.stat().st_size
+            cp.files[str(part.relative_to(writer.out))] = (size, lines)
+            moves.append((final, part))
+    return moves
+
+
+def _written(writer: Writer, catalog: str, digests: set[int]) -> set[int]:
+    """Which of these items of a catalog have a line in its item files."""
+    found: set[int] = set()
+    for ctype in ITEM_TYPES:
+        key: FileKey = ("out", catalog, ctype)
+        part = writer.part_path(key)
+        path = part if part.exists() else writer.path_for(key)
+        if digests and path.is_file():
+            for line in iter_lines(path, compressed=writer.compress):
+                h = orjson.loads(line)["_harvest"]
+                d = key_digest(h["content_type"], h["key"])
+                if d in digests:
+                    found.add(d)
+    return found
+
+
+def _kept(lines: list[bytes], relist: set[str], written: set[tuple[str, int]]
+          ) -> list[bytes]:
+    """The lines that stay: not about failed work (or about items written anyway), each
+    once."""
+    kept: list[bytes] = []
+    seen: set[tuple[object, ...]] = set()
+    for line in lines:
+        e = orjson.loads(line)
+        kind, cat = e.get("kind"), e.get("catalog_uuid")
+        if kind in RELIST_KINDS:
+            continue
+        if kind in REFETCH_KINDS and (cat, _digest(e)) not in written:
+            continue
+        if kind == "no_key":
+            if cat not in relist:
+                kept.append(line)  # identical lines may be distinct keyless items
+            continue
+        ident = (cat, kind, e.get("content_type"), e.get("key"), e.get("page"))
+        if ident not in seen:
+            seen.add(ident)
+            kept.append(line)
+    return kept
+
+
+def _digest(e: dict[str, object]) -> int | None:
+    ctype, key = e.get("content_type"), e.get("key")
+    return key_digest(ctype, key) if isinstance(ctype, str) and isinstance(key, str) else None
+
+
+def _rewrite_errors(out: Path, kept: list[bytes]) -> None:
+    """``errors.ndjson.part`` := ``kept`` (atomically); the committed file it replaces goes."""
+    part, final = out / "errors.ndjson.part", out / "errors.ndjson"
+    tmp = out / ".errors.ndjson.part.tmp"
+    with disk_errors(part):
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(b"".join(kept))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, part)
+        fsync_dir(out)
+        final.unlink(missing_ok=True)
+        fsync_dir(out)
