@@ -122,6 +122,7 @@ from harvester.writer import (
     WalkPlanned,
     Write,
     Writer,
+    leftovers,
 )
 
 #: Shapes of keys the detail endpoints can route (Django URL patterns of the LMS).
@@ -347,7 +348,9 @@ class Harvest:
         if self.restart:
             ledger.reset()
             clear_outputs(self.out)
-        elif not ledger.is_empty():
+        elif ledger.is_empty():
+            self._refuse_leftovers()
+        else:
             if ledger.meta("status") == "complete" and ledger.meta("fingerprint") == fp:
                 manifest = read_json(self.out / "manifest.json")
                 return RunResult("complete", EXIT_OK, self.out, manifest,
@@ -384,6 +387,18 @@ class Harvest:
             with disk_errors(self.out):
                 (self.out / "manifest.json").unlink(missing_ok=True)
         return None
+
+    def _refuse_leftovers(self) -> None:
+        """A run without a ledger never adopts output it did not write."""
+        found = leftovers(self.out)
+        if found:
+            shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+            raise StateError(
+                f"{self.out} holds output of another harvest ({shown}) but no resume "
+                "ledger, so it can be neither resumed nor trusted; rerun with --restart to "
+                "replace it (only files the harvester writes are removed), or choose an "
+                "empty --out")
+        clear_dir(self.out / STATE_DIR / "spool")  # a stale listing cache is not adopted
 
     async def _run(self, ledger: Ledger) -> RunResult:
         t0 = self._clock()

@@ -347,9 +347,10 @@ def clear_outputs(out: Path) -> None:
                         f.unlink()
                 with contextlib.suppress(OSError):
                     d.rmdir()
-        for name in ("manifest.json", "catalogs.ndjson", "errors.ndjson",
-                     "catalogs.ndjson.part", "errors.ndjson.part", "index.sqlite",
-                     "index.sqlite-wal", "index.sqlite-shm"):
+        for name in ("manifest.json", ".manifest.json.tmp", "catalogs.ndjson",
+                     "errors.ndjson", "catalogs.ndjson.part", "errors.ndjson.part",
+                     ".errors.ndjson.part.tmp", "index.sqlite", "index.sqlite-wal",
+                     "index.sqlite-shm"):
             with contextlib.suppress(FileNotFoundError):
                 (out / name).unlink()
         clear_dir(out / ".state" / "spool")

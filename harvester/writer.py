@@ -12,6 +12,7 @@ rerun fetches again.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -114,6 +115,21 @@ class CommitCatalog:
 
 Message = (Write | PageDone | WalkPlanned | CatalogInfo | PhaseChange | Barrier | CommitCatalog
            | CommitErrors)
+
+
+#: Names a harvest writes at the top of OUT (besides ``catalog=*`` directories).
+_TOP_NAMES: Final = ("manifest.json", ".manifest.json.tmp", "catalogs.ndjson",
+                     "catalogs.ndjson.part", "errors.ndjson", "errors.ndjson.part",
+                     ".errors.ndjson.part.tmp", "index.sqlite")
+
+
+def leftovers(out: Path) -> list[str]:
+    """Entries of OUT a harvest would write, by name: an earlier run's output, which a run
+    without a ledger must not adopt (links count too; nothing is followed)."""
+    if not out.is_dir():
+        return []
+    found = sorted(p.name for p in out.glob("catalog=*"))
+    return [n for n in _TOP_NAMES if os.path.lexists(out / n)] + found
 
 
 def _settle(done: asyncio.Future[T], work: Callable[[], T]) -> None:

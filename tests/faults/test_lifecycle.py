@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,3 +259,56 @@ async def test_resume_retries_failed_details_and_drops_their_errors(
     assert_exactly_once(out, await truth(srv))
     assert errors(out) == []
     assert_errors_describe_output(out)
+
+
+# --- #10.10: a run never adopts files it did not write ------------------------------------
+
+def test_a_run_without_a_ledger_refuses_leftovers_and_restart_clears_only_ours(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        loop: LoopThread, tmp_path: Path) -> None:
+    srv = sim_on(loop, catalogs=1, items=30)
+    try:
+        cat = srv.catalog_uuids[0]
+        out = tmp_path / "out"
+        planted = out / f"catalog={cat}" / "courses.ndjson.part"
+        planted.parent.mkdir(parents=True)
+        fake = {"key": "planted+X", "content_type": "course",
+                "_harvest": {"catalog_uuid": cat, "content_type": "course",
+                             "key": "planted+X", "source": "detail"}}
+        planted.write_bytes(orjson.dumps(fake) + b"\n")
+        assert harvest_cli(monkeypatch, srv, out) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--restart" in err[0] and str(out) in err[0], err
+        assert planted.read_bytes() == orjson.dumps(fake) + b"\n"  # untouched
+        # --restart starts clean, and removes nothing it did not create.
+        (out / "notes.txt").write_text("mine")
+        keep = tmp_path / "keep"
+        keep.mkdir()
+        (keep / "precious.ndjson.part").write_text("mine")
+        (out / ".state").mkdir(exist_ok=True)
+        (out / ".state" / "spool").symlink_to(keep)
+        # A link where the harvester keeps its own files is refused, never followed.
+        assert harvest_cli(monkeypatch, srv, out, "--restart") == 2
+        assert "link" in capsys.readouterr().err
+        assert (keep / "precious.ndjson.part").read_text() == "mine"
+        (out / ".state" / "spool").unlink()
+        assert harvest_cli(monkeypatch, srv, out, "--restart") == 0, capsys.readouterr().err
+        assert (out / "notes.txt").read_text() == "mine"
+        assert (keep / "precious.ndjson.part").read_text() == "mine"
+        assert ("course", "planted+X") not in harvested(out)[cat]
+        expected = loop.run(truth(srv))
+        assert_exactly_once(out, expected)
+        # Deleting .state after a complete run: the next run does not adopt that output.
+        shutil.rmtree(out / ".state")
+        before = {p: sha256(p) for p in out.rglob("*") if p.is_file()}
+        assert harvest_cli(monkeypatch, srv, out) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--restart" in err[0], err
+        assert {p: sha256(p) for p in out.rglob("*")
+                if p.is_file() and ".state" not in p.parts} == before
+        assert harvest_cli(monkeypatch, srv, out, "--restart") == 0
+        assert_exactly_once(out, expected)
+        assert not [p for p in out.rglob("*.part") if ".state" not in p.parts]
+        assert os.listdir(out / ".state")  # the new run's own ledger
+    finally:
+        loop.run(srv.close())
