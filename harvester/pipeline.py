@@ -891,6 +891,7 @@ class Harvest:
         self._recount(cs)
         if self._index is not None:
             self._sync_commit(cs)
+            self._recount_sync(cs)
         cs.phase = "done"
         await self._wq.put(CatalogInfo(cs.uuid, cs.info()))
         await self._wq.put(PhaseChange(cs.uuid, "done"))
@@ -955,6 +956,32 @@ class Harvest:
                 if e.get("catalog_uuid") == cs.uuid:
                     kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
         cs.not_found, cs.failed = kinds.get("not_found", 0), kinds.get("detail_failed", 0)
+
+    def _recount_sync(self, cs: CatalogState) -> None:
+        """The sync block's counts from the committed catalog and the previous snapshot,
+        like :meth:`_recount`: a resumed run counts what every session wrote, once.
+
+        ``not_modified`` is a refresh that found the record unchanged (a 304 keeps it).
+        """
+        assert self._index is not None
+        previous = self._plan.previous if self._plan is not None else None
+        counts = dict.fromkeys(("carried", "fetched_new", "fetched_changed", "refreshed",
+                                "not_modified"), 0)
+        for digest, _, _ in self._index.digests(cs.uuid):
+            now = self._index.get(cs.uuid, digest)
+            if now is None or orjson.loads(now.line)["_harvest"].get("source") != "detail":
+                continue  # listing-only records are no sync decision
+            prev = previous.get(cs.uuid, digest) if previous is not None else None
+            if prev is None:
+                counts["fetched_new"] += 1
+            elif prev.listing_hash != now.listing_hash:
+                counts["fetched_changed"] += 1
+            elif prev.fetched_at == now.fetched_at:
+                counts["carried"] += 1
+            else:
+                counts["refreshed"] += 1
+                counts["not_modified"] += prev.record_hash == now.record_hash
+        cs.sync.update(counts)
 
     def _finish(self, ledger: Ledger, catalogs: list[Catalog], errors_info: dict[str, Any],
                 wall: float) -> RunResult:

@@ -25,6 +25,7 @@ from harvester import cli
 from harvester.pipeline import Harvest
 from harvester.sim import SimConfig, SimServer
 from harvester.state import Ledger
+from harvester.sync import SyncOptions
 from harvester.writer import ERRORS_KEY, Write, Writer
 from tests.conftest import SimStarter, settings_for
 from tests.integration.helpers import (
@@ -259,6 +260,31 @@ async def test_resume_retries_failed_details_and_drops_their_errors(
     assert_exactly_once(out, await truth(srv))
     assert errors(out) == []
     assert_errors_describe_output(out)
+
+
+async def test_resumed_sync_counts_the_whole_run(start_sim: SimStarter,
+                                                 tmp_path: Path) -> None:
+    """The sync block counts what the snapshot holds, not what the last session saw."""
+    srv = await start_sim(catalogs=1, items=120, seed=8)
+    out = tmp_path / "snap"
+    out.mkdir()
+    sync = SyncOptions(None, now=1_700_000_000.0)
+    harvest = Harvest(settings_for(srv, out, **{"rates.lms": "300/s"}), sync=sync)
+    task = asyncio.create_task(harvest.run())
+    while srv.state.stats.detail_requests < 30:
+        assert not task.done(), "the details ended before the interruption"
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    result = await Harvest(settings_for(srv, out), sync=sync).run()
+    assert result.exit_code == 0
+    (entry,) = manifest(out)["catalogs"].values()
+    fetched = entry["details_fetched"]
+    assert fetched == sum(1 for k in (await truth(srv))[srv.catalog_uuids[0]]
+                          if k[0] != "learnerpathway")
+    assert entry["sync"]["fetched_new"] == fetched
+    assert entry["sync"]["carried"] == entry["sync"]["refreshed"] == 0
 
 
 # --- #10.10: a run never adopts files it did not write ------------------------------------
