@@ -360,14 +360,13 @@ class Harvest:
             if ledger.meta("fingerprint") != fp:
                 old = orjson.loads(ledger.meta("fingerprint_parts") or "{}")
                 new = fingerprint_parts(self.settings, extra)
+                what = {"complete": "a complete harvest", "finished-partial": "a partial run"
+                        }.get(ledger.meta("status") or "", "an unfinished run")
                 raise StateError(
-                    f"{self.out} holds an unfinished run with different settings "
+                    f"{self.out} holds {what} with different settings "
                     f"({describe_change(old, new)} changed); resuming would mix two "
                     "harvests. Rerun with the original settings, or use --restart "
                     "to discard it, or choose another --out")
-            if ledger.meta("status") == "complete":
-                ledger.reset()
-                clear_outputs(self.out)
         if ledger.is_empty():
             self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuidlib.uuid4().hex[:8]}"
             self.started_at = self._now()

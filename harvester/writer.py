@@ -199,6 +199,9 @@ class Writer:
         return rel
 
     def _file(self, key: FileKey) -> PartFile:
+        if key[0] == "out" and key[2] not in CONTENT_TYPES:
+            # Every type the API invents shares other.ndjson: one key, so one open file.
+            key = ("out", key[1], OTHER_STEM)
         f = self._files.get(key)
         if f is None:
             final = self.path_for(key)

@@ -338,3 +338,19 @@ def test_a_run_without_a_ledger_refuses_leftovers_and_restart_clears_only_ours(
         assert os.listdir(out / ".state")  # the new run's own ledger
     finally:
         loop.run(srv.close())
+
+
+def test_unknown_content_types_share_other_ndjson_without_losing_lines(
+        tmp_path: Path) -> None:
+    """Every type the API invents later goes to other.ndjson: one file, every line."""
+    ledger = Ledger(tmp_path)
+    writer = Writer(tmp_path, ledger)
+    cat = "2f8a8f1e-0a4c-4a7e-9f55-0d9f7f1f3a10"
+    for n, ctype in enumerate(("video", "podcast", "video")):
+        writer.apply(Write(("out", cat, ctype), orjson.dumps({"n": n}) + b"\n"))
+    infos = writer.commit_catalog(cat)
+    writer.close()
+    assert infos["other.ndjson"].lines == 3
+    assert [r["n"] for r in read_lines(tmp_path / f"catalog={cat}" / "other.ndjson")] == \
+        [0, 1, 2]
+    ledger.close()
