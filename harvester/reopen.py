@@ -82,7 +82,8 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
         # so does its error line: fetching it again would write it twice.
         written |= {(cat, d) for d in _written(writer, cat, digests)}
         digests -= {d for c, d in written if c == cat}
-    forget = [str(writer.part_path(ERRORS_KEY).relative_to(out))]
+    errors_rel = str(writer.part_path(ERRORS_KEY).relative_to(out))
+    forget = [errors_rel]
     if details:  # an item is fetched again from its catalog's spool: without one, list again
         for cat in {c for c, ds in refetch.items() if ds} | relist:
             spool = writer.part_path(("spool", cat))
@@ -105,7 +106,9 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
             os.replace(final, part)
             fsync_dir(part.parent)
     kept = _kept(lines, relist, written)
-    _rewrite_errors(out, kept)
+    size = _rewrite_errors(out, kept)
+    # Tracked at its new size: the writer appends to it as to any resumed file.
+    ledger.record(Checkpoint({errors_rel: (size, len(kept))}, [], [], [], {}, {}))
     writer.retrack()
     return Reopened(relist, sum(len(ds) for ds in refetch.values()), len(kept))
 
@@ -184,8 +187,9 @@ def _digest(e: dict[str, object]) -> int | None:
     return key_digest(ctype, key) if isinstance(ctype, str) and isinstance(key, str) else None
 
 
-def _rewrite_errors(out: Path, kept: list[bytes]) -> None:
-    """``errors.ndjson.part`` := ``kept`` (atomically); the committed file it replaces goes."""
+def _rewrite_errors(out: Path, kept: list[bytes]) -> int:
+    """``errors.ndjson.part`` := ``kept`` (atomically); the committed file it replaces goes.
+    Returns the new size."""
     part, final = out / "errors.ndjson.part", out / "errors.ndjson"
     tmp = out / ".errors.ndjson.part.tmp"
     with disk_errors(part):
@@ -199,3 +203,4 @@ def _rewrite_errors(out: Path, kept: list[bytes]) -> None:
         fsync_dir(out)
         final.unlink(missing_ok=True)
         fsync_dir(out)
+    return sum(len(line) for line in kept)

@@ -35,6 +35,7 @@ from tests.integration.helpers import (
     read_lines,
     truth,
 )
+from tests.integration.test_resume import spawn, wait_for
 
 #: Plenty of failures, none of them permanent: every request has a 1 in 4 chance to fail
 #: after its two tries (a 500 or 503 each time).
@@ -128,7 +129,7 @@ async def test_rerun_of_a_partial_run_retries_failed_pages_and_details(
     first = await Harvest(settings).run()
     assert (first.exit_code, first.status) == (3, "partial")
     kinds = {e["kind"] for e in errors(out)}
-    assert {"detail_failed", "page_failed"} <= kinds, kinds
+    assert {"detail_failed", "page_failed", "gap"} <= kinds, kinds
     assert_errors_describe_output(out)
     # Still failing: partial again, and errors.ndjson is about this output, no older one.
     again = await Harvest(settings).run()
@@ -254,6 +255,11 @@ async def test_resume_retries_failed_details_and_drops_their_errors(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not (out / "manifest.json").exists()
+    # Resumed while details still fail: each failure is reported once, for this output.
+    still = await Harvest(settings).run()
+    assert (still.exit_code, still.status) == (3, "partial")
+    assert {e["kind"] for e in errors(out)} == {"detail_failed"}
+    assert_errors_describe_output(out)
     await post_config(srv, fault_rate=0.0)
     resumed = await Harvest(settings_for(srv, out)).run()
     assert (resumed.exit_code, resumed.status) == (0, "complete")
@@ -354,3 +360,30 @@ def test_unknown_content_types_share_other_ndjson_without_losing_lines(
     assert [r["n"] for r in read_lines(tmp_path / f"catalog={cat}" / "other.ndjson")] == \
         [0, 1, 2]
     ledger.close()
+
+
+async def test_kill_9_during_a_rerun_of_a_partial_run_loses_nothing(
+        start_sim: SimStarter, tmp_path: Path) -> None:
+    """The rerun reopens committed files; a SIGKILL at any point of it is resumed exactly."""
+    srv = await start_sim(catalogs=2, items=150, detail_404_rate=0.3,
+                          detail_404_mode="permanent", latency_ms=1)
+    out = tmp_path / "out"
+    first = await Harvest(settings_for(srv, out, **{"harvest.detail_404_retries": 0})).run()
+    assert first.exit_code == 3
+    failed = len(errors(out))
+    await post_config(srv, detail_404_rate=0.0)
+    stats = srv.state.stats
+    base = stats.detail_requests
+    for more in (3, 12, 25):
+        target = stats.detail_requests + more
+        proc = await spawn(srv, out, tmp_path)
+        await wait_for(lambda t=target: stats.detail_requests >= t, proc)  # type: ignore[misc]
+        proc.kill()
+        await proc.communicate()
+    healed = await Harvest(settings_for(srv, out)).run()
+    assert (healed.exit_code, healed.status) == (0, "complete")
+    assert_exactly_once(out, await truth(srv))
+    assert errors(out) == []
+    assert_errors_describe_output(out)
+    # Only what failed is fetched again, plus what was in flight at each kill.
+    assert failed <= stats.detail_requests - base <= failed + 3 * (4 + 2)
