@@ -528,8 +528,11 @@ class Harvest:
         writer.reopen_tracked(keys)
         if self._resumed:
             # Every rerun retries what failed before, and drops those error lines first.
+            # A sync's failed catalog carried forward is this snapshot's answer for it.
+            settled = frozenset(cs.uuid for cs in self.catalogs if cs.phase == "failed"
+                                and self.sync is not None and "carried_forward" in cs.sync)
             again = reopen_failures(self.out, ledger, writer, self.catalogs,
-                                    details=self.settings.harvest.details)
+                                    details=self.settings.harvest.details, settled=settled)
             if again.relist or again.refetch:
                 event("harvest.retry", catalogs_relisted=len(again.relist),
                       items_refetched=again.refetch, errors_kept=again.kept)
@@ -544,6 +547,8 @@ class Harvest:
     # --- one catalog -----------------------------------------------------------------------
 
     async def _catalog_job(self, cs: CatalogState, slots: asyncio.Semaphore) -> None:
+        if cs.phase == "failed":
+            return  # settled (see _prepare_resume): never committed as done
         try:
             if cs.phase in ("new", "listing"):
                 async with slots:
@@ -868,7 +873,9 @@ class Harvest:
         kept, at = 0, self._now()
         for digest, ctype, line in previous.lines(cs.uuid) if previous is not None else ():
             if digest not in written:
-                await self._wq.put(Write(("out", cs.uuid, ctype), stale_line(line, reason, at)))
+                # Done once written: a resumed carry or listing never writes it twice.
+                await self._wq.put(Write(("out", cs.uuid, ctype), stale_line(line, reason, at),
+                                         done=(cs.uuid, digest)))
                 kept += 1
         commit = CommitCatalog(cs.uuid)
         await self._wq.put(commit)
@@ -957,23 +964,26 @@ class Harvest:
         cs.not_found, cs.failed = kinds.get("not_found", 0), kinds.get("detail_failed", 0)
 
     def _recount_sync(self, cs: CatalogState) -> None:
-        """The sync block's counts from the committed catalog and the previous snapshot,
-        like :meth:`_recount`: a resumed run counts what every session wrote, once.
+        """The sync block's item counts from the committed catalog and the previous
+        snapshot, like :meth:`_recount`: a resumed sync counts every session once, and
+        only records the snapshot holds (one kept stale tonight is counted as ``stale``).
 
         ``not_modified`` is a refresh that found the record unchanged (a 304 keeps it).
         """
         assert self._index is not None
         previous = self._plan.previous if self._plan is not None else None
         counts = dict.fromkeys(("carried", "fetched_new", "fetched_changed", "refreshed",
-                                "not_modified"), 0)
+                                "retried_stale", "not_modified"), 0)
         for digest, _, _ in self._index.digests(cs.uuid):
             now = self._index.get(cs.uuid, digest)
-            if now is None or orjson.loads(now.line)["_harvest"].get("source") != "detail":
-                continue  # listing-only records are no sync decision
+            if now is None or now.source != "detail" or now.stale:
+                continue
             prev = previous.get(cs.uuid, digest) if previous is not None else None
             if prev is None:
                 counts["fetched_new"] += 1
-            elif prev.listing_hash != now.listing_hash:
+            elif prev.stale:
+                counts["retried_stale"] += 1
+            elif prev.source != "detail" or prev.listing_hash != now.listing_hash:
                 counts["fetched_changed"] += 1
             elif prev.fetched_at == now.fetched_at:
                 counts["carried"] += 1
@@ -1011,8 +1021,9 @@ class Harvest:
                                          for u in self._gone}
         write_json_atomic(self.out / "manifest.json", manifest, root=self.out)
         ledger.set_meta(status="complete" if status == "complete" else "finished-partial")
-        if status == "complete":
-            # A partial run keeps its listings: the rerun fetches failed items from them.
+        if status == "complete" or self.sync is not None:
+            # A partial harvest keeps its listings: its rerun fetches failed items from
+            # them. A finished sync snapshot is never rerun (the next night retries).
             clear_dir(self.out / STATE_DIR / "spool")
         code = EXIT_OK if status == "complete" else EXIT_PARTIAL
         return RunResult(status, code, self.out, manifest)

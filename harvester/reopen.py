@@ -61,11 +61,13 @@ def error_lines(out: Path) -> list[bytes]:
 
 
 def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[CatalogState],
-                    *, details: bool) -> Reopened:
-    """Reopen everything that failed in earlier sessions, so this one retries it."""
+                    *, details: bool, settled: frozenset[str] = frozenset()) -> Reopened:
+    """Reopen everything that failed in earlier sessions, so this one retries it; except
+    the ``settled`` catalogs, whose failure this run already answered (a sync carried
+    their previous records forward)."""
     lines = error_lines(out)
-    known = {cs.uuid for cs in catalogs}
-    relist = {cs.uuid for cs in catalogs if cs.phase == "failed"}
+    known = {cs.uuid for cs in catalogs} - settled
+    relist = {cs.uuid for cs in catalogs if cs.phase == "failed"} - settled
     refetch: dict[str, set[int]] = {}
     for line in lines:
         e = orjson.loads(line)
@@ -76,12 +78,10 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
             relist.add(cat)
         elif kind in REFETCH_KINDS and (d := _digest(e)) is not None:
             refetch.setdefault(cat, set()).add(d)
-    written: set[tuple[str, int]] = set()
     for cat, digests in refetch.items():
-        # An item with a line in the output (a record carried forward) stays as it is, and
-        # so does its error line: fetching it again would write it twice.
-        written |= {(cat, d) for d in _written(writer, cat, digests)}
-        digests -= {d for c, d in written if c == cat}
+        # An item with a line in the output (a record kept stale) stays as it is, and so
+        # does its error line: fetching it again would write it twice.
+        digests -= _written(writer, cat, digests)
     errors_rel = str(writer.part_path(ERRORS_KEY).relative_to(out))
     forget = [errors_rel]
     if details:  # an item is fetched again from its catalog's spool: without one, list again
@@ -97,15 +97,15 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
             _reset(cs, relist=cs.uuid in relist)
             cp.phases[cs.uuid] = cs.phase
             cp.infos[cs.uuid] = cs.info()
-        if cs.phase not in _COMMITTED:
-            moves += _reopen_files(writer, cs.uuid, cp)
+        if cs.phase not in _COMMITTED and cs.uuid not in settled:
+            moves += _reopen_files(writer, cs.uuid, cp)  # files to take more lines
     ledger.reopen(relist=relist, undone=[(c, d) for c, ds in refetch.items() for d in ds],
                   forget=forget, cp=cp)
     for final, part in moves:
         with disk_errors(final):
             os.replace(final, part)
             fsync_dir(part.parent)
-    kept = _kept(lines, relist, written)
+    kept = _kept(lines, relist, refetch)
     size = _rewrite_errors(out, kept)
     # Tracked at its new size: the writer appends to it as to any resumed file.
     ledger.record(Checkpoint({errors_rel: (size, len(kept))}, [], [], [], {}, {}))
@@ -158,18 +158,18 @@ def _written(writer: Writer, catalog: str, digests: set[int]) -> set[int]:
     return found
 
 
-def _kept(lines: list[bytes], relist: set[str], written: set[tuple[str, int]]
+def _kept(lines: list[bytes], relist: set[str], refetch: dict[str, set[int]]
           ) -> list[bytes]:
-    """The lines that stay: not about failed work (or about items written anyway), each
-    once."""
+    """The lines that stay, each once: all but those about work this session redoes."""
     kept: list[bytes] = []
     seen: set[tuple[object, ...]] = set()
     for line in lines:
         e = orjson.loads(line)
         kind, cat = e.get("kind"), e.get("catalog_uuid")
-        if kind in RELIST_KINDS:
+        if kind in RELIST_KINDS and cat in relist:
             continue
-        if kind in REFETCH_KINDS and (cat, _digest(e)) not in written:
+        if kind in REFETCH_KINDS and isinstance(cat, str) and \
+                _digest(e) in refetch.get(cat, set()):
             continue
         if kind == "no_key":
             if cat not in relist:

@@ -61,6 +61,17 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def written(out: Path) -> dict[str, list[tuple[str, str]]]:
+    """Every item line under OUT per catalog (duplicates kept; change feeds are not items)."""
+    got: dict[str, list[tuple[str, str]]] = {}
+    for f in out.glob("catalog=*/*.ndjson*"):
+        if f.name.endswith((".ndjson", ".ndjson.gz")) and f.name != "changes.ndjson":
+            for rec in read_lines(f):
+                h = rec["_harvest"]
+                got.setdefault(h["catalog_uuid"], []).append((h["content_type"], h["key"]))
+    return got
+
+
 def assert_errors_describe_output(out: Path) -> None:
     """errors.ndjson, the manifest and the files next to them tell one story."""
     m = manifest(out)
@@ -71,10 +82,10 @@ def assert_errors_describe_output(out: Path) -> None:
     ident = Counter((e["catalog_uuid"], e["kind"], e.get("content_type"), e.get("key"),
                      e.get("page")) for e in lines if e["kind"] != "no_key")
     assert not [k for k, n in ident.items() if n > 1], f"duplicate error lines: {ident}"
-    written = {cat: set(keys) for cat, keys in harvested(out).items()}
+    items = {cat: set(keys) for cat, keys in written(out).items()}
     for e in lines:
-        if e["kind"] in ("detail_failed", "not_found"):
-            assert (e["content_type"], e["key"]) not in written.get(e["catalog_uuid"], set()), \
+        if e["kind"] in ("detail_failed", "not_found") and not e.get("stale"):
+            assert (e["content_type"], e["key"]) not in items.get(e["catalog_uuid"], set()), \
                 f"an error line for an item that is in the output: {e}"
     for cat, entry in m["catalogs"].items():
         failed = [e for e in lines if e["catalog_uuid"] == cat and e["kind"] == "catalog_failed"]
@@ -291,6 +302,39 @@ async def test_resumed_sync_counts_the_whole_run(start_sim: SimStarter,
                           if k[0] != "learnerpathway")
     assert entry["sync"]["fetched_new"] == fetched
     assert entry["sync"]["carried"] == entry["sync"]["refreshed"] == 0
+
+
+async def test_resumed_sync_keeps_a_carried_failed_catalog_once(
+        start_sim: SimStarter, tmp_path: Path) -> None:
+    """A sync's failed catalog carried forward (stale) is settled for that snapshot: a
+    resume neither turns it into 'done' nor writes its records twice."""
+    srv = await start_sim(catalogs=2, items=150, seed=9)
+    night1, night2 = tmp_path / "n1", tmp_path / "n2"
+    night1.mkdir()
+    night2.mkdir()
+    first = await Harvest(settings_for(srv, night1),
+                          sync=SyncOptions(None, now=1_700_000_000.0)).run()
+    assert first.exit_code == 0
+    await post_config(srv, forbid_catalogs=["1"])
+    bad = srv.catalog_uuids[1]
+    # max_age 0: every item of catalog 0 is revalidated, so it is still busy below.
+    sync = SyncOptions(night1, max_age=0.0, now=1_700_086_400.0)
+    harvest = Harvest(settings_for(srv, night2, **{"rates.lms": "200/s"}), sync=sync)
+    task = asyncio.create_task(harvest.run())
+    while not [c for c in harvest.catalogs if c.uuid == bad and "carried_forward" in c.sync]:
+        assert not task.done(), "the run ended before the interruption"
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    resumed = await Harvest(settings_for(srv, night2), sync=sync).run()
+    assert resumed.exit_code == 3
+    entry = manifest(night2)["catalogs"][bad]
+    assert entry["status"] == "failed" and entry["sync"]["carried_forward"]
+    kept = written(night2)[bad]
+    assert len(kept) == len(set(kept)) == len(written(night1)[bad])
+    assert [(e["catalog_uuid"], e["kind"]) for e in errors(night2)] == [(bad, "catalog_failed")]
+    assert_errors_describe_output(night2)
 
 
 # --- #10.10: a run never adopts files it did not write ------------------------------------
