@@ -22,8 +22,10 @@ import orjson
 import pytest
 
 from harvester import cli
+from harvester.models import key_digest
 from harvester.pipeline import Harvest
 from harvester.sim import SimConfig, SimServer
+from harvester.sinks import catalog_dirname
 from harvester.state import Ledger
 from harvester.sync import SyncOptions
 from harvester.writer import ERRORS_KEY, Write, Writer
@@ -388,6 +390,21 @@ def test_a_run_without_a_ledger_refuses_leftovers_and_restart_clears_only_ours(
         assert os.listdir(out / ".state")  # the new run's own ledger
     finally:
         loop.run(srv.close())
+
+
+async def test_a_stale_spool_without_a_ledger_is_not_adopted(start_sim: SimStarter,
+                                                              tmp_path: Path) -> None:
+    srv = await start_sim(catalogs=1, items=30)
+    cat = srv.catalog_uuids[0]
+    out = tmp_path / "out"
+    spool = out / ".state" / "spool" / f"{catalog_dirname(cat)}.ndjson.part"
+    spool.parent.mkdir(parents=True)
+    rec = {"uuid": "9d1f0c1e-0000-4000-8000-000000000001", "content_type": "learnerpathway"}
+    spool.write_bytes(orjson.dumps({"d": key_digest("learnerpathway", rec["uuid"]),
+                                    "t": "learnerpathway", "k": rec["uuid"], "r": rec}) + b"\n")
+    result = await Harvest(settings_for(srv, out)).run()
+    assert result.exit_code == 0
+    assert_exactly_once(out, await truth(srv))
 
 
 def test_unknown_content_types_share_other_ndjson_without_losing_lines(
