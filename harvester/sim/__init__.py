@@ -78,6 +78,13 @@ detail_403_rate            0.0             fraction of items whose detail 403s, 
 detail_403_keys            ()              item keys whose detail 403s, always (live)
 drop_catalog_at_epoch      ()              "I:E": own catalog I unlisted (content 404) from E
 case_twin_catalogs         False           catalog 1's id = catalog 0's id upper-cased
+lie_count                  0               content pages report this ``count`` (0 = truth)
+keyless_items              0               per catalog, items listed without key or uuid
+dup_keys                   0               per catalog, items listed again at the end with
+                                           the same key, other content (count: distinct)
+head_inserts               0               per catalog, items hidden at first, then inserted
+                                           at the head one by one while pages are walked
+head_insert_every          15              content-page requests between head inserts
 =========================  ==============  ==================================================
 
 ``GET /__changes?from=A&to=B`` lists ``{op, catalog_uuid, content_type, key}`` (``upsert``

@@ -24,6 +24,7 @@ from harvester.sim.config import OMIT, SimConfig
 from harvester.sim.content import Json
 from harvester.sim.faults import DROPPED, fault_response
 from harvester.sim.hashing import BASE_TIME, days, unit
+from harvester.sim.listing import listed_item
 from harvester.sim.render import (
     InvalidPage,
     json_bytes,
@@ -129,6 +130,7 @@ def _page_response(
     extra: Json | None = None,
     *,
     omit_count: bool = False,
+    reported: int | None = None,
 ) -> web.Response:
     cfg = ctx.state.cfg
     pq = parse_page_query(ctx.request.query, default_size, max_size, cfg.limit_mode)
@@ -139,7 +141,7 @@ def _page_response(
     results = fetch(range(page.start, page.stop))
     links = page_links(_public_base(ctx), path, page, pq.forwarded)
     body = page_body(
-        None if omit_count else count,
+        None if omit_count else count if reported is None else reported,
         links,
         results,
         end_marker=cfg.end_marker,
@@ -215,19 +217,26 @@ async def _content_page(ctx: Ctx) -> web.StreamResponse:
     c = _own_catalog(ctx)
     if c is None:
         return _forbidden_catalog(ctx)
-    epoch, data = st.epoch, st.data
-    n = data.size(c, epoch)
+    epoch, data, cfg = st.epoch, st.data, st.cfg
+    hidden = st.hidden_head(c)
+    n = data.size(c, epoch) - hidden
     order = st.order_for(c, n)
+    dups = min(cfg.dup_keys, n)
 
     def fetch(positions: range) -> list[Any]:
-        return [data.item(g, epoch) for g in data.page_gids(c, epoch, positions, order)]
+        rows: list[Any] = []
+        for q in positions:
+            p = hidden + (order.base_position(q) if q < n else q - n)
+            item = listed_item(data.item(data.gid_at(c, p, epoch), epoch), p, cfg,
+                               dup=None if q < n else q - n)
+            rows.append(item)
+        return rows
 
     row = data.catalog_row_v1(c)
     extra = {k: row[k] for k in ("uuid", "title", "enterprise_customer")}
     path = f"/enterprise/v2/enterprise-catalogs/{data.catalog_uuids[c]}"
-    return _page_response(
-        ctx, path, n, fetch, 10, st.cfg.max_page_size, extra, omit_count=st.cfg.omit_count
-    )
+    return _page_response(ctx, path, n + dups, fetch, 10, cfg.max_page_size, extra,
+                          omit_count=cfg.omit_count, reported=cfg.lie_count or n)
 
 
 def _find_detail(ctx: Ctx, c: int, kind: str, key: str) -> Json | None:

@@ -196,6 +196,28 @@ class SimConfig:
                        "(needs --catalogs >= 2)"),
     )
 
+    lie_count: int = field(
+        default=0, metadata=_help("content pages report this count whatever the real size "
+                                  "(0 = the truth)")
+    )
+    keyless_items: int = field(
+        default=0, metadata=_help("items per catalog listed without key or uuid")
+    )
+    dup_keys: int = field(
+        default=0,
+        metadata=_help("items per catalog listed a second time, at the end of the list, with "
+                       "the same key and other content (even ones newer, odd ones older); "
+                       "count stays the number of distinct items"),
+    )
+    head_inserts: int = field(
+        default=0,
+        metadata=_help("items per catalog hidden at first, then inserted at the head of the "
+                       "list one at a time, every head_insert_every content-page requests"),
+    )
+    head_insert_every: int = field(
+        default=15, metadata=_help("content-page requests of a catalog between head inserts")
+    )
+
     def __post_init__(self) -> None:
         """Reject impossible settings early, with the field name in the message."""
         _check(0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)")
@@ -255,6 +277,12 @@ class SimConfig:
         )
         _check(not self.case_twin_catalogs or self.catalogs >= 2, "case_twin_catalogs",
                "needs catalogs >= 2")
+        _check(0 <= self.lie_count <= 10**15, "lie_count", "must be in [0, 10**15]")
+        for name in ("keyless_items", "dup_keys"):
+            _check(0 <= getattr(self, name) <= self.items, name, "must be in [0, items]")
+        _check(0 <= self.head_inserts < max(1, self.items), "head_inserts",
+               "must be in [0, items)")
+        _check(self.head_insert_every >= 1, "head_insert_every", "must be >= 1")
         for name in ("client_id", "client_secret"):
             value = getattr(self, name)
             _check(value is None or value != "", name, "must not be empty")

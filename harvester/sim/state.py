@@ -103,6 +103,18 @@ class SimState:
         self.latency_rng = random.Random(mix(cfg.seed, _T_LATENCY))
         self.rotation: dict[int, int] = {}
         self.detail_404_served: dict[tuple[int, str], int] = {}
+        self.content_requests: dict[int, int] = {}
+
+    def hidden_head(self, c: int) -> int:
+        """Items of catalog ``c`` still hidden by ``head_inserts`` (the first base positions).
+
+        Counts this content-page request: every ``head_insert_every`` of them, one hidden
+        item appears at the head of the list, ahead of every page already served.
+        """
+        served = self.content_requests.get(c, 0)
+        self.content_requests[c] = served + 1
+        inserted = served // self.cfg.head_insert_every
+        return max(0, self.cfg.head_inserts - inserted)
 
     def order_for(self, c: int, n: int) -> Order:
         """The ordering one content-page request of catalog ``c`` sees (shuffle, churn)."""

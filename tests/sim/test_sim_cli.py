@@ -150,6 +150,16 @@ def test_every_config_field_is_a_flag() -> None:
         "--drop-catalog-at-epoch",
         "1:2",
         "--case-twin-catalogs",
+        "--lie-count",
+        "2000",
+        "--keyless-items",
+        "2",
+        "--dup-keys",
+        "3",
+        "--head-inserts",
+        "4",
+        "--head-insert-every",
+        "5",
     ]
     cfg = config_from_args(parser.parse_args(argv))
     defaults = SimConfig()
