@@ -6,8 +6,11 @@ so a server that honours it also gives us big pages), ``page_size`` is silently 
 (100 on catalog content), ``next`` may be ``null``, ``""`` or template junk, and its host is
 the gateway's, not necessarily ours. So :class:`ListingPlan` learns ``count`` and the page
 size the server really used from page 1, then plans every remaining page by number, to be
-fetched concurrently. Where ``count`` is missing it falls back to walking one page at a
-time, taking only the page number from ``next``.
+fetched concurrently, handing page numbers out lazily and stopping at the first sign of
+the real end (``Invalid page.``, an empty or short page), so a lying ``count`` costs a
+few requests, not millions. Where ``count`` is missing it walks one page at a time by
+number; ``next`` only says whether more may follow, and a ``next`` that jumps ahead is
+never followed (pages would be skipped silently).
 
 A sample page it consumes::
 
@@ -18,7 +21,7 @@ A sample page it consumes::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -99,10 +102,17 @@ def parse_page(number: int, body: Any) -> Page:
 class ListingPlan:
     """The page plan for one walk of one list. Fresh per walk; holds no records.
 
-    Use: ``first()``; after page 1 arrives, ``learn(page1)``; fetch ``planned()`` pages in
-    any order and concurrency; for every page call ``after(page)``, which returns the
-    page to fetch next when the list turned out longer than planned (or when there is no
-    ``count`` to plan with), else None.
+    Use: ``first()``; after page 1 arrives, ``learn(page1)`` then ``took(page1)``; then any
+    number of workers loop on ``next_request()`` until it returns None, reporting every
+    page with ``took(page)`` and every 404 ``Invalid page.`` with ``invalid(number)``.
+
+    Page numbers are handed out lazily and in order, never from a list of all pages, so a
+    ``count`` of 10**9 costs nothing until pages really come back. The walk ends at the
+    first ``Invalid page.``, empty page or short page (shorter than the size in use):
+    whatever ``count`` claimed, nothing lies beyond it, and the shortfall is the caller's
+    gap to report. Past the planned pages (the list grew, or there is no ``count``) one
+    page at a time is allowed, each only after the page before it came back full. Page
+    numbers always go up by one: a ``next`` that skips ahead is never followed.
     """
 
     requested: int
@@ -110,7 +120,12 @@ class ListingPlan:
     page_size: int = 0  #: the size the server really used (0 until learned)
     total_pages: int | None = None
     clamped: bool = False
-    _requested_extra: set[int] = field(default_factory=set)
+    #: the highest page number that may be handed out now
+    limit: int = 1
+    #: the first page number known to lie past the end of the list, once one is seen
+    end: int | None = None
+    _cursor: int = 2
+    _skip: frozenset[int] = frozenset()
 
     def first(self) -> PageRequest:
         """The first page, at the requested size."""
@@ -136,10 +151,21 @@ class ListingPlan:
         elif self.count is not None:
             self.total_pages = max(1, math.ceil(self.count / self.page_size))
         else:
-            self.total_pages = None  # walk by `next`, one page at a time
+            self.total_pages = None  # walk one page at a time
+        self.limit = self.total_pages or 1
+
+    def resume(self, skip: set[int]) -> None:
+        """Continue a walk whose page 1 is done; ``skip`` holds the pages already taken."""
+        self._skip = frozenset(skip)
+        self.limit = max(self.limit, self.total_pages or 1)
+        if self._skip and max(self._skip) >= self.limit:
+            # The walk had gone past its plan; what followed its last page is unknown,
+            # so ask for one more (an "Invalid page." at worst).
+            self.limit = max(self._skip) + 1
 
     def planned(self) -> range:
-        """Pages 2..N to fetch concurrently (empty without a count)."""
+        """Pages 2..N of the plan (empty without a count). Informational: fetch with
+        :meth:`next_request`, which stops early at the real end of the list."""
         if self.total_pages is None:
             return range(0)
         return range(2, self.total_pages + 1)
@@ -152,26 +178,43 @@ class ListingPlan:
         """
         return PageRequest(page, self.page_size if self.page_size else self.requested)
 
-    def is_last(self, page: Page) -> bool:
-        """Whether ``page`` ends the list: short, no ``next``, or ``count`` reached."""
-        if not page.results:
-            return True
-        if self.page_size and len(page.results) < self.page_size:
-            return True
-        count = page.count if page.count is not None else self.count
-        if page.next_query is None:
-            return count is not None  # without a count, a full page may not be the last
-        return count is not None and page.number * self.page_size >= count
+    def next_request(self) -> PageRequest | None:
+        """The next page to fetch, or None when nothing may be fetched now."""
+        while True:
+            n = self._cursor
+            if n > self.limit or (self.end is not None and n >= self.end):
+                return None
+            self._cursor += 1
+            if n not in self._skip:
+                return self.request(n)
 
-    def after(self, page: Page) -> PageRequest | None:
-        """The page to fetch after ``page`` beyond the plan, or None."""
-        planned_last = self.total_pages if self.total_pages is not None else 0
-        if page.number < planned_last or self.is_last(page):
-            return None
-        nxt = page_number_in(page.next_query) or page.number + 1
-        if nxt <= page.number or nxt in self._requested_extra:
-            nxt = page.number + 1
-        if nxt in self._requested_extra:
-            return None  # never loop on a server that repeats its `next`
-        self._requested_extra.add(nxt)
-        return self.request(nxt)
+    def took(self, page: Page) -> None:
+        """Record a page that came back: it may end the list or let the walk go on."""
+        if page.count is not None and (self.count is None or page.count > self.count):
+            self.count = page.count  # the list grew while we walked it
+        if self.end is not None and page.number >= self.end:
+            return  # fetched concurrently with the page that ended the list
+        if self.is_short(page) or (page.number >= self.limit and self.is_last(page)):
+            # Nothing lies past a short page, whatever `count` claims.
+            self.end = page.number + 1
+        elif page.number >= self.limit:
+            self.limit = page.number + 1
+
+    def invalid(self, number: int) -> None:
+        """Page ``number`` answered 404 ``Invalid page.``: the list ends before it."""
+        self.end = number if self.end is None else min(self.end, number)
+
+    def is_short(self, page: Page) -> bool:
+        """Whether ``page`` holds fewer items than the page size in use (or none)."""
+        return not page.results or (self.page_size > 0 and len(page.results) < self.page_size)
+
+    def is_last(self, page: Page) -> bool:
+        """Whether ``page`` ends the list: short or empty, or full with ``count`` reached
+        and no ``next``. A full page with a usable ``next`` is never the last."""
+        if self.is_short(page):
+            return True
+        if page.next_query is not None:
+            return False
+        count = page.count if page.count is not None else self.count
+        # Without a count, a full page may not be the last: probe the next one.
+        return count is not None and page.number * self.page_size >= count

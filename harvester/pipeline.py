@@ -26,7 +26,6 @@ import random
 import re
 import time
 import uuid as uuidlib
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,7 +65,7 @@ from harvester.models import (
     key_digest,
 )
 from harvester.obs import Stats, event
-from harvester.paginate import ListingPlan, PageRequest
+from harvester.paginate import ListingPlan
 from harvester.policy import Clock, RateGate, Sleep
 from harvester.reopen import reopen_failures
 from harvester.run import (
@@ -152,7 +151,7 @@ def leading_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def walk_pages(
-client: ApiClient,
+    client: ApiClient,
     endpoint: Endpoint,
     path: str,
     page_size: int,
@@ -164,81 +163,60 @@ client: ApiClient,
     on_plan: Callable[[ListingPlan], Awaitable[None]] | None = None,
     on_page_error: Callable[[int, HarvestError], Awaitable[None]] | None = None,
     fatal: tuple[type[HarvestError], ...] = (Forbidden, Unauthorized, UnexpectedXML),
-) -> None:
+) -> ListingPlan | None:
     """Walk a DRF list: page 1, then the planned pages concurrently by number, then
     any pages beyond the plan one at a time. ``take`` gets each page in arrival order.
 
-    A page past the end (404 ``Invalid page.``) ends the walk quietly. ``plan`` resumes a
-    walk whose page 1 is done; ``skip`` lists pages already taken. A page that fails
-    after its retries goes to ``on_page_error`` (or raises, without one); ``fatal``
-    errors (by default 401, 403 and XML) always raise, since every other page would fail
-    the same way.
+    The walk stops at the first 404 ``Invalid page.``, empty page or short page (see
+    :class:`ListingPlan`), so a ``count`` that lies costs at most ``parallel`` wasted
+    requests. ``plan`` resumes a walk whose page 1 is done; ``skip`` lists pages already
+    taken. A page that fails after its retries goes to ``on_page_error`` (or raises,
+    without one); ``fatal`` errors (by default 401, 403 and XML) always raise, since
+    every other page would fail the same way. Returns the plan (its ``count`` is the
+    largest any page reported), or None when page 1 itself was past the end.
     """
-    skip = skip or set()
-
-    async def fetch(req: PageRequest) -> Page | None:
+    if plan is None:
+        plan = ListingPlan(page_size)
         try:
-            page = await client.get_page(endpoint, path, req)
+            first = await client.get_page(endpoint, path, plan.first())
         except InvalidPage:
             return None
         client.stats.pages += 1
-        return page
-
-    async def chain(page: Page, p: ListingPlan) -> None:
-        # Beyond the plan (the list grew, or there is no count): one page at a time.
-        nxt = p.after(page)
-        while nxt is not None:
-            got = await fetch(nxt)
-            if got is None:
-                return
-            await take(got)
-            nxt = p.after(got)
-
-    if plan is None:
-        plan = ListingPlan(page_size)
-        first = await fetch(plan.first())
-        if first is None:
-            return
         plan.learn(first)
         if on_plan is not None:
             await on_plan(plan)
+        plan.took(first)
         await take(first)
-        if plan.total_pages is None:
-            await chain(first, plan)
-            return
-        if plan.total_pages == 1:
-            await chain(first, plan)
-            return
-    elif on_plan is not None:
-        await on_plan(plan)
-
-    todo: deque[int] = deque(n for n in plan.planned() if n not in skip)
-    assert plan is not None
-    fixed_plan = plan
+    else:
+        plan.resume(skip or set())
+        if on_plan is not None:
+            await on_plan(plan)
+    walking = plan
 
     async def worker() -> None:
-        while todo:
-            n = todo.popleft()
+        while (req := walking.next_request()) is not None:
             try:
-                page = await fetch(fixed_plan.request(n))
+                page = await client.get_page(endpoint, path, req)
+            except InvalidPage:
+                walking.invalid(req.page)
+                continue
             except (ApiError, RequestError) as exc:
                 if on_page_error is None or isinstance(exc, fatal):
                     raise
-                await on_page_error(n, exc)
+                await on_page_error(req.page, exc)
                 continue
-            if page is None:
-                continue
+            client.stats.pages += 1
+            walking.took(page)  # before take(): idle workers learn of the end sooner
             await take(page)
-            if n == fixed_plan.total_pages:
-                await chain(page, fixed_plan)
 
     try:
         async with asyncio.TaskGroup() as tg:
-            for i in range(min(parallel, len(todo))):
+            for i in range(max(1, parallel)):
                 tg.create_task(worker(), name=f"pages-{i}")
     except BaseExceptionGroup as group:
         # Callers catch Forbidden, SinkError...: never make them unwrap a group.
         raise leading_error(group) from None
+    return plan
 
 
 async def walk_until_complete(
@@ -250,18 +228,26 @@ async def walk_until_complete(
     event_name: str,
     **context: str,
 ) -> int:
-    """Walk a list (walk ``first``, then more) until the unique items found reach the
-    server's ``count`` or ``max_rewalks`` extra walks are spent; return the last walk.
+    """Walk a list (walk ``first``, then more) until the items found reach the server's
+    ``count``, a re-walk finds nothing new, or ``max_rewalks`` extra walks are spent;
+    return the last walk.
 
     The service's order is unstable, so one walk can skip items that moved between
-    pages; a new walk, deduplicated against what was found, picks them up.
+    pages; a new walk, deduplicated against what was found, picks them up. While walks
+    keep finding items (a list that keeps moving) walking on is worth it; a re-walk that
+    adds nothing shows the rest of the gap is not coming (``count`` lies, or items are
+    hidden), and more walks would only repeat it.
     """
     n = first
+    before = found()[0]
     while True:
         await walk(n)
         unique, count = found()
         if count is None or unique >= count or n > max_rewalks:
             return n
+        if n > 1 and unique <= before:
+            return n
+        before = unique
         fields: dict[str, Any] = {**context, "walk": n + 1, "unique": unique, "count": count}
         event(event_name, **fields)
         n += 1
