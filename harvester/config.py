@@ -203,7 +203,8 @@ class HarvestOptions:
     catalogs: tuple[str, ...] = ()
     page_size: int = 250
     details: bool = True
-    max_rewalks: int = 2
+    #: extra walks while each still finds items (content pages cost no budget)
+    max_rewalks: int = 25
     detail_404_retries: int = 2
     shard: str = ""  #: "I/N": only catalogs whose stable hash mod N is I ("" = all)
 

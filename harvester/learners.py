@@ -34,8 +34,9 @@ Completeness: rows are deduplicated by enrollment identity (``enterprise_enrollm
 else ``enrollment_id`` + ``courserun_key``, else the whole row), keeping only 63-bit
 digests in memory. The server sorts by ``-last_activity_date``, which has ties and nulls,
 so page boundaries move between requests: when fewer unique enrollments than the reported
-``count`` arrived, the list is walked again (``learners.max_rewalks``, default 2) and only
-new enrollments are added. What is still missing is reported as ``gaps``.
+``count`` arrived, the list is walked again (``learners.max_rewalks``, default 2; a
+re-walk that finds nothing new ends it) and only new enrollments are added. What is
+still missing is reported as ``gaps``.
 
 Personal data
 -------------

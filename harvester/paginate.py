@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from harvester.errors import PayloadError
 from harvester.models import Page
@@ -62,20 +62,6 @@ def next_query(value: object) -> str | None:
     if not is_url or not parts.query:
         return None
     return parts.query
-
-
-def page_number_in(query: str | None) -> int | None:
-    """The ``page`` parameter of a query string, if it is a positive integer."""
-    if not query:
-        return None
-    values = parse_qs(query).get("page")
-    if not values:
-        return None
-    try:
-        number = int(values[0])
-    except ValueError:
-        return None
-    return number if number > 0 else None
 
 
 def parse_page(number: int, body: Any) -> Page:

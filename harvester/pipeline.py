@@ -8,9 +8,10 @@ A catalog job:
 
 1. **lists** the catalog: page 1 teaches ``count`` and the real page size, the remaining
    pages are fetched concurrently by number (``page_concurrency`` workers), items are
-   deduped by ``(content_type, key|uuid)`` and spooled to disk; if fewer unique items
-   than ``count`` were found (the server's order is unstable), the list is walked again,
-   up to ``max_rewalks`` times;
+   deduped by ``(content_type, key|uuid)`` and spooled to disk (see
+   :mod:`harvester.listing` for keyless rows and keys listed twice); if fewer items than
+   ``count`` were found (the server's order is unstable), the list is walked again while
+   walks still find items, up to ``max_rewalks`` times;
 2. **fetches details** for every spooled item that has a detail endpoint, through the
    shared LMS budget; a detail 404 for a listed item is retried in a later pass, then
    recorded as ``not_found``;
@@ -55,6 +56,7 @@ from harvester.errors import (
     Unauthorized,
     UnexpectedXML,
 )
+from harvester.listing import Seen, spool_line, spool_winners, version_of
 from harvester.models import (
     Catalog,
     JSONDict,
@@ -130,6 +132,14 @@ _DETAIL_KEY_RE: Final = {
     "courserun": re.compile(r"^[^/+]+\+[^/+]+\+[^/?]+$"),
     "program": re.compile(r"^[^/?#]+$"),
 }
+
+
+#: Lines queued back to back (no request between them) before waiting for the writer.
+_BURST: Final = 512
+
+#: Error kinds reported in errors.ndjson that do not make a run partial: a keyless row
+#: is the server's data, and no rerun could ever fetch it.
+_NOT_FAILURES: Final = frozenset({"no_key"})
 
 
 def leading_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -528,7 +538,9 @@ class Harvest:
             event("harvest.recovered", lines=len(writer.recovered))
         errors = writer.part_path(ERRORS_KEY)
         # A resumed run still reports the errors its earlier sessions recorded.
-        self._errors = sum(1 for _ in iter_lines(errors)) if errors.exists() else 0
+        self._errors = (sum(1 for line in iter_lines(errors)
+                            if orjson.loads(line).get("kind") not in _NOT_FAILURES)
+                        if errors.exists() else 0)
 
     # --- one catalog -----------------------------------------------------------------------
 
@@ -539,7 +551,7 @@ class Harvest:
             if cs.phase in ("new", "listing"):
                 async with slots:
                     await self._list_catalog(cs)
-            if self.settings.harvest.details and cs.phase in ("listed", "details"):
+            if cs.phase in ("listed", "details"):
                 await self._details_phase(cs)
             await self._commit_catalog(cs)
         except (AuthError, SinkError, StateError):
@@ -557,7 +569,6 @@ class Harvest:
     async def _list_catalog(self, cs: CatalogState) -> None:
         assert self._client is not None
         assert self._ledger is not None
-        details = self.settings.harvest.details
         # A session can die before even "listing" is recorded, with lines already spooled:
         # whatever is on disk is already seen.
         seen = self._rebuild_seen(cs)
@@ -568,16 +579,17 @@ class Harvest:
             cs.walks = n
             return self._walk_catalog(cs, n, seen)
 
-        await walk_until_complete(walk, lambda: (cs.unique, cs.count_reported),
+        # A keyless row is listed, just unusable: it counts as found, never as a gap.
+        await walk_until_complete(walk, lambda: (cs.unique + cs.keyless, cs.count_reported),
                                   first=max(1, self._ledger.last_walk(cs.uuid)),
                                   max_rewalks=self.settings.harvest.max_rewalks,
                                   event_name="harvest.rewalk", catalog=cs.uuid)
-        cs.gaps = max(0, (cs.count_reported or 0) - cs.unique)
+        cs.gaps = max(0, (cs.count_reported or 0) - cs.unique - cs.keyless)
         if cs.gaps:
             await self._error(cs.uuid, "gap", None, None,
                               f"{cs.gaps} of {cs.count_reported} items never appeared in "
                               f"{cs.walks} walks of the list")
-        cs.phase = "listed" if details else "committing"
+        cs.phase = "listed"  # also without details: listing records leave the spool then
         await self._wq.put(CatalogInfo(cs.uuid, cs.info()))
         await self._wq.put(PhaseChange(cs.uuid, cs.phase))
         barrier = Barrier()
@@ -587,26 +599,28 @@ class Harvest:
               duplicates=cs.duplicates, pages=cs.pages, page_size=cs.page_size_used,
               walks=cs.walks)
 
-    def _rebuild_seen(self, cs: CatalogState) -> set[int]:
-        """On resume mid-listing: the identities already spooled (or written)."""
+    def _rebuild_seen(self, cs: CatalogState) -> Seen:
+        """On resume mid-listing: the items already spooled, and the keyless rows
+        already reported (their ``no_key`` lines carry the record's hash)."""
         assert self._writer is not None
-        seen: set[int] = set()
-        if self.settings.harvest.details:
-            path = self._writer.part_path(("spool", cs.uuid))
-            if path.exists():
-                for line in iter_lines(path):
-                    seen.add(int(orjson.loads(line)["d"]))
-        else:
-            for ctype in ("course", "courserun", "program", "learnerpathway", "other"):
-                path = self._writer.part_path(("out", cs.uuid, ctype))
-                if path.exists():
-                    for line in iter_lines(path, compressed=self.settings.output.gzip):
-                        h = orjson.loads(line)["_harvest"]
-                        seen.add(key_digest(h["content_type"], h["key"]))
-        cs.unique = len(seen)
+        seen = Seen()
+        for line in self._iter_part(("spool", cs.uuid)):
+            entry = orjson.loads(line)
+            seen.add(int(entry["d"]), version_of(orjson.dumps(entry["r"])))
+        for line in self._iter_part(ERRORS_KEY):
+            e = orjson.loads(line)
+            if e.get("kind") == "no_key" and e.get("catalog_uuid") == cs.uuid \
+                    and isinstance(e.get("record_hash"), str):
+                seen.keyless.add(int(e["record_hash"], 16))
+        cs.unique, cs.keyless = len(seen.ids), len(seen.keyless)
         return seen
 
-    async def _walk_catalog(self, cs: CatalogState, walk: int, seen: set[int]) -> None:
+    def _iter_part(self, key: FileKey) -> Iterator[bytes]:
+        assert self._writer is not None
+        path = self._writer.part_path(key)
+        return iter_lines(path) if path.exists() else iter(())
+
+    async def _walk_catalog(self, cs: CatalogState, walk: int, seen: Seen) -> None:
         assert self._client is not None
         assert self._ledger is not None
         done_pages = self._ledger.pages_done(cs.uuid, walk)
@@ -631,39 +645,42 @@ class Harvest:
                 event("harvest.page_size_clamped", catalog=cs.uuid,
                       asked=self.settings.harvest.page_size, got=p.page_size)
 
-        await walk_pages(
+        walked = await walk_pages(
             self._client, Endpoint.CONTENT, content_path(cs.uuid),
             self.settings.harvest.page_size, take,
             parallel=self.settings.limits.page_concurrency, plan=plan, skip=done_pages,
             on_plan=on_plan, on_page_error=lambda n, e: self._error(
                 cs.uuid, "page_failed", None, None, e, page=n))
+        if walked is not None and walked.count is not None:
+            cs.count_reported = walked.count  # the list may have grown while we walked it
 
-    async def _take_page(self, cs: CatalogState, walk: int, page: Page, seen: set[int]
-                         ) -> None:
-        details = self.settings.harvest.details
-        fetched_at = self._now()
+    async def _take_page(self, cs: CatalogState, walk: int, page: Page, seen: Seen) -> None:
         for rec in page.results:
             ctype = content_type_of(rec)
             key = item_key(rec, ctype)
+            raw = orjson.dumps(rec)
+            version = version_of(raw)
             if key is None:
+                if version in seen.keyless:
+                    cs.duplicates += 1
+                    continue
+                seen.keyless.add(version)
+                cs.keyless += 1
                 await self._error(cs.uuid, "no_key", ctype, None,
-                                  "listed item has neither key nor uuid")
+                                  "listed item has neither key nor uuid; it cannot be "
+                                  "fetched (counted as listed, not a gap)",
+                                  extra={"record_hash": f"{version:016x}"})
                 continue
             digest = key_digest(ctype, key)
-            if digest in seen:
-                cs.duplicates += 1
-                continue
-            seen.add(digest)
-            cs.unique += 1
-            if details:
-                line = orjson.dumps({"d": digest, "t": ctype, "k": key, "r": rec},
-                                    option=orjson.OPT_APPEND_NEWLINE)
-                await self._wq.put(Write(("spool", cs.uuid), line))
+            verdict = seen.add(digest, version)
+            if verdict == "new":
+                cs.unique += 1
             else:
-                meta = self._meta(cs.uuid, ctype, key, rec, fetched_at, "listing")
-                await self._wq.put(Write(("out", cs.uuid, ctype), encode_item(rec, meta),
-                                         done=(cs.uuid, digest)))
-                self.stats.items_written += 1
+                cs.duplicates += 1
+                if verdict == "duplicate":
+                    continue
+            # A second version of a key is spooled too; spool_winners picks the one kept.
+            await self._wq.put(Write(("spool", cs.uuid), spool_line(digest, ctype, key, raw)))
         cs.pages += 1
         await self._wq.put(PageDone(cs.uuid, walk, page.number))
         await self._wq.put(CatalogInfo(cs.uuid, cs.info()))
@@ -679,11 +696,20 @@ class Harvest:
         done = self._ledger.done(cs.uuid)
         spool = self._writer.part_path(("spool", cs.uuid))
         cs.idle.clear()
-        total = 0
+        total = burst = 0
         for entry in self._spooled(cs, spool):
             total += 1
-            if int(entry["d"]) not in done:
-                await self._plan_item(cs, entry)
+            if int(entry["d"]) in done:
+                continue
+            if await self._plan_item(cs, entry):
+                burst += 1
+                if burst >= _BURST:
+                    # Lines queued with no request between them: let the writer catch
+                    # up, or the queue fills with thousands of records at once.
+                    burst = 0
+                    barrier = Barrier()
+                    await self._wq.put(barrier)
+                    await barrier.done
         cs.details_total = total
         attempt = 0
         while True:
@@ -713,18 +739,20 @@ class Harvest:
         previous = self._plan.previous if self._plan is not None else None
         first = previous.stale_digests(cs.uuid) if previous is not None else set()
         if first:
-            for line in iter_lines(spool):
-                if int((entry := orjson.loads(line))["d"]) in first:
+            for entry in spool_winners(spool):
+                if int(entry["d"]) in first:
                     yield entry
-        for line in iter_lines(spool):
-            if int((entry := orjson.loads(line))["d"]) not in first:
+        for entry in spool_winners(spool):
+            if int(entry["d"]) not in first:
                 yield entry
 
-    async def _plan_item(self, cs: CatalogState, entry: JSONDict) -> None:
-        """One listed item: written from the listing, carried forward, or queued."""
+    async def _plan_item(self, cs: CatalogState, entry: JSONDict) -> bool:
+        """One listed item: written from the listing, carried forward, or queued. True
+        when a line was queued without a request (see ``_BURST``)."""
         digest, ctype, key, rec = int(entry["d"]), entry["t"], entry["k"], entry["r"]
-        if detail_segment(ctype) is None or not self._routable(ctype, key):
-            if detail_segment(ctype) is not None:
+        details = self.settings.harvest.details
+        if not details or detail_segment(ctype) is None or not self._routable(ctype, key):
+            if details and detail_segment(ctype) is not None:
                 await self._error(cs.uuid, "unroutable_key", ctype, key,
                                   "key cannot be routed to its detail endpoint; "
                                   "written from the listing")
@@ -733,7 +761,7 @@ class Harvest:
                                      done=(cs.uuid, digest)))
             cs.listing_only += 1
             self.stats.items_written += 1
-            return
+            return True
         job = DetailJob(cs, ctype, key, digest, rec)
         if self._plan is not None:
             decision, prev = self._plan.decide(cs.uuid, digest, rec)
@@ -742,12 +770,13 @@ class Harvest:
                 await self._wq.put(Write(("out", cs.uuid, ctype), carried_line(prev, rec),
                                          done=(cs.uuid, digest)))
                 self.stats.items_written += 1
-                return
+                return True
             job.fallback = prev  # listed, so never gone: kept (stale) if the fetch fails
             if decision == REFRESH:
                 job.previous = prev
         cs.outstanding += 1
         await self._queue_detail(job)
+        return False
 
     @staticmethod
     def _routable(ctype: str, key: str) -> bool:
@@ -904,12 +933,13 @@ class Harvest:
         files = [self._writer.path_for(("out", cs.uuid, t)) for t in
                  ("course", "courserun", "program", "learnerpathway", "other")]
         spool = self._writer.part_path(("spool", cs.uuid))
-        self._index.rebuild(cs.uuid, spool if self.settings.harvest.details else None,
-                            [f for f in files if f.exists()], compressed=gz)
+        listing = (((int(e["d"]), e["r"]) for e in spool_winners(spool))
+                   if self.settings.harvest.details else None)
+        self._index.rebuild(cs.uuid, listing, [f for f in files if f.exists()], compressed=gz)
         # Failed details are kept (stale), so they never look deleted; a failed catalog's
-        # listing was cut short, so it can say nothing is gone.
+        # listing was cut short, so it can say nothing is gone. Keyless rows are listed.
         complete = (cs.phase != "failed" and cs.count_reported is not None and cs.gaps == 0
-                    and cs.unique >= cs.count_reported)
+                    and cs.unique + cs.keyless >= cs.count_reported)
         previous = self._plan.previous if self._plan is not None else None
         counts = write_changes(self._index, previous, cs.uuid,
                                self.out / catalog_dirname(cs.uuid) / "changes.ndjson",
@@ -1051,7 +1081,8 @@ class Harvest:
             rec["error"] = type(error).__name__
         rec["message"] = str(error)
         rec.update(extra or {})
-        self._errors += 1
+        if kind not in _NOT_FAILURES:
+            self._errors += 1
         await self._wq.put(Write(ERRORS_KEY, encode_line(rec), done=done))
 
     async def _ticker(self, every: float = 10.0) -> None:

@@ -69,6 +69,7 @@ class CatalogState:
     count_reported: int | None = None
     unique: int = 0
     duplicates: int = 0
+    keyless: int = 0  #: listed rows with neither key nor uuid (reported once, never a gap)
     pages: int = 0
     pages_planned: int = 0
     walks: int = 0
@@ -88,7 +89,7 @@ class CatalogState:
     deferred: list[DetailJob] = field(default_factory=list)
 
     _PERSIST: tuple[str, ...] = (
-        "count_reported", "unique", "duplicates", "pages", "pages_planned", "walks",
+        "count_reported", "unique", "duplicates", "keyless", "pages", "pages_planned", "walks",
         "page_size_used", "clamped", "gaps", "details_total", "details_done", "listing_only",
         "not_found", "failed", "error", "files", "sync")
 
@@ -112,6 +113,7 @@ class CatalogState:
             "count_reported": self.count_reported,
             "unique_found": self.unique,
             "duplicates_dropped": self.duplicates,
+            "keyless": self.keyless,
             "gaps": self.gaps,
             "walks": self.walks,
             "pages": self.pages,

@@ -36,7 +36,7 @@ import re
 import shutil
 import sqlite3
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
@@ -228,18 +228,18 @@ class SnapshotIndex:
             (catalog, limit))]
         return int(n), keys
 
-    def rebuild(self, catalog: str, spool: Path | None, files: list[Path], *,
-                compressed: bool) -> None:
-        """(Re)build a catalog's rows from its spooled listing and committed files."""
+    def rebuild(self, catalog: str, listing: Iterable[tuple[int, JSONDict]] | None,
+                files: list[Path], *, compressed: bool) -> None:
+        """(Re)build a catalog's rows from its listing (``(digest, listed record)``, one
+        per item) and committed files."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("DELETE FROM items WHERE catalog=?", (catalog,))
             db.execute("DELETE FROM listing WHERE catalog=?", (catalog,))
-            if spool is not None and spool.exists():
+            if listing is not None:
                 db.executemany("INSERT OR REPLACE INTO listing VALUES (?, ?, ?)", (
-                    (catalog, int(e["d"]), content_hash(e["r"]))
-                    for e in map(orjson.loads, iter_lines(spool))))
+                    (catalog, digest, content_hash(rec)) for digest, rec in listing))
             for path in files:
                 db.executemany(
                     "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, "

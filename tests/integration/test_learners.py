@@ -484,7 +484,8 @@ def test_unstable_order_is_deduped_and_the_rewalk_fills_the_gaps(
 
 
 def test_a_row_that_never_appears_is_a_reported_gap(world: World, run_cli: Any) -> None:
-    """One row hidden behind its neighbour on every walk: 3 walks, gap 1, exit 3."""
+    """One row hidden behind its neighbour on every walk: gap 1, exit 3. The re-walk
+    finds nothing new, so there is no third walk (it would only repeat the second)."""
     srv = world.sim(learners=2300)
     truth = world.truth(srv)
     hidden = truth[1500]
@@ -498,7 +499,7 @@ def test_a_row_that_never_appears_is_a_reported_gap(world: World, run_cli: Any) 
     assert res.code == 3, res.err
     e = res.manifest["enterprises"][srv.enterprise_uuid]
     assert (e["status"], e["walks"], e["gaps"], e["duplicates_dropped"], e["rows_written"]) \
-        == ("partial", 3, 1, 3, 2299)
+        == ("partial", 2, 1, 2, 2299)
     assert_exactly_once(res.rows(srv.enterprise_uuid), [r for r in truth if r is not hidden])
     assert res.edir(srv.enterprise_uuid).joinpath("learner_summary.ndjson").exists()
 

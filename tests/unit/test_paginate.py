@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harvester.errors import PayloadError
-from harvester.paginate import ListingPlan, PageRequest, next_query, page_number_in, parse_page
+from harvester.paginate import ListingPlan, PageRequest, next_query, parse_page
 
 BASE = "https://api.edx.org/enterprise/v2/enterprise-catalogs/abc"
 
@@ -28,8 +28,6 @@ def test_next_query_keeps_only_the_query() -> None:
     """The host of `next` is never used: only its query string."""
     assert next_query("https://evil.example/x?page=2&page_size=100") == "page=2&page_size=100"
     assert next_query("/enterprise/v2/x?page=3") == "page=3"
-    assert page_number_in("page=7&page_size=100") == 7
-    assert page_number_in("page=last") is None
 
 
 def test_request_sends_page_size_and_limit() -> None:
@@ -226,3 +224,14 @@ def test_no_count_and_junk_next_probes_by_number() -> None:
     plan = ListingPlan(100)
     assert walk(plan, pages) == [1, 2, 3]
     assert plan.total_pages is None and not plan.clamped
+
+
+def test_resume_without_count_continues_after_the_pages_taken() -> None:
+    """A count-less walk resumed after page 1: it goes on by number (it used to stop,
+    silently, with nothing planned)."""
+    plan = ListingPlan(100, count=None, page_size=100, total_pages=None)
+    plan.resume({1})
+    assert plan.next_request() == PageRequest(2, 100)
+    assert plan.next_request() is None  # one at a time until page 2 comes back
+    plan.took(parse_page(2, body(100, None, "")))
+    assert plan.next_request() == PageRequest(3, 100)

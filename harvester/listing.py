@@ -1,0 +1,151 @@
+"""What one catalog's listing found: identities, versions of a key, keyless rows, winners.
+
+A listing is walked page by page, concurrently and more than once, so the same item
+arrives several times, in an order that depends on response timing. Two rules make the
+result independent of that order:
+
+* **Duplicates.** An item is identified by ``(content_type, key|uuid)``. When one key is
+  listed with different content (the catalog re-indexed it while we walked), the record
+  kept is the one with the latest ``content_last_modified``; on a tie, or when neither
+  has one, the one whose canonical JSON (sorted keys, compact) has the smallest SHA-256.
+  Every differing version goes to the append-only spool; :func:`spool_winners` keeps the
+  winner when the spool is read.
+* **Keyless rows.** A row with neither ``key`` nor ``uuid`` is listed but unusable. It is
+  identified by a hash of its JSON, reported once (``no_key``) and counted
+  as found, so it never becomes a gap.
+
+:class:`Seen` costs about 8 bytes per item more than a plain set: each entry points at
+one of 65,536 shared version tags rather than owning an integer, and exact version sets
+are kept only for the rare keys listed with different content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal
+
+import orjson
+
+from harvester.models import JSONDict
+from harvester.sinks import iter_lines
+
+#: Shared objects for the 16-bit version tags: a dict entry points at one of these
+#: instead of owning a fresh int (~32 bytes an item at a million items).
+_TAGS: Final = tuple(range(1 << 16))
+_TAG_MASK: Final = (1 << 16) - 1
+_SPOOL_PREFIX: Final = b'{"d":'
+
+
+def canonical(rec: JSONDict) -> bytes:
+    """The record as canonical JSON: sorted keys, no whitespace."""
+    return orjson.dumps(rec, option=orjson.OPT_SORT_KEYS)
+
+
+def version_of(raw: bytes) -> int:
+    """A 64-bit hash of a record's JSON as served (``orjson.dumps(record)``).
+
+    Not canonical, on purpose: it only tells "the same bytes again" (a duplicate) from
+    "maybe different" (spooled, and judged canonically by :func:`winner_key`), and one
+    encoding per listed item is most of the listing's CPU.
+    """
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+
+
+def spool_line(digest: int, ctype: str, key: str, raw: bytes) -> bytes:
+    """A spool line ``{"d", "t", "k", "r"}`` around a record already encoded as ``raw``."""
+    head = orjson.dumps({"d": digest, "t": ctype, "k": key})
+    return head[:-1] + b',"r":' + raw + b"}\n"
+
+
+def winner_key(rec: JSONDict) -> tuple[float, str]:
+    """Sort key of the duplicate rule: the smallest key wins (see the module doc)."""
+    stamp = -math.inf
+    clm = rec.get("content_last_modified")
+    if isinstance(clm, str):
+        try:
+            moment = datetime.fromisoformat(clm)
+        except ValueError:
+            pass
+        else:
+            stamp = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return (-stamp, hashlib.sha256(canonical(rec)).hexdigest())
+
+
+Verdict = Literal["new", "version", "duplicate"]
+
+
+@dataclass(slots=True)
+class Seen:
+    """The identities, versions and keyless rows one catalog's listing has found."""
+
+    ids: dict[int, int] = field(default_factory=dict)
+    versions: dict[int, set[int]] = field(default_factory=dict)
+    keyless: set[int] = field(default_factory=set)
+
+    def add(self, digest: int, version: int) -> Verdict:
+        """Record a sighting of item ``digest`` with content ``version``.
+
+        ``new``: first sighting. ``version``: content not seen before for this key (spool
+        it: the reader picks the winner). ``duplicate``: nothing new.
+        """
+        tag = self.ids.get(digest)
+        if tag is None:
+            self.ids[digest] = _TAGS[version & _TAG_MASK]
+            return "new"
+        known = self.versions.get(digest)
+        if known is None:
+            if tag == version & _TAG_MASK:
+                # Same content as the first sighting (or one of 65,536 look-alikes: the
+                # cost of flat memory; such a version is dropped as a duplicate).
+                return "duplicate"
+            self.versions[digest] = {version}
+            return "version"
+        if version in known:
+            return "duplicate"
+        known.add(version)
+        return "version"
+
+
+def spool_digest(line: bytes) -> int:
+    """The item digest of a spool line, without decoding the whole record."""
+    if line.startswith(_SPOOL_PREFIX):
+        end = line.find(b",", len(_SPOOL_PREFIX))
+        if end > 0:
+            return int(line[len(_SPOOL_PREFIX):end])
+    return int(orjson.loads(line)["d"])
+
+
+def spool_winners(path: Path) -> Iterator[JSONDict]:
+    """The spooled listing, one entry per item (``{d, t, k, r}``), in spool order.
+
+    A key spooled more than once (listed with different content) yields only its winner,
+    whatever order the versions arrived in.
+    """
+    if not path.exists():
+        return
+    once: set[int] = set()
+    repeated: set[int] = set()
+    for line in iter_lines(path):
+        d = spool_digest(line)
+        (repeated if d in once else once).add(d)
+    once.clear()
+    best: dict[int, tuple[tuple[float, str], int]] = {}
+    if repeated:
+        for i, line in enumerate(iter_lines(path)):
+            d = spool_digest(line)
+            if d in repeated:
+                key = winner_key(orjson.loads(line)["r"])
+                if d not in best or key < best[d][0]:
+                    best[d] = (key, i)
+    for i, line in enumerate(iter_lines(path)):
+        if best:
+            won = best.get(spool_digest(line))
+            if won is not None and won[1] != i:
+                continue
+        entry: JSONDict = orjson.loads(line)
+        yield entry
