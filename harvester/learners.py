@@ -684,10 +684,11 @@ class LearnerExport:
         seen: set[int] = set()
         broken: list[ApiError | RequestError] = []
 
-        async def walk(n: int) -> None:
+        async def walk(n: int) -> bool:
             es.walks = n
             try:
                 await self._walk(client, es, part, seen, seen if n == 1 else set())
+                return True
             except (Forbidden, Unauthorized):
                 raise  # these credentials may not read it: no page will do better
             except (ApiError, RequestError) as exc:
@@ -698,6 +699,7 @@ class LearnerExport:
                 es.record_error("walk_failed", exc, page=_page_of(exc))
                 event("learners.walk_failed", logging.WARNING, enterprise=es.uuid, walk=n,
                       error=type(exc).__name__, status=getattr(exc, "status", None))
+                return False  # cut short: it cannot show that the gap is persistent
 
         await walk_until_complete(walk, lambda: (es.unique, es.count_reported), first=1,
                                   max_rewalks=self.options.max_rewalks,

@@ -230,7 +230,7 @@ async def walk_pages(
 
 
 async def walk_until_complete(
-    walk: Callable[[int], Awaitable[None]],
+    walk: Callable[[int], Awaitable[bool | None]],
     found: Callable[[], tuple[int, int | None]],
     *,
     first: int,
@@ -245,17 +245,18 @@ async def walk_until_complete(
     The service's order is unstable, so one walk can skip items that moved between
     pages; a new walk, deduplicated against what was found, picks them up. While walks
     keep finding items (a list that keeps moving) walking on is worth it; a re-walk that
-    adds nothing shows the rest of the gap is not coming (``count`` lies, or items are
-    hidden), and more walks would only repeat it.
+    looked at the whole list and added nothing shows the rest of the gap is not coming
+    (``count`` lies, or items are hidden), and more walks would only repeat it. ``walk``
+    returns False when it was cut short (a page failed): that proves nothing either way.
     """
     n = first
     before = found()[0]
     while True:
-        await walk(n)
+        looked = await walk(n)
         unique, count = found()
         if count is None or unique >= count or n > max_rewalks:
             return n
-        if n > 1 and unique <= before:
+        if n > 1 and unique <= before and looked is not False:
             return n
         before = unique
         fields: dict[str, Any] = {**context, "walk": n + 1, "unique": unique, "count": count}
@@ -575,7 +576,7 @@ class Harvest:
         if cs.phase == "new":
             cs.phase = "listing"
             await self._wq.put(PhaseChange(cs.uuid, "listing"))
-        def walk(n: int) -> Awaitable[None]:
+        def walk(n: int) -> Awaitable[bool]:
             cs.walks = n
             return self._walk_catalog(cs, n, seen)
 
@@ -620,7 +621,8 @@ class Harvest:
         path = self._writer.part_path(key)
         return iter_lines(path) if path.exists() else iter(())
 
-    async def _walk_catalog(self, cs: CatalogState, walk: int, seen: Seen) -> None:
+    async def _walk_catalog(self, cs: CatalogState, walk: int, seen: Seen) -> bool:
+        """One walk of a catalog's list; False when a page of it failed."""
         assert self._client is not None
         assert self._ledger is not None
         done_pages = self._ledger.pages_done(cs.uuid, walk)
@@ -645,14 +647,20 @@ class Harvest:
                 event("harvest.page_size_clamped", catalog=cs.uuid,
                       asked=self.settings.harvest.page_size, got=p.page_size)
 
+        failed: list[int] = []
+
+        async def on_page_error(n: int, exc: HarvestError) -> None:
+            failed.append(n)
+            await self._error(cs.uuid, "page_failed", None, None, exc, page=n)
+
         walked = await walk_pages(
             self._client, Endpoint.CONTENT, content_path(cs.uuid),
             self.settings.harvest.page_size, take,
             parallel=self.settings.limits.page_concurrency, plan=plan, skip=done_pages,
-            on_plan=on_plan, on_page_error=lambda n, e: self._error(
-                cs.uuid, "page_failed", None, None, e, page=n))
+            on_plan=on_plan, on_page_error=on_page_error)
         if walked is not None and walked.count is not None:
             cs.count_reported = walked.count  # the list may have grown while we walked it
+        return not failed
 
     async def _take_page(self, cs: CatalogState, walk: int, page: Page, seen: Seen) -> None:
         for rec in page.results:
