@@ -24,6 +24,7 @@ from harvester.sim.config import OMIT, SimConfig
 from harvester.sim.content import Json
 from harvester.sim.faults import DROPPED, fault_response
 from harvester.sim.hashing import BASE_TIME, days, unit
+from harvester.sim.hostile import bomb, drip
 from harvester.sim.listing import listed_item
 from harvester.sim.render import (
     InvalidPage,
@@ -468,10 +469,17 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         # Every integration maps only 200/401/403/404/429/500; `default` becomes 400.
         resp = _json(400, {"message": f"Bad Request (backend status {status})"})
         status = 400
+    hostile = status != DROPPED and isinstance(resp, web.Response)
+    if hostile and 200 <= status < 300 and st.draw_hostile(klass, st.cfg.bomb_rate):
+        resp = bomb(resp, st.cfg.bomb_mb)
     # The connection was already dropped or truncated by a fault.
     label = "fault" if status == DROPPED else str(status)
     body = getattr(resp, "body", None)
     st.stats.record(klass, label, len(body) if isinstance(body, bytes) else 0)
+    if (hostile and st.cfg.slow_drip_ms > 0
+            and st.draw_hostile(klass, st.cfg.slow_drip_rate)):
+        assert isinstance(resp, web.Response)
+        return await drip(request, resp, st.cfg.slow_drip_ms)
     return resp
 
 
@@ -517,6 +525,7 @@ _LIVE_KNOBS: Final = frozenset({
     "detail_404_mode", "detail_404_times", "shuffle", "churn", "etag", "latency_ms",
     "jitter_ms", "strip_retry_after", "gateway_remap", "end_marker", "accept_mode",
     "limit_mode", "echo_token", "expires_in", "omit_count",
+    "slow_drip_ms", "slow_drip_rate", "bomb_rate", "bomb_mb",
 })
 
 

@@ -21,6 +21,7 @@ FAULT_KINDS: Final[tuple[str, ...]] = (
     "reset",
     "truncate",
     "badjson",
+    "maintenance",
 )
 
 # DRF reads only the first letter of the period ("60/minute" == "60/m"), so we do too.
@@ -195,6 +196,20 @@ class SimConfig:
                        "whose ids differ only in case, each with its own content "
                        "(needs --catalogs >= 2)"),
     )
+    slow_drip_ms: float = field(
+        default=0.0,
+        metadata=_help("send bodies one byte every N ms (0 = off): defeats per-read timeouts"),
+    )
+    slow_drip_rate: float = field(
+        default=1.0, metadata=_help("fraction of answers dripped when --slow-drip-ms is set")
+    )
+    bomb_rate: float = field(
+        default=0.0,
+        metadata=_help("fraction of 2xx answers sent gzip-encoded with --bomb-mb MiB of padding"),
+    )
+    bomb_mb: int = field(
+        default=64, metadata=_help("MiB a gzip bomb inflates to (about 1/1000 on the wire)")
+    )
 
     lie_count: int = field(
         default=0, metadata=_help("content pages report this count whatever the real size "
@@ -283,6 +298,10 @@ class SimConfig:
         _check(0 <= self.head_inserts < max(1, self.items), "head_inserts",
                "must be in [0, items)")
         _check(self.head_insert_every >= 1, "head_insert_every", "must be >= 1")
+        _check(self.slow_drip_ms >= 0.0, "slow_drip_ms", "must be >= 0")
+        _check(0.0 <= self.slow_drip_rate <= 1.0, "slow_drip_rate", "must be in [0, 1]")
+        _check(0.0 <= self.bomb_rate <= 1.0, "bomb_rate", "must be in [0, 1]")
+        _check(1 <= self.bomb_mb <= 4096, "bomb_mb", "must be in [1, 4096]")
         for name in ("client_id", "client_secret"):
             value = getattr(self, name)
             _check(value is None or value != "", name, "must not be empty")

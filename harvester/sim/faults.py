@@ -7,6 +7,8 @@ from typing import Final
 import orjson
 from aiohttp import web
 
+from harvester.sim.hostile import MAINTENANCE_PAGE
+
 __all__ = ["DROPPED", "fault_response"]
 
 #: Placeholder status of a response whose connection a fault already broke.
@@ -37,6 +39,9 @@ def fault_response(request: web.Request, kind: str) -> web.StreamResponse:
             body=b'{"count": 3, "next": null, "results": [{"key": "x",]',
             content_type="application/json",
         )
+    if kind == "maintenance":
+        # A gateway in maintenance mode: 200 and an HTML page, whatever was asked for.
+        return web.Response(body=MAINTENANCE_PAGE, content_type="text/html")
     if kind == "500":
         return web.Response(
             status=500, body=b"<h1>Server Error (500)</h1>", content_type="text/html"

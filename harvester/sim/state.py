@@ -19,7 +19,7 @@ __all__ = ["CLASSES", "SimState", "Stats"]
 #: Endpoint classes, for stats and throttling.
 CLASSES: Final = ("token", "lms", "content", "learners")
 
-_T_FAULT, _T_ORDER, _T_LATENCY = range(300, 303)
+_T_FAULT, _T_ORDER, _T_LATENCY, _T_HOSTILE = range(300, 304)
 
 
 class Stats:
@@ -101,6 +101,7 @@ class SimState:
         self.fault_rng = random.Random(mix(cfg.seed, _T_FAULT))
         self.order_rng = random.Random(mix(cfg.seed, _T_ORDER))
         self.latency_rng = random.Random(mix(cfg.seed, _T_LATENCY))
+        self.hostile_rng = random.Random(mix(cfg.seed, _T_HOSTILE))
         self.rotation: dict[int, int] = {}
         self.detail_404_served: dict[tuple[int, str], int] = {}
         self.content_requests: dict[int, int] = {}
@@ -144,6 +145,16 @@ class SimState:
         if self.fault_rng.random() >= self.cfg.fault_rate:
             return None
         return self.fault_rng.choice(self.cfg.fault_kinds)
+
+    def draw_hostile(self, klass: str, rate: float) -> bool:
+        """Whether this answer gets a hostile treatment drawn at ``rate`` (drip, bomb).
+
+        Like faults, these spare the token endpoint unless ``fault_token`` is set, and
+        never touch the simulator's own ``/__`` routes or unrouted paths.
+        """
+        if rate <= 0 or klass == "other" or (klass == "token" and not self.cfg.fault_token):
+            return False
+        return rate >= 1.0 or self.hostile_rng.random() < rate
 
     def info(self, base_url: str) -> dict[str, Any]:
         """``GET /__info`` body (never the secret)."""

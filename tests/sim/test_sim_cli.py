@@ -160,6 +160,14 @@ def test_every_config_field_is_a_flag() -> None:
         "4",
         "--head-insert-every",
         "5",
+        "--slow-drip-ms",
+        "20",
+        "--slow-drip-rate",
+        "0.5",
+        "--bomb-rate",
+        "0.1",
+        "--bomb-mb",
+        "8",
     ]
     cfg = config_from_args(parser.parse_args(argv))
     defaults = SimConfig()
