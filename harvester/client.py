@@ -4,32 +4,40 @@ One :class:`ApiClient` per run owns the ``aiohttp.ClientSession`` (opened in
 ``__aenter__``, closed in ``__aexit__``), the token manager and one gate per endpoint
 class. Each call goes: class gate (rate + 429 pause) -> concurrency cap -> a fresh token
 -> send -> translate the outcome into a value or an ``errors.py`` exception. aiohttp and
-timeout exceptions are translated in exactly one place (:func:`_translate`). Retries are
-driven by ``backoff`` with :class:`~harvester.policy.RetryPolicy` deciding; a 401 gets one
-token refresh and one replay.
+timeout exceptions are translated in exactly one place (:func:`_translate`). Retries happen
+in one loop (:func:`~harvester.policy.call_with_retries`, on the injected clock) with
+:class:`~harvester.policy.RetryPolicy` deciding; the token fetch is one attempt inside the
+API attempt that needed it, never a loop of its own. A 401 gets one token refresh and one
+replay.
+
+Every HTTP exchange has a total deadline (``api.request_timeout``) and every request a
+life of at most ``retry.max_time``, the attempt in flight included. Bodies are read up to
+``api.max_response_bytes`` counted after decompression, never more. A host that has never
+answered gets a short retry budget, then one :class:`~harvester.errors.Unreachable` line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any, Final, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
-import backoff
 import orjson
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from harvester import __version__
 from harvester.auth import Grant, TokenManager, parse_grant
 from harvester.config import Settings
 from harvester.errors import (
-    ApiError,
+    REASONS,
     AuthError,
     ConnectError,
     ConnectionLost,
@@ -42,19 +50,33 @@ from harvester.errors import (
     RateLimited,
     ReadTimeout,
     RequestError,
+    ResponseTooLarge,
     ServerError,
     Unauthorized,
     UnexpectedStatus,
     UnexpectedXML,
+    Unreachable,
 )
 from harvester.models import Page, Response, detail_segment
 from harvester.obs import REDACTOR, Stats, event
 from harvester.paginate import PageRequest, parse_page
-from harvester.policy import Clock, OpenGate, RateGate, RetryPolicy, Sleep, advertised_wait
+from harvester.policy import (
+    Clock,
+    OpenGate,
+    RateGate,
+    RetryPolicy,
+    Sleep,
+    advertised_wait,
+    call_with_retries,
+)
 
 T = TypeVar("T")
 
 USER_AGENT: Final = f"edx-harvester/{__version__} (+aiohttp)"
+#: A token answer is ~1 KB; anything near this is not a token.
+TOKEN_MAX_BYTES: Final = 64 * 1024
+_MARKUP_RE: Final = re.compile(rb"\s*<")
+_HTML_RE: Final = re.compile(rb"\s*<(?:!doctype\s+html|html|head|body)\b", re.I)
 
 
 class Endpoint(StrEnum):
@@ -120,35 +142,94 @@ def _excerpt(raw: bytes, *, private: bool) -> str:
     return ""
 
 
-def _looks_xml(content_type: str, raw: bytes) -> bool:
-    return "xml" in content_type.lower() or raw.lstrip()[:1] == b"<"
+def _markup(content_type: str, raw: bytes) -> str | None:
+    """``"HTML"`` or ``"XML"`` when a body is markup rather than JSON, else None."""
+    ctype = content_type.lower()
+    if "html" in ctype or _HTML_RE.match(raw):
+        return "HTML"
+    if "xml" in ctype or _MARKUP_RE.match(raw):
+        return "XML"
+    return None
+
+
+def host_of(url: str) -> str:
+    """``host[:port]`` of a URL, as errors name it."""
+    return urlsplit(url).netloc
 
 
 @contextmanager
-def _translate(endpoint: str, url: str) -> Iterator[None]:
-    """The one boundary where aiohttp/timeout errors become harvester errors."""
+def _translate(endpoint: str, url: str, deadline: asyncio.Timeout | None = None,
+               limit: float = 0.0) -> Iterator[None]:
+    """The one boundary where aiohttp/timeout errors become harvester errors.
+
+    ``deadline`` is the exchange's own total timer (``limit`` seconds): when it is what
+    fired, the error says so, since no read ever stalled long enough to trip a read timeout.
+    """
+    kw: dict[str, Any] = {"endpoint": endpoint, "url": url}
     try:
         yield
     except HarvestError:
         raise
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise ConnectError(f"{endpoint}: timed out connecting to {host_of(url)} "
+                           "(api.connect_timeout)", reason="timeout", **kw) from exc
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise ReadTimeout(f"{endpoint}: no answer within the read timeout", endpoint=endpoint,
-                          url=url) from exc
+        if deadline is not None and deadline.expired():
+            raise ReadTimeout(f"{endpoint}: timed out: no complete answer within {limit:g} s "
+                              "(api.request_timeout)", reason="timeout", **kw) from exc
+        raise ReadTimeout(f"{endpoint}: timed out: no data within the read timeout "
+                          "(api.read_timeout)", reason="timeout", **kw) from exc
+    except aiohttp.ClientSSLError as exc:
+        raise ConnectError(f"{endpoint}: TLS handshake with {host_of(url)} failed "
+                           f"({_ssl_reason(exc)})", reason="tls", **kw) from exc
+    except aiohttp.ClientConnectorDNSError as exc:
+        raise ConnectError(f"{endpoint}: DNS lookup of {exc.host} failed", reason="dns",
+                           **kw) from exc
     except aiohttp.ClientConnectorError as exc:
-        raise ConnectError(f"{endpoint}: cannot connect to {exc.host}:{exc.port}",
-                           endpoint=endpoint, url=url) from exc
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            raise ConnectError(f"{endpoint}: connection refused by {exc.host}:{exc.port}",
+                               reason="refused", **kw) from exc
+        raise ConnectError(f"{endpoint}: cannot connect to {exc.host}:{exc.port} "
+                           f"({exc.os_error.strerror or type(exc.os_error).__name__})",
+                           reason="connect", **kw) from exc
     except aiohttp.ClientPayloadError as exc:
-        raise ConnectionLost(f"{endpoint}: response body cut short", endpoint=endpoint,
-                             url=url) from exc
+        raise ConnectionLost(f"{endpoint}: response body cut short", reason="truncated",
+                             **kw) from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
         raise ConnectionLost(f"{endpoint}: connection lost ({type(exc).__name__})",
-                             endpoint=endpoint, url=url) from exc
+                             reason="reset", **kw) from exc
     except aiohttp.ClientResponseError as exc:  # malformed HTTP from the server
         raise ConnectionLost(f"{endpoint}: malformed HTTP response ({exc.message})",
-                             endpoint=endpoint, url=url) from exc
+                             reason="reset", **kw) from exc
     except aiohttp.ClientError as exc:
-        raise RequestError(f"{endpoint}: request failed ({type(exc).__name__})",
-                           endpoint=endpoint, url=url) from exc
+        raise RequestError(f"{endpoint}: request failed ({type(exc).__name__})", **kw) from exc
+
+
+def _ssl_reason(exc: aiohttp.ClientSSLError) -> str:
+    """The OpenSSL reason (``wrong version number``: the port speaks plain HTTP)."""
+    err = exc.os_error
+    reason = getattr(err, "reason", None) or getattr(err, "strerror", None)
+    return str(reason or type(err).__name__).replace("_", " ").lower()
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The body, decompressed, or None as soon as it exceeds ``cap`` bytes.
+
+    aiohttp inflates incrementally as we read, so stopping here bounds memory at ``cap``
+    however far a gzip body would inflate. A declared length over the cap (uncompressed)
+    is refused before reading anything.
+    """
+    declared = resp.content_length
+    if declared is not None and declared > cap and not resp.headers.get("Content-Encoding"):
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class ApiClient:
@@ -171,6 +252,7 @@ class ApiClient:
         self._rand = rand
         self._base = settings.api.base
         self._session: aiohttp.ClientSession | None = None
+        self._answered: set[str] = set()  # hosts that sent at least one whole answer
         self._inflight = asyncio.Semaphore(settings.limits.concurrency)
         self.gates: dict[Endpoint, RateGate | OpenGate] = {
             Endpoint.TOKEN: OpenGate(clock=clock, sleep=sleep),
@@ -247,49 +329,42 @@ class ApiClient:
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], endpoint: str, path: str
                         ) -> T:
-        """Run ``attempt`` under ``backoff``, with the retry policy deciding everything."""
-        # Fast path: almost every call succeeds at once, and building the backoff wrapper
-        # (decorator, functools.wraps, coroutine checks) costs more than the request's own
-        # bookkeeping. Only a retryable failure pays for it, and is replayed through it so
-        # waits, history, counters and max_tries are exactly what they were.
-        try:
-            return await attempt()
-        except (RequestError, ApiError) as exc:
-            if not self.policy.should_retry(exc, ()):
-                raise
-            replay: list[BaseException] = [exc]
+        """Run ``attempt`` in the one retry loop, each try bounded by what is left of
+        ``retry.max_time``; a host that never answered ends as :class:`Unreachable`."""
+        max_time = self.policy.max_time
 
-        async def attempt_after_first() -> T:
-            if replay:
-                raise replay.pop()
-            return await attempt()
+        async def bounded(deadline: float) -> T:
+            timer = asyncio.timeout(max(0.0, deadline - self._clock()))
+            try:
+                async with timer:
+                    return await attempt()
+            except TimeoutError:
+                if not timer.expired():
+                    raise
+                raise ReadTimeout(f"{endpoint} {path}: timed out: the request ran past "
+                                  f"{max_time:g} s (retry.max_time)", endpoint=endpoint,
+                                  url=path, reason="timeout") from None
 
-        history: list[str] = []
-
-        def giveup(exc: Exception) -> bool:
-            return not self.policy.should_retry(exc, tuple(history))
-
-        def on_backoff(details: Any) -> None:
-            exc = details.get("exception")
-            cause = (self.policy.cause(exc) if isinstance(exc, BaseException) else None) or "?"
-            history.append(cause)
+        def on_retry(exc: BaseException, cause: str, n: int, wait: float) -> None:
             self.stats.retries[cause] += 1
-            event("http.retry", endpoint=endpoint, path=path, attempt=details.get("tries"),
-                  cause=cause, error=type(exc).__name__,
-                  wait=round(float(details.get("wait") or 0.0), 3))
+            event("http.retry", endpoint=endpoint, path=path, attempt=n, cause=cause,
+                  error=type(exc).__name__, wait=round(wait, 3))
 
-        retrying = backoff.on_exception(
-            self.policy.wait_gen(self._rand),
-            (RequestError, ApiError),
-            max_tries=self.policy.max_tries,
-            max_time=self.policy.max_time,
-            giveup=giveup,
-            on_backoff=on_backoff,
-            jitter=None,
-            raise_on_giveup=True,
-        )(attempt_after_first)
-        result: T = await retrying()
-        return result
+        try:
+            return await call_with_retries(bounded, self.policy, clock=self._clock,
+                                           sleep=self._sleep, rand=self._rand,
+                                           budget=self._budget, on_retry=on_retry)
+        except RequestError as exc:
+            host = host_of(exc.url) if "://" in exc.url else host_of(self._base)
+            if host in self._answered:
+                raise
+            raise Unreachable(f"cannot reach {host}: {REASONS[exc.reason]} ({exc}); check "
+                              "the API base URL (EDX_API_BASE, EDX_TOKEN_URL) and the network",
+                              host=host, reason=exc.reason) from exc
+
+    def _budget(self, exc: BaseException) -> float:
+        url = getattr(exc, "url", "") or self._base
+        return self.policy.budget(exc, contacted=host_of(url) in self._answered)
 
     async def _attempt(self, endpoint: Endpoint, url: str, etag: str | None) -> Response:
         gate = self.gates[endpoint]
@@ -318,24 +393,42 @@ class ApiClient:
                 else:
                     ticket.counted = True
 
+    async def _exchange(self, endpoint: str, method: str, url: URL, cap: int, **kw: Any
+                        ) -> tuple[int, CIMultiDictProxy[str], bytes]:
+        """One HTTP exchange under ``api.request_timeout``, its body read up to ``cap``.
+
+        Returns (status, headers, body); raises :class:`ResponseTooLarge` past the cap.
+        """
+        assert self._session is not None, "use `async with ApiClient(...)`"
+        limit = self.settings.api.request_timeout
+        shown = str(url)
+        timer = asyncio.timeout(limit)
+        with _translate(endpoint, shown, timer, limit):
+            async with timer, self._session.request(method, url, allow_redirects=False,
+                                                    **kw) as resp:
+                status, headers = resp.status, resp.headers
+                raw = await _read_capped(resp, cap)
+        self._answered.add(host_of(shown))
+        self.stats.count_request(endpoint, status, cap if raw is None else len(raw))
+        if raw is None:
+            name = "api.max_response_bytes" if cap == self.settings.api.max_response_bytes \
+                else "the token answer limit"
+            raise ResponseTooLarge(f"{endpoint} {url.path}: answer larger than {cap} bytes "
+                                   f"after decompression ({name})", status=status,
+                                   endpoint=endpoint, url=shown)
+        return status, headers, raw
+
     async def _send(self, endpoint: Endpoint, url: str, token: str, etag: str | None
                     ) -> Response:
-        assert self._session is not None, "use `async with ApiClient(...)`"
         headers = {"Authorization": f"JWT {token}"}
         if etag:
             headers["If-None-Match"] = etag
-        with _translate(str(endpoint), url):
-            async with self._session.get(URL(url, encoded=True), headers=headers,
-                                         allow_redirects=False) as resp:
-                raw = await resp.read()
-                status = resp.status
-                ctype = resp.headers.get("Content-Type", "")
-                retry_after = resp.headers.get("Retry-After")
-                resp_etag = resp.headers.get("ETag")
-                last_mod = resp.headers.get("Last-Modified")
-        self.stats.count_request(str(endpoint), status, len(raw))
-        return self._interpret(endpoint, url, status, ctype, raw, retry_after, resp_etag,
-                               last_mod)
+        status, resp_headers, raw = await self._exchange(
+            str(endpoint), "GET", URL(url, encoded=True), self.settings.api.max_response_bytes,
+            headers=headers)
+        return self._interpret(endpoint, url, status, resp_headers.get("Content-Type", ""), raw,
+                               resp_headers.get("Retry-After"), resp_headers.get("ETag"),
+                               resp_headers.get("Last-Modified"))
 
     def _interpret(self, endpoint: Endpoint, url: str, status: int, ctype: str, raw: bytes,
                    retry_after: str | None, etag: str | None, last_mod: str | None
@@ -344,9 +437,11 @@ class ApiClient:
         where = f"{endpoint} {URL(url, encoded=True).path}"
         kw: dict[str, Any] = {"status": status, "endpoint": str(endpoint), "url": url}
         if 200 <= status < 300:
-            if _looks_xml(ctype, raw):
-                raise UnexpectedXML(f"{where}: the server answered XML although the request "
-                                    "sent Accept: application/json", **kw)
+            markup = _markup(ctype, raw)
+            if markup is not None:
+                # A gateway's maintenance page is transient: retried like a bad body.
+                raise UnexpectedXML(f"{where}: the server answered {markup} although the "
+                                    "request sent Accept: application/json", **kw)
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -382,44 +477,36 @@ class ApiClient:
         raise UnexpectedStatus(msg, **kw)
 
     async def _fetch_token(self) -> Grant:
-        """POST the client-credentials form; retried like any request, except refusals."""
+        """POST the client-credentials form, once: a failure propagates to the retry loop
+        of the API request that needed the token, the only loop that retries."""
         api = self.settings.api
         form = {"grant_type": "client_credentials", "client_id": api.client_id,
                 "client_secret": api.client_secret.reveal(), "token_type": "jwt"}
-        async def attempt() -> Grant:
-            assert self._session is not None
-            await self.gates[Endpoint.TOKEN].acquire()
-            with _translate("token", api.token_url):
-                async with self._session.post(api.token_url, data=form,
-                                              allow_redirects=False) as resp:
-                    raw = await resp.read()
-                    status = resp.status
-                    retry_after = resp.headers.get("Retry-After")
-            self.stats.count_request("token", status, len(raw))
-            if status in (400, 401, 403):
-                reason = _excerpt(raw, private=False) or f"HTTP {status}"
-                raise AuthError(f"the token endpoint refused the client credentials "
-                                f"({reason}); check EDX_CLIENT_ID / EDX_CLIENT_SECRET")
-            if status == 429:
-                wait = advertised_wait(retry_after, raw.decode("utf-8", "replace")[:500])
-                if wait is not None:
-                    self.gates[Endpoint.TOKEN].pause(self.policy.clamp_wait(wait))
-                raise RateLimited("token: HTTP 429", retry_after=wait, status=429,
-                                  endpoint="token", url=api.token_url)
-            if status >= 500:
-                raise ServerError(f"token: HTTP {status}", status=status, endpoint="token",
-                                  url=api.token_url)
-            if status != 200:
-                raise AuthError(f"the token endpoint answered HTTP {status}")
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise PayloadError("token: invalid JSON", status=200, endpoint="token",
-                                   url=api.token_url) from None
-            grant = parse_grant(body)
-            REDACTOR.add(grant.access_token)
-            self.stats.tokens += 1
-            event("auth.token", expires_in=grant.expires_in)
-            return grant
-
-        return await self._retrying(attempt, "token", "")
+        await self.gates[Endpoint.TOKEN].acquire()
+        status, headers, raw = await self._exchange("token", "POST", URL(api.token_url),
+                                                    TOKEN_MAX_BYTES, data=form)
+        if status in (400, 401, 403):
+            reason = _excerpt(raw, private=False) or f"HTTP {status}"
+            raise AuthError(f"the token endpoint refused the client credentials "
+                            f"({reason}); check EDX_CLIENT_ID / EDX_CLIENT_SECRET")
+        kw: dict[str, Any] = {"status": status, "endpoint": "token", "url": api.token_url}
+        if status == 429:
+            wait = advertised_wait(headers.get("Retry-After"),
+                                   raw.decode("utf-8", "replace")[:500])
+            if wait is not None:
+                self.gates[Endpoint.TOKEN].pause(self.policy.clamp_wait(wait))
+            raise RateLimited("token: HTTP 429", retry_after=wait, **kw)
+        if status >= 500:
+            raise ServerError(f"token: HTTP {status}", **kw)
+        if status != 200:
+            raise AuthError(f"the token endpoint answered HTTP {status}")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # A maintenance page or a cut body: retried with the API request.
+            raise PayloadError("token: invalid JSON", **kw) from None
+        grant = parse_grant(body)
+        REDACTOR.add(grant.access_token)
+        self.stats.tokens += 1
+        event("auth.token", expires_in=grant.expires_in)
+        return grant

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 from harvester.errors import ConfigError
 
 DEFAULT_API_BASE: Final = "https://api.edx.org"
+#: Default cap on one response body, measured after decompression.
+DEFAULT_MAX_RESPONSE_BYTES: Final = 32 << 20
 TOKEN_PATH: Final = "/oauth2/v1/access_token"
 #: Upper bound of every concurrency setting: far above what any budget can use (the
 #: server's 60/min is the real limit), low enough that a typo cannot exhaust memory.
@@ -137,6 +139,11 @@ class ApiConfig:
     client_secret: Secret = field(default_factory=lambda: Secret(""))
     connect_timeout: float = 10.0
     read_timeout: float = 35.0
+    #: Total seconds one attempt may take, connect to last body byte: a body dripped a
+    #: byte at a time never trips ``read_timeout``, this does.
+    request_timeout: float = 60.0
+    #: Largest body accepted, counted after decompression (a gzip bomb stops here).
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base", self.base.rstrip("/"))
@@ -146,6 +153,10 @@ class ApiConfig:
         _check_url("api.token_url", self.token_url)
         _positive("api.connect_timeout", self.connect_timeout)
         _positive("api.read_timeout", self.read_timeout)
+        _positive("api.request_timeout", self.request_timeout)
+        if not 1024 <= self.max_response_bytes <= 1 << 40:
+            raise ConfigError(f"api.max_response_bytes: must be 1024..2**40 bytes, "
+                              f"got {self.max_response_bytes!r}")
 
     def require_credentials(self) -> None:
         """Raise a ConfigError unless both client id and secret are set."""
@@ -184,11 +195,14 @@ class RetryConfig:
     backoff_cap: float = 60.0
     gateway_400_retries: int = 2
     max_wait: float = 300.0
+    #: Retry budget, seconds, for a host that has never answered (wrong base, DNS, TLS).
+    first_contact_time: float = 60.0
 
     def __post_init__(self) -> None:
         # The back-off doubles per attempt: 2.0 ** 1024 overflows a float.
         if not 1 <= self.max_tries <= 1000:
             raise ConfigError(f"retry.max_tries: must be 1..1000, got {self.max_tries!r}")
+        _positive("retry.first_contact_time", self.first_contact_time)
         _positive("retry.max_time", self.max_time)
         _positive("retry.backoff_base", self.backoff_base, allow_zero=True)
         _positive("retry.backoff_cap", self.backoff_cap, allow_zero=True)
@@ -396,6 +410,8 @@ SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
     "api.client_secret": ("api", "client_secret", lambda v: Secret(parse_str(v))),
     "api.connect_timeout": ("api", "connect_timeout", parse_float),
     "api.read_timeout": ("api", "read_timeout", parse_float),
+    "api.request_timeout": ("api", "request_timeout", parse_float),
+    "api.max_response_bytes": ("api", "max_response_bytes", parse_int),
     "rates.lms": ("limits", "lms", parse_rate),
     "rates.learners": ("limits", "learners", parse_rate),
     "harvest.concurrency": ("limits", "concurrency", parse_int),
@@ -413,6 +429,7 @@ SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
     "retry.backoff_cap": ("retry", "backoff_cap", parse_float),
     "retry.gateway_400_retries": ("retry", "gateway_400_retries", parse_int),
     "retry.max_wait": ("retry", "max_wait", parse_float),
+    "retry.first_contact_time": ("retry", "first_contact_time", parse_float),
     "output.out": ("output", "out", parse_path),
     "output.gzip": ("output", "gzip", parse_bool),
     "output.quiet": ("output", "quiet", parse_bool),

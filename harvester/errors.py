@@ -11,9 +11,10 @@ name what failed and never contain a secret, a token or learner data: every mess
     HarvestError
     ├── ConfigError              bad config, flag or environment (exit 2)
     ├── AuthError                the token endpoint refused our credentials (exit 2)
+    ├── Unreachable              the API host never answered (DNS, refused, TLS, timeout)
     ├── RequestError             no usable HTTP response
     │   ├── ConnectError         could not connect
-    │   ├── ReadTimeout          connected, no complete answer in time
+    │   ├── ReadTimeout          no complete answer in time (read, deadline, max_time)
     │   └── ConnectionLost       reset / closed mid-response / truncated body
     ├── ApiError                 an HTTP response we cannot use as data
     │   ├── RateLimited          429 (carries the advertised wait)
@@ -23,14 +24,18 @@ name what failed and never contain a secret, a token or learner data: every mess
     │   ├── Forbidden            403
     │   ├── NotFound             404 (InvalidPage: 404 "Invalid page.")
     │   ├── UnexpectedStatus     any other status
+    │   ├── ResponseTooLarge     a body over api.max_response_bytes (after decompression)
     │   └── PayloadError         a 2xx whose body is not the JSON we expect
-    │       └── UnexpectedXML    XML although we asked for JSON
+    │       └── UnexpectedXML    XML or HTML although we asked for JSON (after retries)
     ├── SinkError                the output could not be written (disk full, permissions)
     │   └── UnsafePath           a link (or a stranger's directory) where we would write (exit 2)
     └── StateError               resume ledger unusable, incompatible or locked
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
 
 from harvester.obs import REDACTOR
 
@@ -55,13 +60,44 @@ class AuthError(HarvestError):
     """The token endpoint refused the client credentials, or answered nonsense."""
 
 
-class RequestError(HarvestError):
-    """No usable HTTP response arrived (connection, timeout, reset, truncation)."""
+class Unreachable(HarvestError):
+    """The API host never answered: every attempt failed before any HTTP response.
 
-    def __init__(self, message: str, *, endpoint: str = "", url: str = "") -> None:
+    Fatal for the run (exit 1), unlike a mid-run outage: nothing will work until the base
+    URL, DNS, TLS or network is fixed. ``reason`` is one of :data:`REASONS`' keys.
+    """
+
+    def __init__(self, message: str, *, host: str, reason: str) -> None:
+        super().__init__(message)
+        self.host = host
+        self.reason = reason
+
+
+#: Why no HTTP response arrived (``RequestError.reason``), in words for one-line errors.
+REASONS: Final[Mapping[str, str]] = {
+    "dns": "DNS lookup failed (no such host)",
+    "refused": "connection refused (nothing listens on that port)",
+    "tls": "TLS handshake failed",
+    "timeout": "timed out",
+    "connect": "could not connect",
+    "reset": "connection lost",
+    "truncated": "body cut short",
+    "other": "request failed",
+}
+
+
+class RequestError(HarvestError):
+    """No usable HTTP response arrived (connection, timeout, reset, truncation).
+
+    ``reason`` says why, as a key of :data:`REASONS`.
+    """
+
+    def __init__(self, message: str, *, endpoint: str = "", url: str = "",
+                 reason: str = "other") -> None:
         super().__init__(message)
         self.endpoint = endpoint
         self.url = REDACTOR.scrub(url)
+        self.reason = reason
 
 
 class ConnectError(RequestError):
@@ -69,7 +105,8 @@ class ConnectError(RequestError):
 
 
 class ReadTimeout(RequestError):
-    """The server did not answer completely within the read timeout."""
+    """No complete answer in time: a read stalled (``api.read_timeout``), the attempt ran
+    past its deadline (``api.request_timeout``), or the request past ``retry.max_time``."""
 
 
 class ConnectionLost(RequestError):
@@ -135,12 +172,18 @@ class UnexpectedStatus(ApiError):
     """A status the harvester has no rule for."""
 
 
+class ResponseTooLarge(ApiError):
+    """The body exceeded ``api.max_response_bytes`` once decompressed. Never retried: the
+    same request would bring the same body; the item or page is recorded as failed."""
+
+
 class PayloadError(ApiError):
     """A 2xx whose body is not valid JSON of the expected shape."""
 
 
 class UnexpectedXML(PayloadError):
-    """The server answered XML although the request sent ``Accept: application/json``."""
+    """Markup (XML, or an HTML gateway page) although the request sent ``Accept:
+    application/json``. Retried like any bad body; raised once the retries keep getting it."""
 
 
 class SinkError(HarvestError):

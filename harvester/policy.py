@@ -1,8 +1,10 @@
 """Retry policy and request throttles: pure values and small clock-driven gates.
 
 * :class:`RetryPolicy` decides *whether* to retry and *how long* to wait, from the error
-  and the causes of earlier retries. It is immutable and does no I/O; ``client.py`` drives
-  the ``backoff`` package with it (see ``RetryPolicy.wait_gen``).
+  and the causes of earlier retries. It is immutable and does no I/O.
+  :func:`call_with_retries` is the one loop that sleeps, on the injected clock: every
+  request (the token fetch included, inside its API attempt) is retried there and only
+  there.
 * :class:`RateGate` is one endpoint class's request budget. A budget of N per period means
   what the server means (DRF's sliding log): never more than N requests in any window of
   the period, and also *up to* N at once when the window is empty, which is what makes
@@ -22,9 +24,9 @@ import email.utils
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from aiolimiter import AsyncLimiter
 
@@ -37,11 +39,11 @@ from harvester.errors import (
     RequestError,
     ServerError,
     UnexpectedStatus,
-    UnexpectedXML,
 )
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 
 _BODY_WAIT_RE: Final = re.compile(r"Expected available in (\d+(?:\.\d+)?) seconds?", re.I)
 
@@ -113,7 +115,13 @@ class RetryPolicy:
     Retried: no response (connect, timeout, reset, truncated body), invalid JSON on a 2xx,
     5xx, 429 and, a few times only, a 400 on a well-formed GET (the gateway maps upstream
     errors to 400). Never retried: 401 (the client refreshes and replays once itself),
-    403, 404 (detail 404s are retried later by the pipeline, not here), XML answers.
+    403, 404 (detail 404s are retried later by the pipeline, not here), a body over the
+    size cap. Markup on a JSON request (XML, or a gateway's HTML maintenance page) is a bad
+    body like truncated JSON: retried, and reported as such only if it persists.
+
+    ``max_time`` bounds a request's whole life, the attempt in flight included; a host
+    that has never answered gets only ``first_contact_time`` (a wrong base URL fails in
+    a minute, not in fifteen).
     """
 
     max_tries: int = 8
@@ -122,21 +130,20 @@ class RetryPolicy:
     backoff_cap: float = 60.0
     gateway_400_retries: int = 2
     max_wait: float = 300.0
+    first_contact_time: float = 60.0
 
     @classmethod
     def from_config(cls, cfg: RetryConfig) -> RetryPolicy:
         """Build the policy from validated config numbers."""
         return cls(cfg.max_tries, cfg.max_time, cfg.backoff_base, cfg.backoff_cap,
-                   cfg.gateway_400_retries, cfg.max_wait)
+                   cfg.gateway_400_retries, cfg.max_wait, cfg.first_contact_time)
 
     @staticmethod
     def cause(error: BaseException) -> str | None:
         """The retry cause for an error, or None when it must not be retried."""
         if isinstance(error, RequestError):
             return CAUSE_TRANSPORT
-        if isinstance(error, UnexpectedXML):
-            return None
-        if isinstance(error, PayloadError):
+        if isinstance(error, PayloadError):  # UnexpectedXML included
             return CAUSE_PAYLOAD
         if isinstance(error, RateLimited):
             return CAUSE_THROTTLED
@@ -182,19 +189,56 @@ class RetryPolicy:
         """An advertised wait, bounded so a hostile header cannot park us for a day."""
         return min(max(0.0, wait), self.max_wait)
 
-    def wait_gen(self, rand: Callable[[], float]) -> Callable[..., Generator[float, object, None]]:
-        """A ``backoff`` wait generator that asks this policy for each delay."""
-        policy = self
+    def budget(self, error: BaseException, *, contacted: bool) -> float:
+        """Seconds from a request's first attempt after which no retry starts."""
+        if isinstance(error, RequestError) and not contacted:
+            return min(self.max_time, self.first_contact_time)
+        return self.max_time
 
-        def gen(**_: object) -> Generator[float, object, None]:
-            attempt = 0
-            error = yield 0.0  # primed by backoff with send(None)
-            while True:
-                attempt += 1
-                exc = error if isinstance(error, BaseException) else ApiError("?", status=0)
-                error = yield policy.delay(exc, attempt, rand())
 
-        return gen
+RetryHook = Callable[[BaseException, str, int, float], None]
+
+
+async def call_with_retries(
+    attempt: Callable[[float], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    clock: Clock,
+    sleep: Sleep,
+    rand: Callable[[], float],
+    budget: Callable[[BaseException], float] | None = None,
+    on_retry: RetryHook | None = None,
+) -> T:
+    """Call ``attempt(deadline)`` until it returns or ``policy`` gives up; re-raise the
+    last error then.
+
+    ``deadline`` is the clock time ``max_time`` after the first call: the attempt must
+    end by then (the caller enforces it on the attempt in flight). ``budget(error)`` is
+    how long after the first call a retry may still start (default ``max_time``); a wait
+    that would end past it is not slept. ``on_retry(error, cause, retry_number, wait)``
+    runs before each wait.
+    """
+    start = clock()
+    deadline = start + policy.max_time
+    history: list[str] = []
+    while True:
+        try:
+            return await attempt(deadline)
+        except (RequestError, ApiError) as exc:
+            cause = policy.cause(exc)
+            if cause is None or not policy.should_retry(exc, tuple(history)):
+                raise
+            wait = policy.delay(exc, len(history) + 1, rand())
+            # A 429's advertised pause happens in the gate, but is spent all the same.
+            paused = exc.retry_after if isinstance(exc, RateLimited) else None
+            limit = policy.max_time if budget is None else budget(exc)
+            if clock() - start + max(wait, paused or 0.0) >= limit:
+                raise
+            history.append(cause)
+            if on_retry is not None:
+                on_retry(exc, cause, len(history), wait)
+            if wait > 0:
+                await sleep(wait)
 
 
 # --- throttles ---------------------------------------------------------------------------

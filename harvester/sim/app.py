@@ -469,17 +469,18 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         # Every integration maps only 200/401/403/404/429/500; `default` becomes 400.
         resp = _json(400, {"message": f"Bad Request (backend status {status})"})
         status = 400
-    hostile = status != DROPPED and isinstance(resp, web.Response)
-    if hostile and 200 <= status < 300 and st.draw_hostile(klass, st.cfg.bomb_rate):
-        resp = bomb(resp, st.cfg.bomb_mb)
+    hostile = resp if status != DROPPED and isinstance(resp, web.Response) else None
+    if hostile is not None and 200 <= status < 300 and st.draw_hostile(klass, st.cfg.bomb_rate):
+        st.stats.faults["bomb"] += 1
+        resp = hostile = bomb(hostile, st.cfg.bomb_mb)
     # The connection was already dropped or truncated by a fault.
     label = "fault" if status == DROPPED else str(status)
     body = getattr(resp, "body", None)
     st.stats.record(klass, label, len(body) if isinstance(body, bytes) else 0)
-    if (hostile and st.cfg.slow_drip_ms > 0
+    if (hostile is not None and st.cfg.slow_drip_ms > 0
             and st.draw_hostile(klass, st.cfg.slow_drip_rate)):
-        assert isinstance(resp, web.Response)
-        return await drip(request, resp, st.cfg.slow_drip_ms)
+        st.stats.faults["drip"] += 1
+        return await drip(request, hostile, st.cfg.slow_drip_ms)
     return resp
 
 

@@ -17,6 +17,7 @@ from harvester.errors import (
     PayloadError,
     RateLimited,
     ReadTimeout,
+    ResponseTooLarge,
     ServerError,
     Unauthorized,
     UnexpectedXML,
@@ -25,6 +26,7 @@ from harvester.policy import (
     RateGate,
     RetryPolicy,
     advertised_wait,
+    call_with_retries,
     parse_retry_after,
     parse_throttle_body,
 )
@@ -36,7 +38,7 @@ POLICY = RetryPolicy(max_tries=5, gateway_400_retries=2, backoff_base=1.0, backo
 @pytest.mark.parametrize("error", [
     ReadTimeout("t"), ConnectionLost("r"), ServerError("5", status=503),
     PayloadError("j", status=200), RateLimited("429", retry_after=3.0, status=429),
-    GatewayError("400", status=400),
+    GatewayError("400", status=400), UnexpectedXML("maintenance page", status=200),
 ])
 def test_retryable(error: Exception) -> None:
     assert POLICY.should_retry(error, ())
@@ -44,10 +46,10 @@ def test_retryable(error: Exception) -> None:
 
 @pytest.mark.parametrize("error", [
     Forbidden("403", status=403), NotFound("404", status=404),
-    Unauthorized("401", status=401), UnexpectedXML("xml", status=200),
+    Unauthorized("401", status=401), ResponseTooLarge("big", status=200),
 ])
 def test_never_retried(error: Exception) -> None:
-    """403 never; 404 and 401 are handled elsewhere; XML will not become JSON."""
+    """403 never; 404 and 401 are handled elsewhere; an oversized body stays oversized."""
     assert not POLICY.should_retry(error, ())
 
 
@@ -97,11 +99,46 @@ def test_advertised_wait_prefers_header_and_treats_zero_as_no_advice() -> None:
     assert advertised_wait("0", None) is None  # back off normally (cf. dlt#4036)
 
 
-def test_wait_gen_drives_backoff_protocol() -> None:
-    gen = POLICY.wait_gen(lambda: 0.0)()
-    gen.send(None)
-    assert gen.send(ServerError("x", status=500)) == 0.5
-    assert gen.send(ServerError("x", status=500)) == 1.0
+async def test_retry_loop_sleeps_on_the_injected_clock(fake_time: FakeTime) -> None:
+    """Waits come from the policy and are slept with the injected sleep, nowhere else."""
+    calls: list[float] = []
+
+    async def attempt(deadline: float) -> str:
+        calls.append(deadline)
+        if len(calls) < 3:
+            raise ServerError("503", status=503)
+        return "ok"
+
+    start = fake_time.now
+    got = await call_with_retries(attempt, POLICY, clock=fake_time, sleep=fake_time.sleep,
+                                  rand=lambda: 0.0)
+    assert got == "ok" and fake_time.slept == [0.5, 1.0]
+    assert calls == [start + POLICY.max_time] * 3  # one deadline for the request's life
+
+
+async def test_retry_loop_stops_before_a_wait_past_the_budget(fake_time: FakeTime) -> None:
+    """No wait is slept that would end past the budget; the last error is raised."""
+    policy = RetryPolicy(max_tries=100, backoff_base=4.0, backoff_cap=64.0, max_time=30.0)
+
+    async def attempt(deadline: float) -> str:
+        raise ReadTimeout("t")
+
+    with pytest.raises(ReadTimeout):
+        await call_with_retries(attempt, policy, clock=fake_time, sleep=fake_time.sleep,
+                                rand=lambda: 1.0)
+    assert fake_time.slept == [4.0, 8.0, 16.0]  # 28 s; the next (32 s) would pass 30
+    fake_time.slept.clear()
+    with pytest.raises(ReadTimeout):
+        await call_with_retries(attempt, policy, clock=fake_time, sleep=fake_time.sleep,
+                                rand=lambda: 1.0, budget=lambda e: 10.0)
+    assert fake_time.slept == [4.0]
+
+
+def test_budget_is_short_only_for_a_host_never_reached() -> None:
+    policy = RetryPolicy(max_time=900.0, first_contact_time=60.0)
+    assert policy.budget(ReadTimeout("t"), contacted=False) == 60.0
+    assert policy.budget(ReadTimeout("t"), contacted=True) == 900.0
+    assert policy.budget(ServerError("5", status=503), contacted=False) == 900.0
 
 
 async def test_gate_never_exceeds_budget_in_any_window(fake_time: FakeTime) -> None:
