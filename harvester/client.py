@@ -331,9 +331,15 @@ class ApiClient:
                         ) -> T:
         """Run ``attempt`` in the one retry loop, each try bounded by what is left of
         ``retry.max_time``; a host that never answered ends as :class:`Unreachable`."""
-        max_time = self.policy.max_time
+        policy = self.policy
 
         async def bounded(deadline: float) -> T:
+            limit, name = policy.max_time, "retry.max_time"
+            if not self._answered and policy.first_contact_time < limit:
+                # Nothing has answered yet: even the attempt in flight gets only the short
+                # budget, so a silent host fails within it, not after one more read timeout.
+                deadline -= limit - policy.first_contact_time
+                limit, name = policy.first_contact_time, "retry.first_contact_time"
             timer = asyncio.timeout(max(0.0, deadline - self._clock()))
             try:
                 async with timer:
@@ -342,8 +348,8 @@ class ApiClient:
                 if not timer.expired():
                     raise
                 raise ReadTimeout(f"{endpoint} {path}: timed out: the request ran past "
-                                  f"{max_time:g} s (retry.max_time)", endpoint=endpoint,
-                                  url=path, reason="timeout") from None
+                                  f"{limit:g} s ({name})", endpoint=endpoint, url=path,
+                                  reason="timeout") from None
 
         def on_retry(exc: BaseException, cause: str, n: int, wait: float) -> None:
             self.stats.retries[cause] += 1

@@ -61,7 +61,7 @@ strip_retry_after          False           429 without ``Retry-After`` (as the g
 gateway_remap              False           non-{200,304,401,403,404,429,500} -> 400
 latency_ms, jitter_ms      0, 0            added latency per API request
 fault_rate                 0.0             chance of a fault per API request
-fault_kinds                all             500,502,503,504,reset,truncate,badjson
+fault_kinds                all             500,502,503,504,reset,truncate,badjson,maintenance
 fault_token                False           faults also hit the token endpoint
 fault_scope                "all"           "details": faults hit only detail requests
 detail_404_rate            0.0             fraction of items whose detail 404s
@@ -85,6 +85,10 @@ dup_keys                   0               per catalog, items listed again at th
 head_inserts               0               per catalog, items hidden at first, then inserted
                                            at the head one by one while pages are walked
 head_insert_every          15              content-page requests between head inserts
+slow_drip_ms               0               bodies sent one byte every N ms (0 = off)
+slow_drip_rate             1.0             fraction of answers dripped when slow_drip_ms > 0
+bomb_rate                  0.0             fraction of 2xx answers sent as a gzip bomb
+bomb_mb                    64              MiB a bomb inflates to (trailing JSON whitespace)
 =========================  ==============  ==================================================
 
 ``GET /__changes?from=A&to=B`` lists ``{op, catalog_uuid, content_type, key}`` (``upsert``

@@ -207,6 +207,19 @@ async def test_a_host_that_never_answered_fails_fast_naming_the_cause(
     assert not any(w in message for c, w in others.items() if c != cause)
 
 
+async def test_a_silent_host_is_cut_off_at_the_first_contact_budget(
+        start_sim: SimStarter, silent_host: str, tmp_path: Path) -> None:
+    """With the default 35 s read timeout, the attempt in flight is what must be cut: a
+    host that never answered gets retry.first_contact_time for everything."""
+    srv = await start_sim(catalogs=1, items=5)
+    settings = settings_for(srv, tmp_path, **{"api.base": silent_host,
+                                              "retry.first_contact_time": 0.05})
+    fake = FakeTime()
+    async with ApiClient(settings, clock=fake, sleep=fake.sleep) as client:
+        with pytest.raises(Unreachable, match=r"timed out.*retry\.first_contact_time"):
+            await no_hang(client.get_json(Endpoint.LMS, catalogs_path()))
+
+
 def test_cli_exits_1_with_one_line_for_a_wrong_base(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -187,3 +187,17 @@ async def test_a_detail_for_another_item_is_not_filed_under_this_one(tmp_path: P
     errors = [orjson.loads(x) for x in (out / "errors.ndjson").read_bytes().splitlines()]
     assert [(e["kind"], e["key"]) for e in errors] == [("detail_failed", "Org+B")]
     assert "answered for 'Org+Z'" in errors[0]["message"]
+
+
+async def test_an_empty_200_and_a_maintenance_page_are_retried_as_bad_bodies() -> None:
+    with mocked() as m:
+        token(m)
+        url = re.compile(r".*/enterprise-catalogs/x.*")
+        m.get(url, status=200, body=b"")
+        m.get(url, status=200, body=b"<html><body>Service under maintenance</body></html>",
+              content_type="text/html")
+        m.get(url, status=200, payload={"count": 0, "next": None, "results": []})
+        stats = Stats()
+        async with ApiClient(settings(), stats=stats) as c:
+            resp = await c.get_json(Endpoint.CONTENT, "/enterprise/v2/enterprise-catalogs/x")
+        assert resp.body["count"] == 0 and stats.retries["payload"] == 2
