@@ -361,16 +361,20 @@ class ApiClient:
                                            sleep=self._sleep, rand=self._rand,
                                            budget=self._budget, on_retry=on_retry)
         except RequestError as exc:
-            host = host_of(exc.url) if "://" in exc.url else host_of(self._base)
+            host = self._host(exc)
             if host in self._answered:
                 raise
             raise Unreachable(f"cannot reach {host}: {REASONS[exc.reason]} ({exc}); check "
                               "the API base URL (EDX_API_BASE, EDX_TOKEN_URL) and the network",
                               host=host, reason=exc.reason) from exc
 
+    def _host(self, exc: BaseException) -> str:
+        """The host an error came from (errors without a full URL are the API base's)."""
+        url = getattr(exc, "url", "")
+        return host_of(url if "://" in url else self._base)
+
     def _budget(self, exc: BaseException) -> float:
-        url = getattr(exc, "url", "") or self._base
-        return self.policy.budget(exc, contacted=host_of(url) in self._answered)
+        return self.policy.budget(exc, contacted=self._host(exc) in self._answered)
 
     async def _attempt(self, endpoint: Endpoint, url: str, etag: str | None) -> Response:
         gate = self.gates[endpoint]
