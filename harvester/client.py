@@ -79,8 +79,8 @@ _MARKUP_RE: Final = re.compile(rb"\s*<")
 _HTML_RE: Final = re.compile(rb"\s*<(?:!doctype\s+html|html|head|body)\b", re.I)
 
 
-class Endpoint(StrEnum):
-    """Endpoint classes, as the real service counts them for throttling."""
+class ThrottleClass(StrEnum):
+    """The throttle classes of requests, as the real service counts them: one budget each."""
 
     TOKEN = "token"
     LMS = "lms"  #: v1 catalog list + course / course run / program details: one budget
@@ -254,11 +254,11 @@ class ApiClient:
         self._session: aiohttp.ClientSession | None = None
         self._answered: set[str] = set()  # hosts that sent at least one whole answer
         self._inflight = asyncio.Semaphore(settings.limits.concurrency)
-        self.gates: dict[Endpoint, RateGate | OpenGate] = {
-            Endpoint.TOKEN: OpenGate(clock=clock, sleep=sleep),
-            Endpoint.LMS: RateGate("lms", settings.limits.lms, clock=clock, sleep=sleep),
-            Endpoint.CONTENT: OpenGate(clock=clock, sleep=sleep),
-            Endpoint.LEARNERS: RateGate("learners", settings.limits.learners, clock=clock,
+        self.gates: dict[ThrottleClass, RateGate | OpenGate] = {
+            ThrottleClass.TOKEN: OpenGate(clock=clock, sleep=sleep),
+            ThrottleClass.LMS: RateGate("lms", settings.limits.lms, clock=clock, sleep=sleep),
+            ThrottleClass.CONTENT: OpenGate(clock=clock, sleep=sleep),
+            ThrottleClass.LEARNERS: RateGate("learners", settings.limits.learners, clock=clock,
                                         sleep=sleep),
         }
         self.tokens = TokenManager(self._fetch_token, clock=clock)
@@ -291,7 +291,7 @@ class ApiClient:
 
     async def get_json(
         self,
-        endpoint: Endpoint,
+        endpoint: ThrottleClass,
         path: str,
         query: Mapping[str, str] | None = None,
         *,
@@ -300,7 +300,7 @@ class ApiClient:
         """GET ``path`` and decode its JSON, with throttling, auth and retries."""
         return await self._with_retries(endpoint, path, query, etag, lambda r: r)
 
-    async def get_page(self, endpoint: Endpoint, path: str, request: PageRequest) -> Page:
+    async def get_page(self, endpoint: ThrottleClass, path: str, request: PageRequest) -> Page:
         """GET one page of a DRF list; a malformed page is retried like a bad body."""
         def parse(resp: Response) -> Page:
             try:
@@ -314,7 +314,7 @@ class ApiClient:
 
     async def _with_retries(
         self,
-        endpoint: Endpoint,
+        endpoint: ThrottleClass,
         path: str,
         query: Mapping[str, str] | None,
         etag: str | None,
@@ -376,7 +376,7 @@ class ApiClient:
     def _budget(self, exc: BaseException) -> float:
         return self.policy.budget(exc, contacted=self._host(exc) in self._answered)
 
-    async def _attempt(self, endpoint: Endpoint, url: str, etag: str | None) -> Response:
+    async def _attempt(self, endpoint: ThrottleClass, url: str, etag: str | None) -> Response:
         gate = self.gates[endpoint]
         ticket = await gate.acquire()
         async with self._inflight:
@@ -428,7 +428,7 @@ class ApiClient:
                                    endpoint=endpoint, url=shown)
         return status, headers, raw
 
-    async def _send(self, endpoint: Endpoint, url: str, token: str, etag: str | None
+    async def _send(self, endpoint: ThrottleClass, url: str, token: str, etag: str | None
                     ) -> Response:
         headers = {"Authorization": f"JWT {token}"}
         if etag:
@@ -440,10 +440,10 @@ class ApiClient:
                                resp_headers.get("Retry-After"), resp_headers.get("ETag"),
                                resp_headers.get("Last-Modified"))
 
-    def _interpret(self, endpoint: Endpoint, url: str, status: int, ctype: str, raw: bytes,
+    def _interpret(self, endpoint: ThrottleClass, url: str, status: int, ctype: str, raw: bytes,
                    retry_after: str | None, etag: str | None, last_mod: str | None
                    ) -> Response:
-        private = endpoint is Endpoint.LEARNERS
+        private = endpoint is ThrottleClass.LEARNERS
         where = f"{endpoint} {URL(url, encoded=True).path}"
         kw: dict[str, Any] = {"status": status, "endpoint": str(endpoint), "url": url}
         if 200 <= status < 300:
@@ -492,7 +492,7 @@ class ApiClient:
         api = self.settings.api
         form = {"grant_type": "client_credentials", "client_id": api.client_id,
                 "client_secret": api.client_secret.reveal(), "token_type": "jwt"}
-        await self.gates[Endpoint.TOKEN].acquire()
+        await self.gates[ThrottleClass.TOKEN].acquire()
         status, headers, raw = await self._exchange("token", "POST", URL(api.token_url),
                                                     TOKEN_MAX_BYTES, data=form)
         if status in (400, 401, 403):
@@ -504,7 +504,7 @@ class ApiClient:
             wait = advertised_wait(headers.get("Retry-After"),
                                    raw.decode("utf-8", "replace")[:500])
             if wait is not None:
-                self.gates[Endpoint.TOKEN].pause(self.policy.clamp_wait(wait))
+                self.gates[ThrottleClass.TOKEN].pause(self.policy.clamp_wait(wait))
             raise RateLimited("token: HTTP 429", retry_after=wait, **kw)
         if status >= 500:
             raise ServerError(f"token: HTTP {status}", **kw)

@@ -30,6 +30,7 @@ name what failed and never contain a secret, a token or learner data: every mess
     ├── SinkError                the output could not be written (disk full, permissions)
     │   └── UnsafePath           a link (or a stranger's directory) where we would write (exit 2)
     └── StateError               resume ledger unusable, incompatible or locked
+        └── IllegalPhase         a catalog phase move the run contract forbids (a bug)
 """
 
 from __future__ import annotations
@@ -196,3 +197,8 @@ class UnsafePath(SinkError):
 
 class StateError(HarvestError):
     """The resume ledger is unusable, belongs to an incompatible run, or is locked."""
+
+
+class IllegalPhase(StateError):
+    """A catalog was asked to move between phases the contract forbids (a bug): above
+    all, a failed catalog can never become done without succeeding."""

@@ -118,7 +118,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from harvester import __version__
-from harvester.client import ApiClient, Endpoint, learners_path
+from harvester.client import ApiClient, ThrottleClass, learners_path
 from harvester.config import Settings, parse_bool, parse_int, parse_str, parse_str_tuple
 from harvester.errors import (
     ApiError,
@@ -733,7 +733,7 @@ class LearnerExport:
         try:
             # Only a refusal ends the walk: a page that keeps answering markup (a
             # maintenance page) is one failed page, not a reason to drop the others.
-            await walk_pages(client, Endpoint.LEARNERS, learners_path(es.uuid), PAGE_SIZE,
+            await walk_pages(client, ThrottleClass.LEARNERS, learners_path(es.uuid), PAGE_SIZE,
                              take, parallel=self.settings.limits.page_concurrency,
                              on_plan=on_plan, on_page_error=on_page_error,
                              fatal=(Forbidden, Unauthorized))

@@ -32,13 +32,12 @@ from typing import Final, Literal
 import orjson
 
 from harvester.models import JSONDict
-from harvester.sinks import iter_lines
+from harvester.spool import Spool, SpoolEntry
 
 #: Shared objects for the 16-bit version tags: a dict entry points at one of these
 #: instead of owning a fresh int (~32 bytes an item at a million items).
 _TAGS: Final = tuple(range(1 << 16))
 _TAG_MASK: Final = (1 << 16) - 1
-_SPOOL_PREFIX: Final = b'{"d":'
 
 
 def canonical(rec: JSONDict) -> bytes:
@@ -54,12 +53,6 @@ def version_of(raw: bytes) -> int:
     encoding per listed item is most of the listing's CPU.
     """
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
-
-
-def spool_line(digest: int, ctype: str, key: str, raw: bytes) -> bytes:
-    """A spool line ``{"d", "t", "k", "r"}`` around a record already encoded as ``raw``."""
-    head = orjson.dumps({"d": digest, "t": ctype, "k": key})
-    return head[:-1] + b',"r":' + raw + b"}\n"
 
 
 def winner_key(rec: JSONDict) -> tuple[float, str]:
@@ -111,41 +104,6 @@ class Seen:
         return "version"
 
 
-def spool_digest(line: bytes) -> int:
-    """The item digest of a spool line, without decoding the whole record."""
-    if line.startswith(_SPOOL_PREFIX):
-        end = line.find(b",", len(_SPOOL_PREFIX))
-        if end > 0:
-            return int(line[len(_SPOOL_PREFIX):end])
-    return int(orjson.loads(line)["d"])
-
-
-def spool_winners(path: Path) -> Iterator[JSONDict]:
-    """The spooled listing, one entry per item (``{d, t, k, r}``), in spool order.
-
-    A key spooled more than once (listed with different content) yields only its winner,
-    whatever order the versions arrived in.
-    """
-    if not path.exists():
-        return
-    once: set[int] = set()
-    repeated: set[int] = set()
-    for line in iter_lines(path):
-        d = spool_digest(line)
-        (repeated if d in once else once).add(d)
-    once.clear()
-    best: dict[int, tuple[tuple[float, str], int]] = {}
-    if repeated:
-        for i, line in enumerate(iter_lines(path)):
-            d = spool_digest(line)
-            if d in repeated:
-                key = winner_key(orjson.loads(line)["r"])
-                if d not in best or key < best[d][0]:
-                    best[d] = (key, i)
-    for i, line in enumerate(iter_lines(path)):
-        if best:
-            won = best.get(spool_digest(line))
-            if won is not None and won[1] != i:
-                continue
-        entry: JSONDict = orjson.loads(line)
-        yield entry
+def spool_winners(path: Path) -> Iterator[SpoolEntry]:
+    """The spooled listing of ``path``, one entry per item, winners by :func:`winner_key`."""
+    return Spool(path).winners(winner_key)

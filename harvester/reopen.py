@@ -29,7 +29,7 @@ from typing import Final
 import orjson
 
 from harvester.models import key_digest
-from harvester.run import CatalogState
+from harvester.run import CatalogState, Phase
 from harvester.sinks import disk_errors, fsync_dir, iter_lines, recover_tail
 from harvester.state import Checkpoint, Ledger
 from harvester.writer import ERRORS_KEY, FileKey, Writer
@@ -40,7 +40,7 @@ RELIST_KINDS: Final = frozenset({"catalog_failed", "page_failed", "gap"})
 REFETCH_KINDS: Final = frozenset({"detail_failed", "not_found"})
 #: Item file types of a catalog (``writer.FileKey`` ``("out", catalog, type)``).
 ITEM_TYPES: Final = ("course", "courserun", "program", "learnerpathway", "other")
-_COMMITTED: Final = frozenset({"committing", "done"})
+_COMMITTED: Final = frozenset({Phase.COMMITTING, Phase.DONE})
 
 
 @dataclass(slots=True)
@@ -67,7 +67,7 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
     their previous records forward)."""
     lines = error_lines(out)
     known = {cs.uuid for cs in catalogs} - settled
-    relist = {cs.uuid for cs in catalogs if cs.phase == "failed"} - settled
+    relist = {cs.uuid for cs in catalogs if cs.phase == Phase.FAILED} - settled
     refetch: dict[str, set[int]] = {}
     for line in lines:
         e = orjson.loads(line)
@@ -116,11 +116,11 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
 def _reset(cs: CatalogState, *, relist: bool) -> None:
     """Put a catalog back to the phase that redoes its failed work."""
     if relist:
-        cs.phase = "listing"
+        cs.advance(Phase.LISTING)
         cs.gaps = 0
         cs.error = None
     elif cs.phase in _COMMITTED:
-        cs.phase = "details"
+        cs.advance(Phase.DETAILS)
     # Recounted from errors.ndjson when the catalog is committed again.
     cs.failed = cs.not_found = 0
     cs.files = {}

@@ -1,26 +1,24 @@
-"""The state of one harvest run: identity, per-catalog counters, outcome, manifest.
+"""The state of one harvest run: settings fingerprint, catalog phases and counters, outcome.
 
 Plain values and pure functions, shared by the pipeline (which fills them), the learner
-export and the CLI (which report them). No I/O, no tasks.
+export and the CLI (which report them). Owns the phase machine (:class:`Phase`,
+:meth:`CatalogState.advance`). Must not do I/O (besides :func:`read_json`) or hold tasks,
+queues or events.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
-from harvester import __version__
 from harvester.config import Settings
-from harvester.models import JSONDict
-from harvester.obs import REDACTOR
-from harvester.sinks import catalog_dirname
-from harvester.sync import Indexed
+from harvester.errors import IllegalPhase
 
 EXIT_OK: Final = 0
 EXIT_UNEXPECTED: Final = 1
@@ -59,13 +57,39 @@ def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(changed) or "the settings"
 
 
-@dataclass(slots=True)
-class CatalogState:
-    """In-memory counters of one catalog; persisted as ``info`` at every checkpoint."""
+class Phase(StrEnum):
+    """Where a catalog is in its job; persisted in the ledger by value.
 
-    uuid: str
-    title: str
-    phase: str = "new"
+    ``committing`` is the writer's: set in the ledger while a catalog's files are renamed.
+    """
+
+    NEW = "new"
+    LISTING = "listing"
+    LISTED = "listed"
+    DETAILS = "details"
+    COMMITTING = "committing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+#: The legal moves (besides staying put). A failed catalog only goes back to listing (a
+#: rerun retries it); it can never become done without succeeding. A committed one goes
+#: back to listing or details when a rerun redoes its failed work.
+_MOVES: Final[dict[Phase, frozenset[Phase]]] = {
+    Phase.NEW: frozenset({Phase.LISTING, Phase.FAILED}),
+    Phase.LISTING: frozenset({Phase.LISTED, Phase.FAILED}),
+    Phase.LISTED: frozenset({Phase.DETAILS, Phase.LISTING, Phase.FAILED}),
+    Phase.DETAILS: frozenset({Phase.DONE, Phase.LISTING, Phase.FAILED}),
+    Phase.COMMITTING: frozenset({Phase.DONE, Phase.DETAILS, Phase.LISTING, Phase.FAILED}),
+    Phase.DONE: frozenset({Phase.DETAILS, Phase.LISTING}),
+    Phase.FAILED: frozenset({Phase.LISTING}),
+}
+
+
+@dataclass(slots=True, kw_only=True)
+class CatalogCounts:
+    """The persisted counters of one catalog (the ledger's ``info``), and nothing live."""
+
     count_reported: int | None = None
     unique: int = 0
     duplicates: int = 0
@@ -84,65 +108,38 @@ class CatalogState:
     error: str | None = None
     files: dict[str, Any] = field(default_factory=dict)
     sync: dict[str, Any] = field(default_factory=dict)
-    outstanding: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    deferred: list[DetailJob] = field(default_factory=list)
-
-    _PERSIST: tuple[str, ...] = (
-        "count_reported", "unique", "duplicates", "keyless", "pages", "pages_planned", "walks",
-        "page_size_used", "clamped", "gaps", "details_total", "details_done", "listing_only",
-        "not_found", "failed", "error", "files", "sync")
 
     def info(self) -> dict[str, Any]:
-        """The persisted counters."""
-        return {k: getattr(self, k) for k in self._PERSIST}
+        """The persisted counters, as saved at every checkpoint."""
+        return {f.name: getattr(self, f.name) for f in fields(CatalogCounts)}
 
     def load(self, info: dict[str, Any]) -> None:
-        """Restore counters saved by an earlier session."""
-        for k in self._PERSIST:
-            if k in info:
-                setattr(self, k, info[k])
-
-    def manifest(self) -> dict[str, Any]:
-        """This catalog's entry in the manifest."""
-        files = self.files
-        return {
-            "title": self.title,
-            "dir": catalog_dirname(self.uuid),
-            "status": self.phase,
-            "count_reported": self.count_reported,
-            "unique_found": self.unique,
-            "duplicates_dropped": self.duplicates,
-            "keyless": self.keyless,
-            "gaps": self.gaps,
-            "walks": self.walks,
-            "pages": self.pages,
-            "page_size_used": self.page_size_used,
-            "page_size_clamped": self.clamped,
-            "details_fetched": self.details_done,
-            "listing_only": self.listing_only,
-            "not_found": self.not_found,
-            "failed": self.failed,
-            "error": self.error,
-            "lines": {name: f["lines"] for name, f in files.items()},
-            "files": files,
-            **({"sync": self.sync} if self.sync else {}),
-        }
+        """Restore counters saved by an earlier session (unknown keys are ignored)."""
+        for f in fields(CatalogCounts):
+            if f.name in info:
+                setattr(self, f.name, info[f.name])
 
 
 @dataclass(slots=True)
-class DetailJob:
-    """One item whose detail is to be fetched."""
+class CatalogState(CatalogCounts):
+    """One catalog of a run: identity, phase and counters. Live scheduling objects
+    (queues, events) belong to the stages that use them, never to this record."""
 
-    cs: CatalogState
-    content_type: str
-    key: str
-    digest: int
-    listing: JSONDict
-    attempt: int = 0
-    previous: Indexed | None = None  #: sync: the record to revalidate (If-None-Match)
-    fallback: Indexed | None = None  #: sync: the record kept (stale) if this fetch fails
-    deferred_at: float = 0.0  #: clock time of its last 404 (retried once that is old enough)
+    uuid: str
+    title: str
+    phase: Phase = Phase.NEW
+
+    def advance(self, to: Phase) -> None:
+        """Move to phase ``to``; an illegal move (a failed catalog becoming done, say)
+        raises :class:`~harvester.errors.IllegalPhase`."""
+        if to != self.phase and to not in _MOVES[self.phase]:
+            raise IllegalPhase(f"catalog {self.uuid}: {self.phase} -> {to} is not allowed")
+        self.phase = to
+
+    @property
+    def settled(self) -> bool:
+        """Done or failed: nothing more happens to it in this session."""
+        return self.phase in (Phase.DONE, Phase.FAILED)
 
 
 @dataclass(slots=True)
@@ -154,34 +151,6 @@ class RunResult:
     out: Path
     manifest: dict[str, Any] | None
     message: str = ""
-
-
-def build_manifest(*, run_id: str, started_at: str, ended_at: str, status: str,
-                   config: dict[str, Any], catalogs: list[CatalogState],
-                   files: dict[str, Any], errors: int, stats: dict[str, Any]
-                   ) -> dict[str, Any]:
-    """The run's ``manifest.json`` (the contract documented in the README), redacted:
-    titles, errors and config may quote what a server sent."""
-    return REDACTOR.scrub_obj({
-        "run_id": run_id,
-        "started_at": started_at,
-        "ended_at": ended_at,
-        "status": status,
-        "version": __version__,
-        "config": config,
-        "catalogs": {cs.uuid: cs.manifest() for cs in catalogs},
-        "files": files,
-        "totals": {
-            "catalogs": len(catalogs),
-            "items": sum(cs.unique for cs in catalogs),
-            "details_fetched": sum(cs.details_done for cs in catalogs),
-            "not_found": sum(cs.not_found for cs in catalogs),
-            "failed": sum(cs.failed for cs in catalogs),
-            "gaps": sum(cs.gaps for cs in catalogs),
-            "errors": errors,
-            **stats,
-        },
-    })
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS files (
 
 
 @dataclass(frozen=True, slots=True)
-class WalkPlan:
+class WalkRecord:
     """What page 1 of a walk taught us, kept so a resumed walk need not refetch it."""
 
     count: int | None
@@ -70,7 +70,7 @@ class Checkpoint:
 
     files: dict[str, tuple[int, int]]
     pages: list[tuple[str, int, int]]
-    walks: list[tuple[str, int, WalkPlan]]
+    walks: list[tuple[str, int, WalkRecord]]
     done: list[tuple[str, int]]
     infos: dict[str, dict[str, Any]]
     phases: dict[str, str]
@@ -202,11 +202,11 @@ class Ledger:
 
     # --- progress ----------------------------------------------------------------------------
 
-    def walk_plan(self, catalog: str, walk: int) -> WalkPlan | None:
+    def walk_plan(self, catalog: str, walk: int) -> WalkRecord | None:
         """The recorded plan of a walk, if its page 1 is done."""
         row = self._db.execute("SELECT count, page_size, total_pages FROM walks "
                                "WHERE catalog=? AND walk=?", (catalog, walk)).fetchone()
-        return None if row is None else WalkPlan(row[0], row[1], row[2])
+        return None if row is None else WalkRecord(row[0], row[1], row[2])
 
     def last_walk(self, catalog: str) -> int:
         """The highest walk number started for a catalog (0 if none)."""

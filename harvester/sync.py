@@ -9,7 +9,7 @@
   the listing hash, the record hash, when its detail was fetched, its ETag and the line
   itself (zlib). A later night reads it by point look-ups, so a 1,000,000-item catalog
   syncs in flat memory.
-* :class:`SyncPlan` decides per listed item: carry the previous record forward, fetch it
+* :class:`RefreshRules` decides per listed item: carry the previous record forward, fetch it
   (new, listing changed, previous record listing-only, or kept stale by an earlier night),
   or revalidate it (refresh due, with ``If-None-Match``). Refreshes are spread over the
   nights of ``max_age``: an item is due on the night its identity hashes to, so each
@@ -51,6 +51,7 @@ from harvester.models import JSONDict, key_digest
 from harvester.sinks import (
     DIR_MODE,
     PartFile,
+    catalog_dirname,
     encode_line,
     ensure_dir,
     fsync_dir,
@@ -301,7 +302,7 @@ def _parse_time(text: str | None) -> float | None:
         return None
 
 
-class SyncPlan:
+class RefreshRules:
     """Per item: carry forward, fetch, or revalidate; and the counts of each."""
 
     def __init__(self, options: SyncOptions) -> None:
@@ -397,6 +398,11 @@ class ChangeCounts:
         return {"upserts": self.upserts, "deletes": self.deletes,
                 "deletes_suppressed": self.deletes_suppressed,
                 "deletes_pending": self.deletes_pending}
+
+
+def changes_path(out: Path, catalog: str) -> Path:
+    """Where a catalog's change feed goes in a snapshot."""
+    return out / catalog_dirname(catalog) / "changes.ndjson"
 
 
 def write_changes(current: SnapshotIndex, previous: SnapshotIndex | None, catalog: str,

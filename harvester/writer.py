@@ -25,6 +25,7 @@ from harvester.errors import SinkError
 from harvester.models import CONTENT_TYPES, OTHER_STEM, key_digest
 from harvester.obs import REDACTOR
 from harvester.policy import Clock
+from harvester.run import Phase
 from harvester.sinks import (
     FileInfo,
     PartFile,
@@ -34,13 +35,16 @@ from harvester.sinks import (
     output_path,
     recover_tail,
 )
-from harvester.state import STATE_DIR, Checkpoint, Ledger, WalkPlan
+from harvester.spool import Spool
+from harvester.state import STATE_DIR, Checkpoint, Ledger, WalkRecord
 
 #: ("out", catalog, content_type) | ("spool", catalog) | ("errors",)
 FileKey = tuple[str, ...]
 ERRORS_KEY: Final[FileKey] = ("errors",)
 T = TypeVar("T")
 #: The item files of a catalog directory (changes.ndjson and others are not items).
+#: The content types whose items a catalog's files hold (``other`` for the rest).
+ITEM_TYPES: Final = ("course", "courserun", "program", "learnerpathway", "other")
 ITEM_STEMS: Final = frozenset(stem for stem, _ in CONTENT_TYPES.values()) | {OTHER_STEM}
 
 
@@ -69,7 +73,7 @@ class WalkPlanned:
 
     catalog: str
     walk: int
-    plan: WalkPlan
+    plan: WalkRecord
 
 
 @dataclass(slots=True)
@@ -85,7 +89,7 @@ class PhaseChange:
     """A catalog moved to another phase (``listed``, ``failed``...)."""
 
     catalog: str
-    phase: str
+    phase: Phase
 
 
 @dataclass(slots=True)
@@ -191,6 +195,15 @@ class Writer:
         """The ``.part`` file being written for a key (readable after a Barrier)."""
         final = self.path_for(key)
         return final.with_name(final.name + ".part")
+
+    def spool(self, catalog: str) -> Spool:
+        """The listing spool of a catalog (read it after a Barrier)."""
+        return Spool(self.part_path(("spool", catalog)))
+
+    def item_files(self, catalog: str) -> list[Path]:
+        """A catalog's committed item files that exist."""
+        paths = (self.path_for(("out", catalog, t)) for t in ITEM_TYPES)
+        return [p for p in paths if p.exists()]
 
     def _rel(self, part: PartFile) -> str:
         rel = self._rels.get(part.path)
@@ -347,7 +360,7 @@ class Writer:
 
     def commit_catalog(self, catalog: str) -> dict[str, FileInfo]:
         """Checkpoint, then rename the catalog's ``.part`` files to their final names."""
-        self._pending.phases[catalog] = "committing"
+        self._pending.phases[catalog] = Phase.COMMITTING
         self.checkpoint()
         infos: dict[str, FileInfo] = {}
         cat_dir = self.path_for(("out", catalog, "course")).parent

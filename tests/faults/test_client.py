@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from harvester import cli
-from harvester.client import ApiClient, Endpoint, catalogs_path, content_path
+from harvester.client import ApiClient, ThrottleClass, catalogs_path, content_path
 from harvester.errors import (
     ConnectError,
     ReadTimeout,
@@ -61,7 +61,8 @@ async def test_slow_drip_trips_the_per_attempt_deadline(start_sim: SimStarter,
                                               "retry.max_tries": 2})
     async with ApiClient(settings) as client:
         with pytest.raises(ReadTimeout, match=r"api\.request_timeout") as info:
-            await no_hang(client.get_json(Endpoint.CONTENT, content_path(srv.catalog_uuids[0])))
+            await no_hang(client.get_json(ThrottleClass.CONTENT,
+                                          content_path(srv.catalog_uuids[0])))
     assert "0.05" in str(info.value)
 
 
@@ -87,7 +88,8 @@ async def test_max_time_bounds_the_attempt_in_flight(start_sim: SimStarter,
     settings = settings_for(srv, tmp_path, **{"retry.max_time": 0.05})  # request_timeout 60
     async with ApiClient(settings, clock=fake, sleep=fake.sleep) as client:
         with pytest.raises(ReadTimeout, match=r"retry\.max_time"):
-            await no_hang(client.get_json(Endpoint.CONTENT, content_path(srv.catalog_uuids[0])))
+            await no_hang(client.get_json(ThrottleClass.CONTENT,
+                                          content_path(srv.catalog_uuids[0])))
 
 
 async def test_token_endpoint_has_the_same_deadline(start_sim: SimStarter,
@@ -98,7 +100,7 @@ async def test_token_endpoint_has_the_same_deadline(start_sim: SimStarter,
     settings = settings_for(srv, tmp_path, **{"api.request_timeout": 0.05})
     async with ApiClient(settings, clock=fake, sleep=fake.sleep) as client:
         with pytest.raises(Unreachable, match="timed out"):
-            await no_hang(client.get_json(Endpoint.LMS, catalogs_path()))
+            await no_hang(client.get_json(ThrottleClass.LMS, catalogs_path()))
 
 
 # --- #10.7: a response size cap, measured after decompression ---------------------------
@@ -134,20 +136,20 @@ async def test_cap_is_configurable_and_token_answers_are_capped(start_sim: SimSt
     is refused as too large rather than inflated."""
     srv = await start_sim(catalogs=1, items=5, bomb_rate=1.0, bomb_mb=2)
     async with ApiClient(settings_for(srv, tmp_path)) as client:
-        resp = await client.get_json(Endpoint.CONTENT, content_path(srv.catalog_uuids[0]))
+        resp = await client.get_json(ThrottleClass.CONTENT, content_path(srv.catalog_uuids[0]))
         assert resp.body["count"] == 5
     small = settings_for(srv, tmp_path, **{"api.max_response_bytes": 1 << 20})
     stats = Stats()
     async with ApiClient(small, stats=stats) as client:
         with pytest.raises(ResponseTooLarge, match="1048576"):
-            await client.get_json(Endpoint.CONTENT, content_path(srv.catalog_uuids[0]))
+            await client.get_json(ThrottleClass.CONTENT, content_path(srv.catalog_uuids[0]))
     assert stats.total_requests("content") == 1  # not retried
 
     bombed_token = await start_sim(catalogs=1, items=5, bomb_rate=1.0, bomb_mb=2,
                                    fault_token=True)
     async with ApiClient(settings_for(bombed_token, tmp_path)) as client:
         with pytest.raises(ResponseTooLarge, match="token"):
-            await client.get_json(Endpoint.LMS, catalogs_path())
+            await client.get_json(ThrottleClass.LMS, catalogs_path())
 
 
 # --- #10.9: retries in one place; fail fast on a host that never answered ----------------
@@ -217,7 +219,7 @@ async def test_a_silent_host_is_cut_off_at_the_first_contact_budget(
     fake = FakeTime()
     async with ApiClient(settings, clock=fake, sleep=fake.sleep) as client:
         with pytest.raises(Unreachable, match=r"timed out.*retry\.first_contact_time"):
-            await no_hang(client.get_json(Endpoint.LMS, catalogs_path()))
+            await no_hang(client.get_json(ThrottleClass.LMS, catalogs_path()))
 
 
 def test_cli_exits_1_with_one_line_for_a_wrong_base(
@@ -261,10 +263,10 @@ async def test_an_outage_after_contact_keeps_the_long_budget(start_sim: SimStart
                                               "retry.backoff_cap": 60.0})
     async with ApiClient(settings, clock=fake, sleep=fake.sleep, rand=lambda: 1.0,
                          stats=stats) as client:
-        await client.get_json(Endpoint.LMS, catalogs_path())
+        await client.get_json(ThrottleClass.LMS, catalogs_path())
         await srv.close()
         with pytest.raises(ConnectError, match="connection refused"):
-            await no_hang(client.get_json(Endpoint.LMS, catalogs_path()))
+            await no_hang(client.get_json(ThrottleClass.LMS, catalogs_path()))
     assert 60.0 < sum(fake.slept) <= 300.0
 
 
@@ -308,5 +310,5 @@ async def test_markup_every_time_is_still_the_clear_xml_error(start_sim: SimStar
     settings = settings_for(srv, tmp_path, **{"retry.max_tries": 3})
     async with ApiClient(settings, stats=stats) as client:
         with pytest.raises(UnexpectedXML, match=r"enterprise-catalogs.*HTML"):
-            await client.get_json(Endpoint.LMS, catalogs_path())
+            await client.get_json(ThrottleClass.LMS, catalogs_path())
     assert stats.total_requests("lms") == 3

@@ -375,8 +375,8 @@ def test_an_incomplete_catalog_list_calls_no_catalog_gone(tmp_path: Path) -> Non
     """A list shorter than its count cannot say a catalog is gone (narrow: no server)."""
     from harvester.config import load_settings
     from harvester.models import Catalog
-    from harvester.pipeline import Harvest
-    from harvester.sync import SnapshotIndex, SyncOptions, SyncPlan
+    from harvester.pipeline.syncing import SyncDecider
+    from harvester.sync import SnapshotIndex, SyncOptions
 
     prev = tmp_path / "prev"
     prev.mkdir()
@@ -391,23 +391,22 @@ def test_an_incomplete_catalog_list_calls_no_catalog_gone(tmp_path: Path) -> Non
     settings, _ = load_settings(cli={"api.client_id": "i", "api.client_secret": "s",
                                      "output.out": str(tmp_path / "out")},
                                 environ={}, config_file=None)
-    harvest = Harvest(settings, sync=SyncOptions(prev))
-    harvest._plan = SyncPlan(SyncOptions(prev))
+    (tmp_path / "out").mkdir()
+    decider = SyncDecider(settings, SyncOptions(prev), tmp_path / "out")
     try:
         listed = {"a": Catalog("a", "", {"uuid": "a"})}
-        assert harvest._gone_catalogs(listed, complete=True) == ["b"]
-        assert harvest._gone_catalogs(listed, complete=False) == []
+        assert decider.gone(listed, complete=True) == ["b"]
+        assert decider.gone(listed, complete=False) == []
     finally:
-        harvest._plan.close()
+        decider.close()
 
 
 def test_items_kept_stale_are_retried_first(tmp_path: Path) -> None:
     """Narrow: the details phase hands out last night's stale items before the rest."""
     from harvester.config import load_settings
     from harvester.models import key_digest
-    from harvester.pipeline import Harvest
-    from harvester.run import CatalogState
-    from harvester.sync import SnapshotIndex, SyncOptions, SyncPlan
+    from harvester.pipeline.syncing import SyncDecider
+    from harvester.sync import SnapshotIndex, SyncOptions
 
     keys = [f"Org+C{i}" for i in range(6)]
     prev = tmp_path / "prev"
@@ -425,10 +424,10 @@ def test_items_kept_stale_are_retried_first(tmp_path: Path) -> None:
     settings, _ = load_settings(cli={"api.client_id": "i", "api.client_secret": "s",
                                      "output.out": str(tmp_path / "out")},
                                 environ={}, config_file=None)
-    harvest = Harvest(settings, sync=SyncOptions(prev))
-    harvest._plan = SyncPlan(SyncOptions(prev))
+    (tmp_path / "out").mkdir()
+    decider = SyncDecider(settings, SyncOptions(prev), tmp_path / "out")
     try:
-        order = [e["k"] for e in harvest._spooled(CatalogState("a", ""), spool)]
+        order = [e.key for e in decider.order("a", spool)]
     finally:
-        harvest._plan.close()
+        decider.close()
     assert order == ["Org+C2", "Org+C4", "Org+C0", "Org+C1", "Org+C3", "Org+C5"]

@@ -27,7 +27,7 @@ import pytest
 
 from harvester import cli
 from harvester import export as export_mod
-from harvester.pipeline import Harvest
+from harvester.pipeline.lister import CatalogLister
 from harvester.sim import SimConfig, SimServer
 from harvester.sync import Store
 from tests.integration.helpers import LoopThread, read_lines
@@ -82,17 +82,17 @@ def sync(monkeypatch: pytest.MonkeyPatch, srv: SimServer, store: Path, day: str,
 def interrupted_sync(monkeypatch: pytest.MonkeyPatch, srv: SimServer, store: Path, day: str,
                      *extra: str) -> Path:
     """A sync that gets SIGINT after its first content page; returns its snapshot."""
-    original = Harvest._take_page
+    original = CatalogLister._take_page
     fired: list[bool] = []
 
-    async def take_then_interrupt(self: Harvest, *args: Any) -> None:
+    async def take_then_interrupt(self: CatalogLister, *args: Any) -> None:
         await original(self, *args)
         if not fired:
             fired.append(True)
             os.kill(os.getpid(), signal.SIGINT)
 
     with monkeypatch.context() as m:
-        m.setattr(Harvest, "_take_page", take_then_interrupt)
+        m.setattr(CatalogLister, "_take_page", take_then_interrupt)
         assert sync(monkeypatch, srv, store, day, *extra) == 130
     left = [s for s in (store / "snapshots").iterdir() if not (s / "manifest.json").exists()]
     assert len(left) == 1

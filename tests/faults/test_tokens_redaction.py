@@ -175,14 +175,15 @@ def test_error_messages_are_redacted_where_server_text_enters() -> None:
 
 def test_manifest_and_error_records_are_redacted_on_write(tmp_path: Path) -> None:
     """The last line: even a record built from a raw string is scrubbed by the writer."""
-    from harvester.run import CatalogState, build_manifest
+    from harvester.manifest import CatalogEntry, Manifest, Totals
+    from harvester.run import CatalogState
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ6In0.c2lnbmF0dXJlLXNpZ25hdHVyZTM"
     cs = CatalogState("c1", f"title {jwt}")
     cs.error = f"HTTP 403 JWT {jwt}"
-    manifest = build_manifest(run_id="r", started_at="a", ended_at="b", status="partial",
-                              config={"api": {"base": "https://h"}}, catalogs=[cs],
-                              files={}, errors=1, stats={})
-    assert b"eyJ" not in orjson.dumps(manifest)
+    manifest = Manifest(run_id="r", started_at="a", ended_at="b", status="partial",
+                        config={"api": {"base": "https://h"}}, catalogs={"c1": CatalogEntry.of(cs)},
+                        files={}, totals=Totals.of([cs], errors=1, stats={}))
+    assert b"eyJ" not in orjson.dumps(manifest.to_json())
 
 
 @pytest.mark.parametrize("setting", ["api.base", "api.token_url"])

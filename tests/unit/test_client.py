@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aioresponses import aioresponses
 
-from harvester.client import ApiClient, Endpoint
+from harvester.client import ApiClient, ThrottleClass
 from harvester.config import load_settings
 from harvester.errors import AuthError, Forbidden, UnexpectedXML
 from harvester.obs import Stats
@@ -66,7 +66,8 @@ async def test_xml_answer_names_the_endpoint() -> None:
               content_type="application/xml", repeat=True)  # XML on every retry
         async with ApiClient(settings()) as c:
             with pytest.raises(UnexpectedXML, match=r"courses/edX\+X.*answered XML"):
-                await c.get_json(Endpoint.LMS, "/enterprise/v2/enterprise-catalogs/c/courses/edX+X")
+                await c.get_json(ThrottleClass.LMS,
+                                 "/enterprise/v2/enterprise-catalogs/c/courses/edX+X")
 
 
 async def test_401_refreshes_once_and_replays() -> None:
@@ -77,7 +78,7 @@ async def test_401_refreshes_once_and_replays() -> None:
         m.get(url, status=200, payload={"count": 0, "next": None, "results": []})
         stats = Stats()
         async with ApiClient(settings(), stats=stats) as c:
-            resp = await c.get_json(Endpoint.LMS, "/enterprise/v1/enterprise-catalogs")
+            resp = await c.get_json(ThrottleClass.LMS, "/enterprise/v1/enterprise-catalogs")
         assert resp.status == 200 and stats.tokens == 2
 
 
@@ -89,7 +90,7 @@ async def test_403_is_never_retried() -> None:
         stats = Stats()
         async with ApiClient(settings(), stats=stats) as c:
             with pytest.raises(Forbidden, match="can_view_catalog"):
-                await c.get_json(Endpoint.CONTENT, "/enterprise/v2/enterprise-catalogs/x")
+                await c.get_json(ThrottleClass.CONTENT, "/enterprise/v2/enterprise-catalogs/x")
         assert stats.total_requests("content") == 1
 
 
@@ -103,7 +104,7 @@ async def test_invalid_json_and_5xx_are_retried() -> None:
         m.get(url, status=200, payload={"count": 0, "next": None, "results": []})
         stats = Stats()
         async with ApiClient(settings(), stats=stats) as c:
-            resp = await c.get_json(Endpoint.CONTENT, "/enterprise/v2/enterprise-catalogs/x")
+            resp = await c.get_json(ThrottleClass.CONTENT, "/enterprise/v2/enterprise-catalogs/x")
         assert resp.body["count"] == 0 and sum(stats.retries.values()) == 3
 
 
@@ -112,7 +113,7 @@ async def test_bad_credentials_are_an_auth_error_without_the_secret() -> None:
         m.post(TOKEN_URL, status=401, payload={"error": "invalid_client"})
         async with ApiClient(settings()) as c:
             with pytest.raises(AuthError) as info:
-                await c.get_json(Endpoint.LMS, "/enterprise/v1/enterprise-catalogs")
+                await c.get_json(ThrottleClass.LMS, "/enterprise/v1/enterprise-catalogs")
         assert "invalid_client" in str(info.value)
         assert "very-secret-value" not in str(info.value)
 
@@ -199,5 +200,5 @@ async def test_an_empty_200_and_a_maintenance_page_are_retried_as_bad_bodies() -
         m.get(url, status=200, payload={"count": 0, "next": None, "results": []})
         stats = Stats()
         async with ApiClient(settings(), stats=stats) as c:
-            resp = await c.get_json(Endpoint.CONTENT, "/enterprise/v2/enterprise-catalogs/x")
+            resp = await c.get_json(ThrottleClass.CONTENT, "/enterprise/v2/enterprise-catalogs/x")
         assert resp.body["count"] == 0 and stats.retries["payload"] == 2

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from harvester.listing import Seen, spool_digest, spool_line, spool_winners, version_of, winner_key
+from harvester.listing import Seen, spool_winners, version_of, winner_key
+from harvester.spool import Spool
 
 
 def rec(title: str, clm: str | None) -> dict[str, object]:
@@ -44,7 +45,7 @@ def test_winner_is_newest_then_smallest_hash() -> None:
 
 
 def write_spool(path: Path, entries: list[tuple[int, dict[str, object]]]) -> None:
-    path.write_bytes(b"".join(spool_line(d, "course", str(r["key"]), orjson.dumps(r))
+    path.write_bytes(b"".join(Spool.line(d, "course", str(r["key"]), orjson.dumps(r))
                               for d, r in entries))
 
 
@@ -57,14 +58,14 @@ def test_spool_winners_is_the_same_whatever_the_arrival_order(tmp_path: Path) ->
         path = tmp_path / "spool"
         write_spool(path, [(7, order[0]), (9, other), (7, order[1]), (7, order[2])])
         got = list(spool_winners(path))
-        assert [e["d"] for e in got].count(7) == 1 and len(got) == 2
-        kept.add(next(e["r"]["title"] for e in got if e["d"] == 7))
+        assert [e.digest for e in got].count(7) == 1 and len(got) == 2
+        kept.add(next(e.record["title"] for e in got if e.digest == 7))
     assert kept == {"b"}
 
 
 def test_spool_digest_reads_the_prefix_and_survives_odd_keys(tmp_path: Path) -> None:
-    line = spool_line(123, "course", 'a,"r":{', b'{"x":1}')
+    line = Spool.line(123, "course", 'a,"r":{', b'{"x":1}')
     assert orjson.loads(line) == {"d": 123, "t": "course", "k": 'a,"r":{', "r": {"x": 1}}
-    assert spool_digest(line) == 123
-    assert spool_digest(orjson.dumps({"t": "x", "d": 5})) == 5
+    assert Spool.digest_of(line) == 123
+    assert Spool.digest_of(orjson.dumps({"t": "x", "d": 5})) == 5
     assert list(spool_winners(tmp_path / "missing")) == []

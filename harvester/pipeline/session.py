@@ -1,0 +1,208 @@
+"""A run's session on OUT: lock, ledger, identity, resume decisions and the manifest.
+
+:class:`RunSession` takes OUT's lock, opens the resume ledger, decides whether this is a
+new run, a resumption or nothing to do (refusing mixed settings and foreign output),
+reopens what failed before, and at the end decides ``complete`` or ``partial`` and writes
+``catalogs.ndjson`` and ``manifest.json``. Must not make requests, create tasks or send
+the writer anything.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from harvester import __version__
+from harvester.config import Settings
+from harvester.errors import StateError
+from harvester.manifest import CatalogEntry, Manifest, Totals
+from harvester.models import Catalog
+from harvester.obs import event
+from harvester.pipeline.emit import NOT_FAILURES
+from harvester.reopen import reopen_failures
+from harvester.run import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    CatalogState,
+    Phase,
+    RunResult,
+    describe_change,
+    fingerprint,
+    fingerprint_parts,
+    read_json,
+)
+from harvester.sinks import (
+    PartFile,
+    catalog_dirname,
+    clear_dir,
+    clear_outputs,
+    disk_errors,
+    encode_line,
+    iter_lines,
+    write_json_atomic,
+)
+from harvester.state import STATE_DIR, Ledger, RunLock
+from harvester.writer import ERRORS_KEY, ITEM_TYPES, FileKey, Writer, leftovers
+
+_WHAT = {"complete": "a complete harvest", "finished-partial": "a partial run"}
+
+
+class RunSession:
+    """One session of a run on ``settings.output.out``."""
+
+    def __init__(self, settings: Settings, *, restart: bool, now: Callable[[], str],
+                 fingerprint_extra: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.out = settings.output.out
+        self.restart = restart
+        self.now = now
+        self._extra = fingerprint_extra
+        self.run_id = ""
+        self.started_at = ""
+        self.resumed = False
+        self._ledger: Ledger | None = None
+
+    @property
+    def ledger(self) -> Ledger:
+        """The open ledger (inside :meth:`hold`)."""
+        assert self._ledger is not None, "RunSession.hold() first"
+        return self._ledger
+
+    @contextmanager
+    def hold(self) -> Iterator[Ledger]:
+        """OUT's lock and its ledger, for the life of the session."""
+        lock = RunLock(self.out)
+        lock.acquire()
+        try:
+            self._ledger = Ledger(self.out)
+            try:
+                yield self._ledger
+            finally:
+                self._ledger.close()
+                self._ledger = None
+        finally:
+            lock.release()
+
+    def open(self) -> RunResult | None:
+        """Start or resume the run; a result when there is nothing to do."""
+        ledger = self.ledger
+        fp = fingerprint(self.settings, self._extra)
+        if self.restart:
+            ledger.reset()
+            clear_outputs(self.out)
+        elif ledger.is_empty():
+            self._refuse_leftovers()
+        elif ledger.meta("status") == "complete" and ledger.meta("fingerprint") == fp:
+            return RunResult("complete", EXIT_OK, self.out, read_json(self.out / "manifest.json"),
+                             f"{self.out} already holds a complete harvest "
+                             f"(run {ledger.meta('run_id')}); nothing to do. "
+                             "Use --restart to harvest again.")
+        elif ledger.meta("fingerprint") != fp:
+            old = orjson.loads(ledger.meta("fingerprint_parts") or "{}")
+            what = _WHAT.get(ledger.meta("status") or "", "an unfinished run")
+            raise StateError(
+                f"{self.out} holds {what} with different settings "
+                f"({describe_change(old, fingerprint_parts(self.settings, self._extra))} "
+                "changed); resuming would mix two harvests. Rerun with the original "
+                "settings, or use --restart to discard it, or choose another --out")
+        if ledger.is_empty():
+            self._start(fp)
+        else:
+            self._resume()
+        return None
+
+    def _start(self, fp: str) -> None:
+        self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuidlib.uuid4().hex[:8]}"
+        self.started_at = self.now()
+        parts = orjson.dumps(fingerprint_parts(self.settings, self._extra)).decode()
+        self.ledger.set_meta(fingerprint=fp, fingerprint_parts=parts, run_id=self.run_id,
+                             started_at=self.started_at, status="running",
+                             version=__version__)
+
+    def _resume(self) -> None:
+        ledger = self.ledger
+        self.run_id = ledger.meta("run_id") or ""
+        self.started_at = ledger.meta("started_at") or self.now()
+        self.resumed = True
+        event("harvest.resume", run_id=self.run_id, out=str(self.out),
+              was=ledger.meta("status"))
+        # A run that ended partial is reopened: its manifest describes files that this
+        # session changes, so it goes until this session writes the new one.
+        ledger.set_meta(status="running")
+        with disk_errors(self.out):
+            (self.out / "manifest.json").unlink(missing_ok=True)
+
+    def _refuse_leftovers(self) -> None:
+        """A run without a ledger never adopts output it did not write."""
+        found = leftovers(self.out)
+        if found:
+            shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+            raise StateError(
+                f"{self.out} holds output of another harvest ({shown}) but no resume "
+                "ledger, so it can be neither resumed nor trusted; rerun with --restart to "
+                "replace it (only files the harvester writes are removed), or choose an "
+                "empty --out")
+        clear_dir(self.out / STATE_DIR / "spool")  # a stale listing cache is not adopted
+
+    def prepare(self, writer: Writer, catalogs: list[CatalogState],
+                settled: Callable[[CatalogState], bool]) -> int:
+        """Reopen every file this run writes; on resume, make what failed before to do
+        again (except ``settled`` catalogs). Returns the failures already recorded."""
+        keys: list[FileKey] = []
+        for cs in catalogs:
+            keys.append(("spool", cs.uuid))
+            keys.extend(("out", cs.uuid, t) for t in ITEM_TYPES)
+        writer.reopen_tracked(keys)
+        if self.resumed:
+            # Every rerun retries what failed before, and drops those error lines first.
+            again = reopen_failures(self.out, self.ledger, writer, catalogs,
+                                    details=self.settings.harvest.details,
+                                    settled=frozenset(cs.uuid for cs in catalogs
+                                                      if settled(cs)))
+            if again.relist or again.refetch:
+                event("harvest.retry", catalogs_relisted=len(again.relist),
+                      items_refetched=again.refetch, errors_kept=again.kept)
+        # Again, with the errors file: also opens the files reopen_failures reopened.
+        writer.reopen_tracked([*keys, ERRORS_KEY])
+        if writer.recovered:
+            event("harvest.recovered", lines=len(writer.recovered))
+        errors = writer.part_path(ERRORS_KEY)
+        # A resumed run still reports the errors its earlier sessions recorded.
+        return (sum(1 for line in iter_lines(errors)
+                    if orjson.loads(line).get("kind") not in NOT_FAILURES)
+                if errors.exists() else 0)
+
+    def finish(self, listed: list[Catalog], catalogs: list[CatalogState], *,
+               errors: int, errors_file: dict[str, Any], stats: dict[str, Any],
+               extra: dict[str, Any], keep_spool: bool) -> RunResult:
+        """Decide the status, write ``catalogs.ndjson`` and ``manifest.json``, and close
+        the run in the ledger. ``keep_spool``: a partial harvest's rerun needs its
+        listings (a finished sync snapshot is never rerun)."""
+        problems = errors or any(cs.phase != Phase.DONE or cs.gaps or cs.not_found
+                                 or cs.failed for cs in catalogs)
+        status = "partial" if problems else "complete"
+        cat_part = PartFile(self.out / "catalogs.ndjson", root=self.out)
+        by_uuid = {c.uuid: c for c in listed}
+        for cs in catalogs:
+            rec: dict[str, Any] = (dict(by_uuid[cs.uuid].record) if cs.uuid in by_uuid
+                                   else {"uuid": cs.uuid})
+            rec["_harvest"] = {"dir": catalog_dirname(cs.uuid), "status": cs.phase,
+                               "items": cs.unique}
+            cat_part.write(encode_line(rec))
+        files = {"catalogs.ndjson": cat_part.commit().as_dict(), "errors.ndjson": errors_file}
+        manifest = Manifest(
+            run_id=self.run_id, started_at=self.started_at, ended_at=self.now(),
+            status=status, config=self.settings.public_dict(),
+            catalogs={cs.uuid: CatalogEntry.of(cs) for cs in catalogs}, files=files,
+            totals=Totals.of(catalogs, errors=errors, stats=stats), sync=extra).to_json()
+        write_json_atomic(self.out / "manifest.json", manifest, root=self.out)
+        self.ledger.set_meta(status="complete" if status == "complete" else "finished-partial")
+        if status == "complete" or not keep_spool:
+            clear_dir(self.out / STATE_DIR / "spool")
+        return RunResult(status, EXIT_OK if status == "complete" else EXIT_PARTIAL,
+                         self.out, manifest)
