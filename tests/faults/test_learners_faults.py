@@ -502,3 +502,23 @@ def test_a_rewalk_that_fails_keeps_what_the_first_walk_wrote(
     assert (e["status"], e["rows_written"], e["gaps"]) == ("partial", 2299, 1)
     assert [err["status"] for err in e["errors"]] == [503, 503]  # walks 2 and 3
     assert proxy.calls[(srv.enterprise_uuid, 1)] > 2  # the rewalk's page 1 was retried
+
+
+def test_maintenance_pages_on_learner_pages_are_retried_in_place(
+        world: World, run_cli: Any) -> None:
+    """The learner export goes through the client's one retry path: 200 + HTML pages on
+    half of the requests are retried like a bad body; every row once, one walk, exit 0."""
+    srv = world.sim(learners=5000, fault_rate=0.5, fault_kinds=("maintenance",))
+    truth = world.truth(srv)
+    res = run_cli(srv, "--enterprise", srv.enterprise_uuid)
+    assert res.code == 0, res.err
+    m = assert_manifest_matches_files(res.root)
+    e = m["enterprises"][srv.enterprise_uuid]
+    assert (e["status"], e["rows_written"], e["walks"], e["errors"]) == (
+        "complete", 5000, 1, [])
+    assert srv.state.stats.faults["maintenance"] > 0
+    assert m["totals"]["retries"] >= srv.state.stats.faults["maintenance"]
+    want = {r["enterprise_enrollment_id"] for r in truth}
+    got = [r["enterprise_enrollment_id"] for r in res.rows(srv.enterprise_uuid)]
+    assert len(got) == 5000 and set(got) == want
+    assert "Service under maintenance" not in res.err
