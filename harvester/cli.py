@@ -50,6 +50,7 @@ from harvester.learners import (
     format_summary,
     progress_display,
 )
+from harvester.nightly import settle_night
 from harvester.obs import REDACTOR, event, setup_logging
 from harvester.pipeline import Harvest
 from harvester.run import (
@@ -434,38 +435,6 @@ def _choose_snapshot(store: Store, settings: Settings, options: SyncOptions
     return store.new_snapshot(options.at()), notice
 
 
-def usable_snapshot(manifest: dict[str, Any]) -> bool:
-    """Whether a finished sync snapshot may become ``latest``: every catalog done, or
-    failed and carried forward from the previous snapshot (stale, no deletes), and no
-    listing gaps. Failed details do not count against it: they are kept stale."""
-    return all((c["status"] == "done" or "carried_forward" in c.get("sync", {}))
-               and not c["gaps"] for c in manifest["catalogs"].values())
-
-
-def _print_sync_summary(manifest: dict[str, Any], snap: Path, previous: Path | None) -> None:
-    cats = manifest["catalogs"]
-    totals = {k: sum(int(c.get("sync", {}).get(k, 0)) for c in cats.values())
-              for k in ("carried", "fetched_new", "fetched_changed", "refreshed",
-                        "retried_stale", "not_modified", "upserts", "deletes")}
-    gone = manifest.get("gone_catalogs") or {}
-    totals["deletes"] += sum(int(g["deletes"]) for g in gone.values())
-    suppressed = [u[:8] for u, c in cats.items() if c.get("sync", {}).get("deletes_suppressed")]
-    pending = sum(int(c.get("sync", {}).get("deletes_pending", 0)) for c in cats.values())
-    print(f"sync {snap.name} (previous: {previous.name if previous else 'none'}): "
-          + ", ".join(f"{k} {v}" for k, v in totals.items())
-          + (f"; deletes withheld for {', '.join(suppressed)} (listing incomplete; "
-             f"{pending} carried to the next night)" if suppressed else ""))
-    if gone:
-        print(f"gone from the catalog list (all items deleted): "
-              f"{', '.join(u[:8] for u in gone)}")
-    stale = manifest.get("stale") or {}
-    if stale.get("items") or stale.get("catalogs"):
-        print(f"kept stale from the previous snapshot (failed tonight, retried next night): "
-              f"{stale.get('items', 0)} items"
-              + (f"; catalogs {', '.join(u[:8] for u in stale['catalogs'])}"
-                 if stale.get("catalogs") else ""))
-
-
 def cmd_sync(ns: argparse.Namespace) -> int:
     """``harvester sync``: the next snapshot of a store, fetching only what changed."""
     settings, file_layer = load_settings(cli=_cli_layer(ns), environ=os.environ,
@@ -502,19 +471,16 @@ def _sync_locked(ns: argparse.Namespace, settings: Settings, store: Store,
         return sig_code
     assert result is not None
     assert result.manifest is not None
-    good = usable_snapshot(result.manifest)
-    if good:
-        store.promote(snap)
-    pruned = store.prune(keep, current=snap)
+    night = settle_night(store, snap, result.manifest, keep=keep, previous=previous)
     if not settings.output.quiet:
         _print_summary(result)
         if notice:
             print(notice)
-        _print_sync_summary(result.manifest, snap, previous)
-        print(f"latest -> {snap.name}" if good else
+        print("\n".join(night.summary))
+        print(f"latest -> {snap.name}" if night.promoted else
               f"latest unchanged: {snap.name} is not a good snapshot (see errors.ndjson)")
-        if pruned:
-            print(f"pruned: {', '.join(pruned)}")
+        if night.pruned:
+            print(f"pruned: {', '.join(night.pruned)}")
     return result.exit_code
 
 
