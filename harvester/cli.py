@@ -50,7 +50,6 @@ from harvester.learners import (
     format_summary,
     progress_display,
 )
-from harvester.nightly import settle_night
 from harvester.obs import REDACTOR, event, setup_logging
 from harvester.pipeline import Harvest
 from harvester.run import (
@@ -62,7 +61,8 @@ from harvester.run import (
     fingerprint_parts,
 )
 from harvester.state import Ledger
-from harvester.sync import Store, SyncOptions
+from harvester.store import Store, settle_night
+from harvester.sync import SyncOptions
 
 T = TypeVar("T")
 EXIT_SIGINT = 130

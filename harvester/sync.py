@@ -1,4 +1,4 @@
-"""Nightly sync: change detection, the snapshot index, the change feed and the store.
+"""Nightly sync: change detection, the snapshot index and the change feed.
 
 * :func:`content_hash` is a stable hash of a record over normalised fields. The volatile
   ones (``modified``, ``content_last_modified``, enrollment counts, ratings, enrollment
@@ -16,50 +16,34 @@
   night refreshes about 1/N of the catalog, never all of it at once.
 * :func:`stale_line` keeps a previous record whose fetch failed tonight, marked stale: a
   listed item is never gone, so a failure is never a delete.
-* :func:`write_changes` writes a catalog's ``changes.ndjson``. Upserts are new or changed
-  items. Deletes are emitted only when the catalog's listing completed and matched
-  ``count``; otherwise they are withheld and kept in the snapshot's index as *pending*, so
-  the first night that can settle them still emits them (unless the item came back).
-  :func:`write_gone` deletes every item of a catalog that left a complete catalog list.
-* :class:`Store` keeps dated snapshots and ``latest`` (a symlink); only a good run becomes
-  latest, ``--keep N`` prunes the oldest (never latest, never the one just written), and
-  an unfinished snapshot a changed command cannot resume is abandoned. One sync at a time
-  per store (:class:`StoreLock`).
+
+The change feed is :mod:`harvester.changes`, the store of dated snapshots
+:mod:`harvester.store`. Must not run a harvest or make
+requests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
-import shutil
 import sqlite3
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from harvester.errors import SinkError, StateError, UnsafePath
+from harvester.errors import StateError, UnsafePath
 from harvester.models import JSONDict, key_digest
 from harvester.sinks import (
-    DIR_MODE,
-    PartFile,
-    catalog_dirname,
-    encode_line,
-    ensure_dir,
-    fsync_dir,
     iter_lines,
     planted_link,
-    write_json_atomic,
 )
-from harvester.state import RunLock
 
 #: Fields that change without the content changing; left out of every comparison.
 VOLATILE: Final = frozenset({
@@ -381,227 +365,6 @@ def stale_line(line: bytes, reason: str, at: str) -> bytes:
     rec["_harvest"] = meta
     return orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
 
-
-# --- the change feed ---------------------------------------------------------------------
-
-@dataclass(slots=True)
-class ChangeCounts:
-    """What a catalog's change feed holds."""
-
-    upserts: int = 0
-    deletes: int = 0
-    deletes_suppressed: bool = False
-    deletes_pending: int = 0  #: withheld deletes carried to the next night
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data for the manifest."""
-        return {"upserts": self.upserts, "deletes": self.deletes,
-                "deletes_suppressed": self.deletes_suppressed,
-                "deletes_pending": self.deletes_pending}
-
-
-def changes_path(out: Path, catalog: str) -> Path:
-    """Where a catalog's change feed goes in a snapshot."""
-    return out / catalog_dirname(catalog) / "changes.ndjson"
-
-
-def write_changes(current: SnapshotIndex, previous: SnapshotIndex | None, catalog: str,
-                  path: Path, *, listing_complete: bool) -> ChangeCounts:
-    """Write ``changes.ndjson`` for one catalog (atomically) and count it.
-
-    Gone items are those of the previous snapshot, plus the deletes it still had pending,
-    that this night did not list. With ``listing_complete`` they are emitted; otherwise
-    they become this snapshot's pending deletes, so promoting a night that cannot settle
-    its deletes never loses them. An item listed again simply stops being gone.
-    """
-    counts = ChangeCounts()
-    part = PartFile(path)
-    try:
-        for digest, ctype, key in current.digests(catalog):
-            now = current.get(catalog, digest)
-            assert now is not None
-            old = previous.get(catalog, digest) if previous else None
-            if old is not None and old.record_hash == now.record_hash:
-                continue
-            part.write(encode_line({"op": "upsert", "catalog_uuid": catalog,
-                                    "content_type": ctype, "key": key,
-                                    "record": now.record()}))
-            counts.upserts += 1
-        gone: Iterator[tuple[int, str, str]] = iter(())
-        if previous is not None:
-            # Disjoint by construction: a pending delete is never in its snapshot's items.
-            gone = (row for src in (previous.digests(catalog), previous.pending(catalog))
-                    for row in src if current.get(catalog, row[0]) is None)
-        if listing_complete:
-            for _digest, ctype, key in gone:
-                part.write(encode_line({"op": "delete", "catalog_uuid": catalog,
-                                        "content_type": ctype, "key": key}))
-                counts.deletes += 1
-            current.set_pending(catalog, iter(()))
-        else:
-            counts.deletes_suppressed = previous is not None
-            counts.deletes_pending = current.set_pending(catalog, gone)
-        part.commit()
-    except BaseException:
-        part.abandon()
-        raise
-    return counts
-
-
-def write_gone(previous: SnapshotIndex, catalog: str, path: Path) -> int:
-    """Write ``changes.ndjson`` for a catalog that left a complete catalog list: a delete
-    for every item the previous snapshot had, and for every delete it still had pending.
-    Returns the number of deletes."""
-    n = 0
-    part = PartFile(path)
-    try:
-        for _digest, ctype, key in chain(previous.digests(catalog), previous.pending(catalog)):
-            part.write(encode_line({"op": "delete", "catalog_uuid": catalog,
-                                    "content_type": ctype, "key": key}))
-            n += 1
-        part.commit()
-    except BaseException:
-        part.abandon()
-        raise
-    return n
-
-
-# --- the store ---------------------------------------------------------------------------
-
-class StoreLock(RunLock):
-    """``STORE/.state/lock``: one sync per store, for the whole command (choosing,
-    abandoning or resuming a snapshot, the run, promote and prune)."""
-
-    def busy_message(self, holder: str) -> str:
-        """Name the store: `sync` has no --out to switch to."""
-        return (f"another harvester (pid {holder}) is syncing the store "
-                f"{self.path.parent.parent}; wait for it to finish")
-
-
-class Store:
-    """``STORE/snapshots/<id>/`` (each a complete harvest output) and ``STORE/latest``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.snapshots = root / "snapshots"
-        self.latest_link = root / "latest"
-
-    def lock(self) -> StoreLock:
-        """The store's lock (acquire it before anything else)."""
-        return StoreLock(self.root)
-
-    def latest(self) -> Path | None:
-        """The latest good snapshot, if any."""
-        if not self.latest_link.is_symlink():
-            return None
-        target = self.latest_link.resolve()
-        return target if target.is_dir() else None
-
-    def _dirs(self) -> list[Path]:
-        """Snapshot directories, oldest name first (never a link planted there)."""
-        if not self.snapshots.is_dir():
-            return []
-        return sorted(s for s in self.snapshots.iterdir() if s.is_dir() and not s.is_symlink())
-
-    def unfinished(self) -> Path | None:
-        """The newest snapshot a killed or interrupted run left behind (no manifest)."""
-        left = [s for s in self._dirs() if not (s / "manifest.json").exists()]
-        return left[-1] if left else None
-
-    def new_snapshot(self, run_at: float) -> Path:
-        """A fresh, dated snapshot directory."""
-        stamp = datetime.fromtimestamp(run_at, UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = self.snapshots / stamp
-        n = 1
-        while path.exists() or path.is_symlink():
-            n += 1
-            path = self.snapshots / f"{stamp}-{n}"
-        ensure_dir(self.snapshots)
-        try:
-            path.mkdir(mode=DIR_MODE)
-        except OSError as exc:
-            raise SinkError(f"cannot create snapshot {path}: {exc.strerror}") from None
-        return path
-
-    def _is_latest(self, snap: Path) -> bool:
-        latest = self.latest()
-        return latest is not None and latest == snap.resolve()
-
-    def abandon(self, snap: Path) -> None:
-        """Delete an unfinished snapshot that cannot be resumed. Never latest, never a
-        finished one: those are refused with StateError."""
-        if self._is_latest(snap) or (snap / "manifest.json").exists() or snap.is_symlink():
-            raise StateError(f"refusing to abandon {snap}: it is a finished snapshot")
-        try:
-            shutil.rmtree(snap)
-        except OSError as exc:
-            raise SinkError(f"cannot remove abandoned snapshot {snap}: {exc.strerror}"
-                            ) from None
-        fsync_dir(self.snapshots)
-
-    def _marker(self, snap: Path) -> Path:
-        return snap / ".state" / "previous"
-
-    def marker_problem(self, snap: Path) -> str | None:
-        """Why ``snap``'s record of its previous snapshot cannot be trusted, or None.
-
-        A run that cannot be sure what it compares against would emit a wrong feed (no
-        previous: every item an upsert and no deletes), so such a snapshot is abandoned.
-        """
-        marker = self._marker(snap)
-        if not marker.exists():
-            return None  # not started yet: the marker is written when the run starts
-        try:
-            data = orjson.loads(marker.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return "its record of the previous snapshot is unreadable"
-        name = data.get("previous", "") if isinstance(data, dict) else ""
-        if name is None:
-            return None
-        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-            return "its record of the previous snapshot is unreadable"
-        if not (self.snapshots / name / "index.sqlite").exists():
-            return f"its previous snapshot {name} is gone"
-        return None
-
-    def previous_of(self, snap: Path) -> Path | None:
-        """The snapshot a run in ``snap`` compares against (fixed when it started)."""
-        marker = self._marker(snap)
-        if marker.exists():
-            if (problem := self.marker_problem(snap)) is not None:
-                raise StateError(f"{snap}: {problem}")
-            name = orjson.loads(marker.read_bytes())["previous"]
-            return self.snapshots / name if name else None
-        prev = self.latest()
-        write_json_atomic(marker, {"previous": prev.name if prev else None}, private=True,
-                          root=snap)
-        return prev
-
-    def promote(self, snap: Path) -> None:
-        """Point ``latest`` at ``snap`` atomically (a new symlink renamed over the old), and
-        durably: a power cut after this returns still finds ``latest`` there."""
-        fsync_dir(self.snapshots)  # the snapshot's own entry first
-        tmp = self.root / ".latest.tmp"
-        tmp.unlink(missing_ok=True)
-        os.symlink(Path("snapshots") / snap.name, tmp)
-        os.replace(tmp, self.latest_link)
-        fsync_dir(self.root)
-
-    def prune(self, keep: int, *, current: Path | None = None) -> list[str]:
-        """Delete all but the ``keep`` newest finished snapshots; never the one ``latest``
-        points to, nor ``current`` (the one just written), however the store path is
-        spelled (relative, through a link)."""
-        if keep < 1:
-            return []
-        spared = {p.resolve() for p in (self.latest(), current) if p is not None}
-        finished = [s for s in self._dirs() if (s / "manifest.json").exists()]
-        doomed = [s for s in finished[:-keep] if s.resolve() not in spared]
-        for snap in doomed:
-            shutil.rmtree(snap)
-        return [s.name for s in doomed]
-
-
-# --- export ------------------------------------------------------------------------------
 
 def _ambiguous(catalog: str, content_type: str) -> bool:
     """Whether ``catalog:type:key`` could also be read as another triple."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from harvester.changes import changes_path, write_changes, write_gone
 from harvester.config import Settings
 from harvester.errors import HarvestError
 from harvester.listing import spool_winners
@@ -37,10 +38,7 @@ from harvester.sync import (
     SnapshotIndex,
     SyncOptions,
     carried_line,
-    changes_path,
     stale_line,
-    write_changes,
-    write_gone,
 )
 from harvester.writer import Writer
 

@@ -70,17 +70,9 @@ async def walk_pages(
     largest any page reported), or None when page 1 itself was past the end.
     """
     if plan is None:
-        plan = ListingPlan(page_size)
-        try:
-            first = await client.get_page(throttle, path, plan.first())
-        except InvalidPage:
+        plan = await _first_page(client, throttle, path, page_size, take, on_plan)
+        if plan is None:
             return None
-        client.stats.pages += 1
-        plan.learn(first)
-        if on_plan is not None:
-            await on_plan(plan)
-        plan.took(first)
-        await take(first)
     else:
         plan.resume(skip or set())
         if on_plan is not None:
@@ -110,6 +102,25 @@ async def walk_pages(
     except BaseExceptionGroup as group:
         # Callers catch Forbidden, SinkError...: never make them unwrap a group.
         raise leading_error(group) from None
+    return plan
+
+
+async def _first_page(client: ApiClient, throttle: ThrottleClass, path: str, page_size: int,
+                      take: Callable[[Page], Awaitable[None]],
+                      on_plan: Callable[[ListingPlan], Awaitable[None]] | None
+                      ) -> ListingPlan | None:
+    """Page 1: it teaches the plan. None when the list has no page 1."""
+    plan = ListingPlan(page_size)
+    try:
+        first = await client.get_page(throttle, path, plan.first())
+    except InvalidPage:
+        return None
+    client.stats.pages += 1
+    plan.learn(first)
+    if on_plan is not None:
+        await on_plan(plan)
+    plan.took(first)
+    await take(first)
     return plan
 
 

@@ -29,7 +29,7 @@ from harvester import cli
 from harvester import export as export_mod
 from harvester.pipeline.lister import CatalogLister
 from harvester.sim import SimConfig, SimServer
-from harvester.sync import Store
+from harvester.store import Store
 from tests.integration.helpers import LoopThread, read_lines
 
 FeedKey = tuple[str, str, str]

@@ -1,0 +1,232 @@
+"""The sync store, and what a finished night means for it.
+
+:class:`Store` keeps dated snapshots and ``latest`` (a symlink); only a good run becomes
+latest, ``--keep N`` prunes the oldest (never latest, never the one just written), and
+an unfinished snapshot a changed command cannot resume is abandoned. One sync at a time
+per store (:class:`StoreLock`). :func:`settle_night` reads the night's
+:class:`~harvester.manifest.Manifest`, promotes the snapshot only when it is
+:func:`usable`, prunes, and returns the night's summary lines. Must not run a harvest,
+print, or decide a run's status.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from harvester.errors import SinkError, StateError
+from harvester.manifest import Manifest
+from harvester.sinks import (
+    DIR_MODE,
+    ensure_dir,
+    fsync_dir,
+    write_json_atomic,
+)
+from harvester.state import RunLock
+
+
+class StoreLock(RunLock):
+    """``STORE/.state/lock``: one sync per store, for the whole command (choosing,
+    abandoning or resuming a snapshot, the run, promote and prune)."""
+
+    def busy_message(self, holder: str) -> str:
+        """Name the store: `sync` has no --out to switch to."""
+        return (f"another harvester (pid {holder}) is syncing the store "
+                f"{self.path.parent.parent}; wait for it to finish")
+
+
+class Store:
+    """``STORE/snapshots/<id>/`` (each a complete harvest output) and ``STORE/latest``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.snapshots = root / "snapshots"
+        self.latest_link = root / "latest"
+
+    def lock(self) -> StoreLock:
+        """The store's lock (acquire it before anything else)."""
+        return StoreLock(self.root)
+
+    def latest(self) -> Path | None:
+        """The latest good snapshot, if any."""
+        if not self.latest_link.is_symlink():
+            return None
+        target = self.latest_link.resolve()
+        return target if target.is_dir() else None
+
+    def _dirs(self) -> list[Path]:
+        """Snapshot directories, oldest name first (never a link planted there)."""
+        if not self.snapshots.is_dir():
+            return []
+        return sorted(s for s in self.snapshots.iterdir() if s.is_dir() and not s.is_symlink())
+
+    def unfinished(self) -> Path | None:
+        """The newest snapshot a killed or interrupted run left behind (no manifest)."""
+        left = [s for s in self._dirs() if not (s / "manifest.json").exists()]
+        return left[-1] if left else None
+
+    def new_snapshot(self, run_at: float) -> Path:
+        """A fresh, dated snapshot directory."""
+        stamp = datetime.fromtimestamp(run_at, UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = self.snapshots / stamp
+        n = 1
+        while path.exists() or path.is_symlink():
+            n += 1
+            path = self.snapshots / f"{stamp}-{n}"
+        ensure_dir(self.snapshots)
+        try:
+            path.mkdir(mode=DIR_MODE)
+        except OSError as exc:
+            raise SinkError(f"cannot create snapshot {path}: {exc.strerror}") from None
+        return path
+
+    def _is_latest(self, snap: Path) -> bool:
+        latest = self.latest()
+        return latest is not None and latest == snap.resolve()
+
+    def abandon(self, snap: Path) -> None:
+        """Delete an unfinished snapshot that cannot be resumed. Never latest, never a
+        finished one: those are refused with StateError."""
+        if self._is_latest(snap) or (snap / "manifest.json").exists() or snap.is_symlink():
+            raise StateError(f"refusing to abandon {snap}: it is a finished snapshot")
+        try:
+            shutil.rmtree(snap)
+        except OSError as exc:
+            raise SinkError(f"cannot remove abandoned snapshot {snap}: {exc.strerror}"
+                            ) from None
+        fsync_dir(self.snapshots)
+
+    def _marker(self, snap: Path) -> Path:
+        return snap / ".state" / "previous"
+
+    def marker_problem(self, snap: Path) -> str | None:
+        """Why ``snap``'s record of its previous snapshot cannot be trusted, or None.
+
+        A run that cannot be sure what it compares against would emit a wrong feed (no
+        previous: every item an upsert and no deletes), so such a snapshot is abandoned.
+        """
+        marker = self._marker(snap)
+        if not marker.exists():
+            return None  # not started yet: the marker is written when the run starts
+        try:
+            data = orjson.loads(marker.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return "its record of the previous snapshot is unreadable"
+        name = data.get("previous", "") if isinstance(data, dict) else ""
+        if name is None:
+            return None
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            return "its record of the previous snapshot is unreadable"
+        if not (self.snapshots / name / "index.sqlite").exists():
+            return f"its previous snapshot {name} is gone"
+        return None
+
+    def previous_of(self, snap: Path) -> Path | None:
+        """The snapshot a run in ``snap`` compares against (fixed when it started)."""
+        marker = self._marker(snap)
+        if marker.exists():
+            if (problem := self.marker_problem(snap)) is not None:
+                raise StateError(f"{snap}: {problem}")
+            name = orjson.loads(marker.read_bytes())["previous"]
+            return self.snapshots / name if name else None
+        prev = self.latest()
+        write_json_atomic(marker, {"previous": prev.name if prev else None}, private=True,
+                          root=snap)
+        return prev
+
+    def promote(self, snap: Path) -> None:
+        """Point ``latest`` at ``snap`` atomically (a new symlink renamed over the old), and
+        durably: a power cut after this returns still finds ``latest`` there."""
+        fsync_dir(self.snapshots)  # the snapshot's own entry first
+        tmp = self.root / ".latest.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(Path("snapshots") / snap.name, tmp)
+        os.replace(tmp, self.latest_link)
+        fsync_dir(self.root)
+
+    def prune(self, keep: int, *, current: Path | None = None) -> list[str]:
+        """Delete all but the ``keep`` newest finished snapshots; never the one ``latest``
+        points to, nor ``current`` (the one just written), however the store path is
+        spelled (relative, through a link)."""
+        if keep < 1:
+            return []
+        spared = {p.resolve() for p in (self.latest(), current) if p is not None}
+        finished = [s for s in self._dirs() if (s / "manifest.json").exists()]
+        doomed = [s for s in finished[:-keep] if s.resolve() not in spared]
+        for snap in doomed:
+            shutil.rmtree(snap)
+        return [s.name for s in doomed]
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+#: The sync block's counts summed over catalogs for the night's summary.
+SYNC_TOTALS = ("carried", "fetched_new", "fetched_changed", "refreshed", "retried_stale",
+               "not_modified", "upserts", "deletes")
+
+
+@dataclass(frozen=True, slots=True)
+class Night:
+    """How a sync night ended for its store."""
+
+    promoted: bool
+    pruned: list[str]
+    summary: list[str]
+
+
+def usable(manifest: Manifest) -> bool:
+    """Whether a finished snapshot may become ``latest``: every catalog done, or failed
+    and carried forward from the previous snapshot (stale, no deletes), and no listing
+    gaps. Failed details do not count against it: they are kept stale."""
+    return all((c.status == "done" or "carried_forward" in c.sync) and not c.gaps
+               for c in manifest.catalogs.values())
+
+
+def sync_totals(manifest: Manifest) -> dict[str, int]:
+    """The night's sync counts over every catalog, gone catalogs' deletes included."""
+    cats = manifest.catalogs.values()
+    totals = {k: sum(int(c.sync.get(k, 0)) for c in cats) for k in SYNC_TOTALS}
+    gone: Mapping[str, Any] = manifest.sync.get("gone_catalogs") or {}
+    totals["deletes"] += sum(int(g["deletes"]) for g in gone.values())
+    return totals
+
+
+def summary(manifest: Manifest, snap: Path, previous: Path | None) -> list[str]:
+    """The night's summary, one line per fact."""
+    cats = manifest.catalogs
+    suppressed = [u[:8] for u, c in cats.items() if c.sync.get("deletes_suppressed")]
+    pending = sum(int(c.sync.get("deletes_pending", 0)) for c in cats.values())
+    lines = [f"sync {snap.name} (previous: {previous.name if previous else 'none'}): "
+             + ", ".join(f"{k} {v}" for k, v in sync_totals(manifest).items())
+             + (f"; deletes withheld for {', '.join(suppressed)} (listing incomplete; "
+                f"{pending} carried to the next night)" if suppressed else "")]
+    gone = manifest.sync.get("gone_catalogs") or {}
+    if gone:
+        lines.append(f"gone from the catalog list (all items deleted): "
+                     f"{', '.join(u[:8] for u in gone)}")
+    stale = manifest.sync.get("stale") or {}
+    if stale.get("items") or stale.get("catalogs"):
+        lines.append("kept stale from the previous snapshot (failed tonight, retried next "
+                     f"night): {stale.get('items', 0)} items"
+                     + (f"; catalogs {', '.join(u[:8] for u in stale['catalogs'])}"
+                        if stale.get("catalogs") else ""))
+    return lines
+
+
+def settle_night(store: Store, snap: Path, manifest: Mapping[str, Any], *, keep: int,
+                 previous: Path | None) -> Night:
+    """Promote ``snap`` if it is usable, prune the store to ``keep`` snapshots."""
+    night = Manifest.from_json(manifest)
+    good = usable(night)
+    if good:
+        store.promote(snap)
+    pruned = store.prune(keep, current=snap)
+    return Night(good, pruned, summary(night, snap, previous))
