@@ -23,6 +23,7 @@ import orjson
 
 from harvester.errors import SinkError, StateError
 from harvester.manifest import Manifest
+from harvester.run import Phase
 from harvester.sinks import (
     DIR_MODE,
     ensure_dir,
@@ -186,7 +187,7 @@ def usable(manifest: Manifest) -> bool:
     """Whether a finished snapshot may become ``latest``: every catalog done, or failed
     and carried forward from the previous snapshot (stale, no deletes), and no listing
     gaps. Failed details do not count against it: they are kept stale."""
-    return all((c.status == "done" or "carried_forward" in c.sync) and not c.gaps
+    return all((c.status == Phase.DONE or "carried_forward" in c.sync) and not c.gaps
                for c in manifest.catalogs.values())
 
 
