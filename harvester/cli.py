@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sqlite3
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar, cast, overload
 
 import orjson
 
@@ -30,7 +31,14 @@ from harvester.config import (
     load_settings,
     parse_duration,
     parse_path,
-    sync_defaults,
+)
+from harvester.display import (
+    export_summary,
+    harvest_progress,
+    learners_progress,
+    learners_summary,
+    print_harvest_summary,
+    show_progress,
 )
 from harvester.errors import (
     AuthError,
@@ -41,15 +49,7 @@ from harvester.errors import (
     UnsafePath,
 )
 from harvester.export import export
-from harvester.learners import (
-    PII_HELP,
-    LearnerExport,
-    LearnerOptions,
-    PiiPolicy,
-    check_out,
-    format_summary,
-    progress_display,
-)
+from harvester.learners import PII_HELP, LearnerExport, LearnerOptions, PiiPolicy, check_out
 from harvester.obs import REDACTOR, event, setup_logging
 from harvester.pipeline import Harvest
 from harvester.run import (
@@ -200,156 +200,129 @@ def _settings(ns: argparse.Namespace) -> Settings:
     return settings
 
 
-def run_async(make: Callable[[], Awaitable[T]]) -> tuple[T | None, int | None]:
-    """Run a coroutine; SIGINT/SIGTERM cancel it cleanly. Returns (result, signal exit)."""
-    caught: list[int] = []
+class Interrupted(Exception):
+    """A command stopped by SIGINT/SIGTERM; ``code`` is its exit status (130/143)."""
 
-    async def main() -> T:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
-        def on_signal(signum: int) -> None:
-            if not caught:
-                caught.append(signum)
-                event("run.signal", signal=signal.Signals(signum).name)
-                task.cancel()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
-        try:
-            return await make()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+def _signal_exit(caught: list[int]) -> int:
+    return EXIT_SIGTERM if caught and caught[0] == signal.SIGTERM else EXIT_SIGINT
 
+
+async def _cancel_on_signal(work: Callable[[], Awaitable[T]],
+                            display: AbstractContextManager[Any], caught: list[int]) -> T:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_signal(signum: int) -> None:
+        if not caught:
+            caught.append(signum)
+            event("run.signal", signal=signal.Signals(signum).name)
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
-        return asyncio.run(main()), None
+        with display:
+            return await work()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _interrupt_on_signal(work: Callable[[], T], caught: list[int]) -> T:
+    def on_signal(signum: int, _frame: object) -> None:
+        if not caught:  # a second signal must not interrupt the clean-up of the first
+            caught.append(signum)
+            raise KeyboardInterrupt
+
+    saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return work()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+@overload
+def run_job(work: Callable[[], Awaitable[T]], *, blocking: Literal[False] = False,
+            display: AbstractContextManager[Any] | None = None,
+            interrupted: str | None = None) -> T: ...
+
+
+@overload
+def run_job(work: Callable[[], T], *, blocking: Literal[True],
+            display: None = None, interrupted: str | None = None) -> T: ...
+
+
+def run_job(work: Callable[[], Awaitable[T]] | Callable[[], T], *, blocking: bool = False,
+            display: AbstractContextManager[Any] | None = None,
+            interrupted: str | None = None) -> T:
+    """Run one command's work under SIGINT/SIGTERM handling, with its live display.
+
+    ``work`` is a coroutine function, cancelled cleanly on a signal, or, with
+    ``blocking``, a plain function that the signal interrupts (``KeyboardInterrupt``,
+    once: a second signal must not break the first one's clean-up). After a signal
+    ``harvester: interrupted; <interrupted>`` goes to stderr (when given) and
+    :class:`Interrupted` carries 130 (SIGINT) or 143 (SIGTERM) to :func:`main`: no
+    traceback, and each command's own clean-up has already run.
+    """
+    caught: list[int] = []
+    try:
+        if blocking:
+            return _interrupt_on_signal(cast("Callable[[], T]", work), caught)
+        coro = cast("Callable[[], Awaitable[T]]", work)
+        return asyncio.run(_cancel_on_signal(coro, display or contextlib.nullcontext(),
+                                             caught))
     except (asyncio.CancelledError, KeyboardInterrupt):
-        sig = caught[0] if caught else signal.SIGINT
-        return None, EXIT_SIGTERM if sig == signal.SIGTERM else EXIT_SIGINT
-
-
-def _print_summary(result: RunResult, *, stream: Any = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    out = stream or sys.stdout
-    console = Console(file=out, width=None if out.isatty() else 110)
-    manifest = result.manifest or {}
-    table = Table(title=f"harvest {manifest.get('run_id', '')}: {result.status}")
-    for col in ("catalog", "title", "count", "unique", "dupes", "details", "not found",
-                "gaps", "status"):
-        table.add_column(col, justify="right" if col not in ("catalog", "title") else "left")
-    for uuid, c in (manifest.get("catalogs") or {}).items():
-        table.add_row(uuid[:8], str(c.get("title", ""))[:28], str(c.get("count_reported")),
-                      str(c.get("unique_found")), str(c.get("duplicates_dropped")),
-                      str(c.get("details_fetched")), str(c.get("not_found")),
-                      str(c.get("gaps")), str(c.get("status")))
-    console.print(table)
-    totals = manifest.get("totals") or {}
-    console.print(f"requests {totals.get('requests_total')}  retries {totals.get('retries')}  "
-                  f"429s {totals.get('throttled_429')}  wall {totals.get('wall_seconds')} s")
-    console.print(f"output: {result.out.resolve()}  (manifest.json, catalogs.ndjson, "
-                  "catalog=<uuid>/*.ndjson, errors.ndjson)")
-
-
-def _show_progress(settings: Settings) -> bool:
-    """A live display: forced on, or 'auto' on a TTY unless --quiet."""
-    mode = settings.output.progress
-    return mode == "on" or (mode == "auto" and sys.stderr.isatty() and not settings.output.quiet)
-
-
-def _live(harvest: Harvest, enabled: bool) -> Any:
-    """A rich Live display of per-catalog progress, or a no-op context."""
-    import contextlib
-
-    if not enabled:
-        return contextlib.nullcontext()
-    from rich.console import Console
-    from rich.live import Live
-    from rich.table import Table
-
-    last = [time.monotonic(), 0, 0.0]  # when, requests, requests/s (smoothed)
-
-    def render() -> Table:
-        p = harvest.progress()
-        eta = p["eta_s"]
-        now = time.monotonic()
-        if now - last[0] >= 1.0:
-            rate = (p["requests"] - last[1]) / (now - last[0])
-            last[:] = [now, p["requests"], 0.5 * last[2] + 0.5 * rate if last[2] else rate]
-        t = Table(title=f"items {p['items']}  written {p['written']}  requests "
-                        f"{p['requests']} ({last[2]:.1f}/s)  429s {p['throttled']}  "
-                        f"ETA {'-' if eta is None else f'{eta // 60}m{eta % 60:02d}s'}")
-        for col in ("catalog", "phase", "pages", "items", "details", "not found"):
-            t.add_column(col)
-        for cs in harvest.catalogs[:20]:
-            t.add_row(cs.uuid[:13], cs.phase, f"{cs.pages}/{cs.pages_planned or '?'}",
-                      str(cs.unique), f"{cs.details_done}", str(cs.not_found))
-        return t
-
-    return Live(console=Console(stderr=True), get_renderable=render, refresh_per_second=4,
-                transient=True)
+        if interrupted is not None:
+            print(f"harvester: interrupted; {interrupted}", file=sys.stderr)
+        raise Interrupted(_signal_exit(caught)) from None
 
 
 def cmd_harvest(ns: argparse.Namespace) -> int:
     """``harvester harvest``."""
     settings = _settings(ns)
     setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
-    show = _show_progress(settings)
     harvest = Harvest(settings, restart=ns.restart)
-
-    async def go() -> RunResult:
-        with _live(harvest, show):
-            return await harvest.run()
-
-    result, sig_code = run_async(go)
-    if sig_code is not None:
-        print(f"harvester: interrupted; partial files stay as .part. Rerun the same command "
-              f"to resume from {settings.output.out}.", file=sys.stderr)
-        return sig_code
-    assert result is not None
+    result = run_job(harvest.run, display=harvest_progress(harvest, show_progress(settings)),
+                     interrupted="partial files stay as .part. Rerun the same command to "
+                                 f"resume from {settings.output.out}.")
     if result.message:
         print(result.message, file=sys.stderr)
     elif not settings.output.quiet:
-        _print_summary(result)
+        print_harvest_summary(result)
     return result.exit_code
 
 
 def cmd_learners(ns: argparse.Namespace) -> int:
     """``harvester learners``."""
-    cli = _cli_layer(ns)
-    settings, file_layer = load_settings(cli=cli, environ=os.environ, config_file=ns.config)
-    options = LearnerOptions.load(file_layer, cli)
+    settings = _settings(ns)
+    options = LearnerOptions.from_settings(settings)
     export = LearnerExport(settings, options, PiiPolicy.from_env(options.pii, os.environ))
     check_out(settings.output.out)  # a bad --out is one line, before the PII notice
     settings.api.require_credentials()  # one line, before the notice
     setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
     if (notice := export.pii_notice()) is not None:
         print(notice, file=sys.stderr)
-    show = _show_progress(settings)
-
-    async def go() -> RunResult:
-        with progress_display(export, show):
-            return await export.run()
-
     try:
-        result, sig_code = run_async(go)
+        result = run_job(export.run,
+                         display=learners_progress(export, show_progress(settings)),
+                         interrupted=f"the previous export in {export.root} is unchanged and "
+                                     "this run's unfinished files were removed (rerun the "
+                                     "command).")
     except SinkError as exc:  # no resume here: say what is left instead
         print(f"harvester: {REDACTOR.scrub(str(exc))} (the previous export in {export.root} "
               "is unchanged; rerun the command)", file=sys.stderr)
         return EXIT_UNEXPECTED
-    if sig_code is not None:
-        print(f"harvester: interrupted; the previous export in {export.root} is unchanged "
-              "and this run's unfinished files were removed (rerun the command).",
-              file=sys.stderr)
-        return sig_code
-    assert result is not None
     if result.message:
         print(f"harvester: {result.message}", file=sys.stderr)
     if not settings.output.quiet and result.exit_code != EXIT_USAGE:
-        print(format_summary(result))
+        print(learners_summary(result))
     return result.exit_code
 
 
@@ -361,17 +334,14 @@ def parse_max_age(text: str) -> float:
         raise ConfigError(f"--max-age: {exc}, got {text!r}") from None
 
 
-def _sync_options(ns: argparse.Namespace, file_layer: dict[str, object]
-                  ) -> tuple[Path, float, int]:
+def _sync_options(ns: argparse.Namespace, settings: Settings) -> tuple[Path, float, int]:
     """``(store, max_age, keep)``: the flag, else ``[sync]`` in the config, else default."""
-    defaults = sync_defaults(file_layer)
-    store = ns.store or defaults.get("store")
+    store = ns.store or settings.sync.store
     if store is None:
         raise ConfigError("sync: no store given; pass --store DIR or set store under [sync] "
                           "in the config file")
-    max_age = parse_max_age(ns.max_age) if ns.max_age is not None else \
-        float(defaults.get("max_age", 7 * 86400.0))
-    keep = ns.keep if ns.keep is not None else int(defaults.get("keep", 7))
+    max_age = parse_max_age(ns.max_age) if ns.max_age is not None else settings.sync.max_age
+    keep = ns.keep if ns.keep is not None else settings.sync.keep
     if keep < 1:
         raise ConfigError(f"--keep: must be >= 1, got {keep}")
     return Path(store), max_age, keep
@@ -437,9 +407,8 @@ def _choose_snapshot(store: Store, settings: Settings, options: SyncOptions
 
 def cmd_sync(ns: argparse.Namespace) -> int:
     """``harvester sync``: the next snapshot of a store, fetching only what changed."""
-    settings, file_layer = load_settings(cli=_cli_layer(ns), environ=os.environ,
-                                         config_file=ns.config)
-    store_dir, max_age, keep = _sync_options(ns, file_layer)
+    settings = _settings(ns)
+    store_dir, max_age, keep = _sync_options(ns, settings)
     options = SyncOptions(None, max_age, _as_of(ns.as_of))
     settings.api.require_credentials()  # before the store gets a lock or a snapshot
     setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
@@ -458,22 +427,13 @@ def _sync_locked(ns: argparse.Namespace, settings: Settings, store: Store,
     previous = store.previous_of(snap)
     settings = replace(settings, output=replace(settings.output, out=snap))
     harvest = Harvest(settings, sync=replace(options, previous=previous))
-    show = _show_progress(settings)
-
-    async def go() -> RunResult:
-        with _live(harvest, show):
-            return await harvest.run()
-
-    result, sig_code = run_async(go)
-    if sig_code is not None:
-        print(f"harvester: interrupted; rerun the same command to resume {snap} (a changed "
-              "command abandons it and starts a new snapshot)", file=sys.stderr)
-        return sig_code
-    assert result is not None
+    result = run_job(harvest.run, display=harvest_progress(harvest, show_progress(settings)),
+                     interrupted=f"rerun the same command to resume {snap} (a changed "
+                                 "command abandons it and starts a new snapshot)")
     assert result.manifest is not None
     night = settle_night(store, snap, result.manifest, keep=keep, previous=previous)
     if not settings.output.quiet:
-        _print_summary(result)
+        print_harvest_summary(result)
         if notice:
             print(notice)
         print("\n".join(night.summary))
@@ -487,24 +447,10 @@ def _sync_locked(ns: argparse.Namespace, settings: Settings, store: Store,
 def cmd_export(ns: argparse.Namespace) -> int:
     """``harvester export``: SIGINT/SIGTERM end it like ``harvest`` (130/143, one line,
     no traceback), leaving no partial file and the previous output untouched."""
-    caught: list[int] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if not caught:  # a second signal must not interrupt the clean-up of the first
-            caught.append(signum)
-            raise KeyboardInterrupt
-
-    saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        counts = export(ns.source, ns.format, ns.out, index=ns.index, changes=ns.changes)
-    except KeyboardInterrupt:
-        print(f"harvester: interrupted; {ns.out} was not written (rerun the command)",
-              file=sys.stderr)
-        return EXIT_SIGTERM if caught and caught[0] == signal.SIGTERM else EXIT_SIGINT
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-    print(f"{ns.out}: {counts.upserts} upserts, {counts.deletes} deletes ({ns.format})")
+    counts = run_job(lambda: export(ns.source, ns.format, ns.out, index=ns.index,
+                                    changes=ns.changes),
+                     blocking=True, interrupted=f"{ns.out} was not written (rerun the command)")
+    print(export_summary(ns.out, counts.upserts, counts.deletes, ns.format))
     return 0
 
 
@@ -531,11 +477,8 @@ def cmd_demo(ns: argparse.Namespace) -> int:
             }, environ={}, config_file=None)
             return await Harvest(settings, restart=True).run()
 
-    result, sig_code = run_async(go)
-    if sig_code is not None:
-        return sig_code
-    assert result is not None
-    _print_summary(result)
+    result = run_job(go)
+    print_harvest_summary(result)
     return result.exit_code
 
 
@@ -555,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "learners": cmd_learners, "demo": cmd_demo}
     try:
         return handlers[ns.command](ns)
+    except Interrupted as exc:
+        return exc.code
     except (ConfigError, AuthError, StateError, UnsafePath) as exc:
         print(f"harvester: {REDACTOR.scrub(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

@@ -5,6 +5,11 @@ name (``rates.lms``) used in the TOML file, in error messages and in the manifes
 Credentials come from the environment or the file only, never from a flag, so they
 cannot land in shell history. Secrets are wrapped in :class:`Secret`, whose ``repr``
 and ``str`` are masked.
+
+One schema (:data:`SCHEMA`) covers every section, the ``[learners]`` and ``[sync]``
+sections that one command applies included, so a typo or a bad value in any section is
+an error whichever command reads the file. Must not open sockets, create sessions or
+read files other than the config file.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+import uuid as uuidlib
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -260,6 +267,66 @@ class OutputOptions:
                               f"got {self.progress!r}")
 
 
+class PiiMode(StrEnum):
+    """What ``harvester learners`` does with personal-data fields."""
+
+    KEEP = "keep"
+    HASH = "hash"
+    DROP = "drop"
+
+
+def _enterprise_uuid(value: str) -> str:
+    try:
+        return str(uuidlib.UUID(value))
+    except ValueError:
+        raise ConfigError(f"learners.enterprises: {value!r} is not an enterprise customer "
+                          "UUID") from None
+
+
+@dataclass(frozen=True, slots=True)
+class LearnersConfig:
+    """``[learners]``: what ``harvester learners`` exports and how.
+
+    Enterprise ids are canonicalised (and deduplicated) here; that at least one is
+    given is checked by the command (``learners.LearnerOptions``), since every other
+    command reads this section too.
+    """
+
+    enterprises: tuple[str, ...] = ()
+    pii: PiiMode = PiiMode.KEEP
+    csv: bool = False
+    consented_only: bool = False
+    max_rewalks: int = 2
+
+    def __post_init__(self) -> None:
+        canonical = tuple(dict.fromkeys(_enterprise_uuid(e) for e in self.enterprises))
+        object.__setattr__(self, "enterprises", canonical)
+        try:
+            object.__setattr__(self, "pii", PiiMode(self.pii))
+        except ValueError:
+            raise ConfigError(f"learners.pii: must be keep, hash or drop, got {self.pii!r}"
+                              ) from None
+        if self.max_rewalks < 0:
+            raise ConfigError(f"learners.max_rewalks: must be >= 0, got {self.max_rewalks!r}")
+
+
+#: ``sync --max-age`` when neither the flag nor ``[sync] max_age`` gives one: a week.
+DEFAULT_MAX_AGE: Final = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """``[sync]``: the store and refresh defaults of ``harvester sync`` (flags win)."""
+
+    store: Path | None = None
+    max_age: float = DEFAULT_MAX_AGE
+    keep: int = 7
+
+
+#: The sections of a run's own settings, as recorded in a harvest's manifest.
+RUN_SECTIONS: Final = ("api", "limits", "retry", "harvest", "output")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a run needs, validated."""
@@ -269,11 +336,29 @@ class Settings:
     retry: RetryConfig = field(default_factory=RetryConfig)
     harvest: HarvestOptions = field(default_factory=HarvestOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
+    learners: LearnersConfig = field(default_factory=LearnersConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+
+    @classmethod
+    def load(cls, config_file: Path | str | None = None, *,
+             environ: Mapping[str, str] | None = None,
+             overrides: Mapping[str, object] | None = None) -> Settings:
+        """Settings as the command line builds them: ``overrides`` (dotted names, as in
+        the config file: ``{"rates.lms": "30/min"}``) beat the environment (``EDX_*``;
+        ``os.environ`` unless given), which beats ``config_file``, which beats defaults.
+        Invalid values raise :class:`~harvester.errors.ConfigError`, one line each."""
+        import os
+
+        return load_settings(cli=dict(overrides or {}),
+                             environ=os.environ if environ is None else environ,
+                             config_file=None if config_file is None else Path(config_file))[0]
 
     def public_dict(self) -> dict[str, Any]:
-        """The settings as plain data for the manifest: secrets removed."""
+        """The run's settings as plain data for the manifest: secrets removed."""
         out: dict[str, Any] = {}
         for section in fields(self):
+            if section.name not in RUN_SECTIONS:
+                continue
             part = getattr(self, section.name)
             data: dict[str, Any] = {}
             for f in fields(part):
@@ -392,17 +477,8 @@ def parse_keep(v: object) -> int:
     return n
 
 
-def parse_choice(*choices: str) -> Callable[[object], str]:
-    """A parser accepting one of ``choices``."""
-    def parse(v: object) -> str:
-        text = parse_str(v)
-        if text not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return text
-    return parse
-
-
-#: dotted name -> (section, attribute, parser). The single source of valid keys.
+#: dotted name -> (section of :class:`Settings`, attribute, parser). The single source of
+#: valid keys, for the file, the environment and the flags of every command.
 SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
     "api.base": ("api", "base", parse_str),
     "api.token_url": ("api", "token_url", parse_str),
@@ -435,6 +511,14 @@ SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
     "output.quiet": ("output", "quiet", parse_bool),
     "output.log_format": ("output", "log_format", parse_str),
     "output.progress": ("output", "progress", parse_str),
+    "learners.enterprises": ("learners", "enterprises", parse_str_tuple),
+    "learners.pii": ("learners", "pii", parse_str),
+    "learners.csv": ("learners", "csv", parse_bool),
+    "learners.consented_only": ("learners", "consented_only", parse_bool),
+    "learners.max_rewalks": ("learners", "max_rewalks", parse_int),
+    "sync.store": ("sync", "store", parse_path),
+    "sync.max_age": ("sync", "max_age", parse_duration),
+    "sync.keep": ("sync", "keep", parse_keep),
 }
 
 #: Environment variables and the settings they feed.
@@ -444,23 +528,6 @@ ENV: Final[dict[str, str]] = {
     "EDX_API_BASE": "api.base",
     "EDX_TOKEN_URL": "api.token_url",
 }
-
-#: Keys of the sections one command owns (``[sync]``, ``[learners]``), with the parser of
-#: their raw values. Every command checks them when it reads the file, so a typo there is
-#: an error whichever command runs; the owning command applies them (``learners`` through
-#: ``LearnerOptions.load``, ``sync`` through :func:`sync_defaults`).
-FOREIGN_SCHEMA: Final[dict[str, Callable[[object], Any]]] = {
-    "learners.enterprises": parse_str_tuple,
-    "learners.pii": parse_choice("keep", "hash", "drop"),
-    "learners.csv": parse_bool,
-    "learners.consented_only": parse_bool,
-    "learners.max_rewalks": parse_int,
-    "sync.store": parse_path,
-    "sync.max_age": parse_duration,
-    "sync.keep": parse_keep,
-}
-FOREIGN_SECTIONS: Final = frozenset(k.split(".")[0] for k in FOREIGN_SCHEMA)
-
 
 def read_config_file(path: Path) -> dict[str, object]:
     """Read a TOML config file into ``{"section.key": value}``; unknown keys are errors."""
@@ -473,7 +540,7 @@ def read_config_file(path: Path) -> dict[str, object]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
-    known = [*SCHEMA, *FOREIGN_SCHEMA]
+    known = list(SCHEMA)
     sections = sorted(dict.fromkeys(k.split(".")[0] for k in known))
     flat: dict[str, object] = {}
     for section, body in data.items():
@@ -488,8 +555,6 @@ def read_config_file(path: Path) -> dict[str, object]:
             if name not in known:
                 valid = ", ".join(k for k in known if k.startswith(section + "."))
                 raise ConfigError(f"{path}: unknown setting {name!r}; valid: {valid}")
-            if name in FOREIGN_SCHEMA:
-                _parse_setting(name, FOREIGN_SCHEMA[name], value)  # checked, kept raw
             flat[name] = value
     return flat
 
@@ -502,32 +567,45 @@ def _parse_setting(name: str, parse: Callable[[object], Any], raw: object) -> An
         raise ConfigError(f"{name}: {exc} (got {shown})") from None
 
 
-def sync_defaults(file_layer: Mapping[str, object]) -> dict[str, Any]:
-    """``[sync]`` values from the config file, parsed: ``{"store"?, "max_age"?, "keep"?}``."""
-    return {name.split(".", 1)[1]: _parse_setting(name, FOREIGN_SCHEMA[name], raw)
-            for name, raw in file_layer.items() if name.startswith("sync.")}
-
-
 def build_settings(*layers: Mapping[str, object]) -> Settings:
     """Merge layers (lowest precedence first) of ``{"section.key": raw}`` into Settings."""
     merged: dict[str, object] = {}
     for layer in layers:
         merged.update({k: v for k, v in layer.items() if v is not None})
-    sections: dict[str, dict[str, Any]] = {s: {} for s in
-                                           ("api", "limits", "retry", "harvest", "output")}
+    sections: dict[str, dict[str, Any]] = {f.name: {} for f in fields(Settings)}
     for name, raw in merged.items():
-        spec = SCHEMA.get(name)
-        if spec is None:
-            continue  # a foreign section's key (learners.*, sync.*)
-        section, attr, parse = spec
+        section, attr, parse = _spec(name)
         sections[section][attr] = _parse_setting(name, parse, raw)
-    return Settings(
-        api=ApiConfig(**sections["api"]),
-        limits=LimitsConfig(**sections["limits"]),
-        retry=RetryConfig(**sections["retry"]),
-        harvest=HarvestOptions(**sections["harvest"]),
-        output=OutputOptions(**sections["output"]),
-    )
+    return Settings(**{f.name: _SECTION_TYPES[f.name](**sections[f.name])
+                       for f in fields(Settings)})
+
+
+def parse_section(section: str, *layers: Mapping[str, object]) -> dict[str, Any]:
+    """The ``section.*`` values of ``layers`` (lowest precedence first), parsed, by
+    attribute; other sections' keys are ignored, an unknown key of this one is an error."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for name, raw in layer.items():
+            if name.startswith(section + ".") and raw is not None:
+                _, attr, parse = _spec(name)
+                values[attr] = _parse_setting(name, parse, raw)
+    return values
+
+
+def _spec(name: str) -> tuple[str, str, Callable[[object], Any]]:
+    spec = SCHEMA.get(name)
+    if spec is None:
+        section = name.split(".")[0]
+        raise ConfigError(f"unknown setting {name!r}; valid: "
+                          f"{', '.join(k for k in SCHEMA if k.startswith(section + '.'))}")
+    return spec
+
+
+_SECTION_TYPES: Final[dict[str, Callable[..., Any]]] = {
+    "api": ApiConfig, "limits": LimitsConfig, "retry": RetryConfig,
+    "harvest": HarvestOptions, "output": OutputOptions, "learners": LearnersConfig,
+    "sync": SyncConfig,
+}
 
 
 def env_layer(environ: Mapping[str, str]) -> dict[str, object]:
@@ -543,7 +621,7 @@ def load_settings(
 ) -> tuple[Settings, dict[str, object]]:
     """Load settings with precedence CLI > env > file > defaults.
 
-    Returns the settings and the raw merged file layer (for sections other commands own).
+    Returns the settings and the raw file layer.
     """
     file_layer = read_config_file(config_file) if config_file else {}
     return build_settings(file_layer, env_layer(environ), cli), file_layer

@@ -9,16 +9,20 @@ queues or events.
 from __future__ import annotations
 
 import hashlib
+import uuid as uuidlib
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from harvester.config import Settings
-from harvester.errors import IllegalPhase
+from harvester.errors import ApiError, IllegalPhase
+
+if TYPE_CHECKING:
+    from harvester.paginate import ListingPlan
 
 EXIT_OK: Final = 0
 EXIT_UNEXPECTED: Final = 1
@@ -30,6 +34,24 @@ def now_iso(at: float | None = None) -> str:
     """UTC now (or epoch ``at``), ISO-8601 with milliseconds and Z."""
     when = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_run_id() -> str:
+    """A fresh run id: UTC start time to the second, then 8 random hex digits."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuidlib.uuid4().hex[:8]}"
+
+
+def error_record(error: BaseException | str, **context: Any) -> dict[str, Any]:
+    """An error record (``errors.ndjson``, a learner manifest's ``errors``): ``context``
+    in the order given (None values left out), then the HTTP status, the error class and
+    the message. The message is not redacted here; the file or manifest writer does."""
+    rec = {k: v for k, v in context.items() if v is not None}
+    if isinstance(error, ApiError):
+        rec["status"] = error.status
+    if isinstance(error, BaseException):
+        rec["error"] = type(error).__name__
+    rec["message"] = str(error)
+    return rec
 
 
 def fingerprint_parts(settings: Settings, extra: dict[str, Any] | None = None
@@ -87,19 +109,33 @@ _MOVES: Final[dict[Phase, frozenset[Phase]]] = {
 
 
 @dataclass(slots=True, kw_only=True)
-class CatalogCounts:
-    """The persisted counters of one catalog (the ledger's ``info``), and nothing live."""
+class WalkCounters:
+    """What walking one list found: a catalog's listing or an enterprise's learner
+    summary. Both fill it the same way (:meth:`planned` from each walk's page 1)."""
 
     count_reported: int | None = None
     unique: int = 0
     duplicates: int = 0
-    keyless: int = 0  #: listed rows with neither key nor uuid (reported once, never a gap)
     pages: int = 0
     pages_planned: int = 0
     walks: int = 0
     page_size_used: int = 0
     clamped: bool = False
     gaps: int = 0
+
+    def planned(self, plan: ListingPlan) -> None:
+        """Page 1 of a walk arrived: keep what it says about the whole list."""
+        self.count_reported = plan.count
+        self.page_size_used = plan.page_size
+        self.clamped = plan.clamped
+        self.pages_planned = plan.total_pages or 0
+
+
+@dataclass(slots=True, kw_only=True)
+class CatalogCounts(WalkCounters):
+    """The persisted counters of one catalog (the ledger's ``info``), and nothing live."""
+
+    keyless: int = 0  #: listed rows with neither key nor uuid (reported once, never a gap)
     details_total: int = 0
     details_done: int = 0
     listing_only: int = 0

@@ -12,9 +12,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Final
 
-from harvester.errors import ApiError
 from harvester.obs import Stats
-from harvester.run import CatalogState, Phase
+from harvester.run import CatalogState, Phase, error_record
 from harvester.sinks import FileInfo, encode_line
 from harvester.state import WalkRecord
 from harvester.writer import (
@@ -62,18 +61,8 @@ class Emitter:
                     page: int | None = None, done: int | None = None,
                     extra: dict[str, Any] | None = None) -> None:
         """An ``errors.ndjson`` record; ``done`` (a digest) completes that item."""
-        rec: dict[str, Any] = {"catalog_uuid": catalog, "kind": kind, "at": self.now()}
-        if content_type is not None:
-            rec["content_type"] = content_type
-        if key is not None:
-            rec["key"] = key
-        if page is not None:
-            rec["page"] = page
-        if isinstance(error, ApiError):
-            rec["status"] = error.status
-        if isinstance(error, BaseException):
-            rec["error"] = type(error).__name__
-        rec["message"] = str(error)
+        rec = error_record(error, catalog_uuid=catalog, kind=kind, at=self.now(),
+                           content_type=content_type, key=key, page=page)
         rec.update(extra or {})
         if kind not in NOT_FAILURES:
             self.failures += 1

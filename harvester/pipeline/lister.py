@@ -146,10 +146,7 @@ class CatalogLister:
             await self._take_page(cs, walk, page, seen)
 
         async def on_plan(p: ListingPlan) -> None:
-            cs.count_reported = p.count
-            cs.page_size_used = p.page_size
-            cs.clamped = p.clamped
-            cs.pages_planned = p.total_pages or 0
+            cs.planned(p)
             await self.emit.walk_planned(cs.uuid, walk,
                                          WalkRecord(p.count, p.page_size, p.total_pages))
             if p.clamped:

@@ -9,10 +9,8 @@ the writer anything.
 
 from __future__ import annotations
 
-import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -34,6 +32,7 @@ from harvester.run import (
     describe_change,
     fingerprint,
     fingerprint_parts,
+    new_run_id,
     read_json,
 )
 from harvester.sinks import (
@@ -117,7 +116,7 @@ class RunSession:
         return None
 
     def _start(self, fp: str) -> None:
-        self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuidlib.uuid4().hex[:8]}"
+        self.run_id = new_run_id()
         self.started_at = self.now()
         parts = orjson.dumps(fingerprint_parts(self.settings, self._extra)).decode()
         self.ledger.set_meta(fingerprint=fp, fingerprint_parts=parts, run_id=self.run_id,

@@ -8,14 +8,14 @@ store. An exception escaping ``cli.main`` (a traceback from a shell) fails the c
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
 from harvester import cli
-from harvester.config import FOREIGN_SCHEMA, MAX_CONCURRENCY
-from harvester.learners import LEARNERS_SCHEMA
+from harvester.config import MAX_CONCURRENCY, SCHEMA, LearnersConfig, Settings
 from harvester.pipeline import Harvest
 from harvester.sim import SimConfig, SimServer
 from tests.conftest import SimStarter, settings_for
@@ -169,9 +169,14 @@ def test_bad_value_is_exit_2_one_line_no_request(
     assert not set(left) - {"cfg.toml", "cfgdir"}, f"files left behind: {left}"
 
 
-def test_every_learners_key_is_known_to_every_command() -> None:
-    """The config loader checks [learners] keys for every command; it must know them all."""
-    assert {k for k in FOREIGN_SCHEMA if k.startswith("learners.")} == set(LEARNERS_SCHEMA)
+def test_one_schema_covers_every_section_setting() -> None:
+    """Every field of every Settings section has exactly one key in the one schema (so a
+    [learners] or [sync] typo is an error for every command, and nothing drifts)."""
+    by_field = {(section, attr) for section, attr, _ in SCHEMA.values()}
+    assert len(by_field) == len(SCHEMA)
+    sections = get_type_hints(Settings)
+    assert sections["learners"] is LearnersConfig
+    assert {(name, f.name) for name, cls in sections.items() for f in fields(cls)} == by_field
 
 
 # --- [sync] is wired up: defaults from the file, flags override ---------------------------

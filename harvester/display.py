@@ -1,0 +1,194 @@
+"""What a person sees: the live progress and the end-of-run summary of every command.
+
+Owns the rich progress tables (harvest and sync share one, learners has its own), the
+summaries printed when a run ends (harvest, sync, learners, export) and the rule for
+when a live display is shown. Reads runs only through their ``progress()`` snapshots,
+their live per-item records and their manifests. ``rich`` is imported when something is
+drawn, never at import time. Must not change a run, decide an exit code or log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harvester.config import Settings
+    from harvester.learners.state import EnterpriseState
+    from harvester.run import CatalogState, RunResult
+
+__all__ = ["ProgressSource", "export_summary", "harvest_progress", "harvest_summary",
+           "harvest_table", "learners_progress", "learners_summary", "learners_table",
+           "live", "print_harvest_summary", "show_progress"]
+
+#: Rows a live table shows at most (a terminal is not a report).
+_ROWS = 20
+
+
+class ProgressSource(Protocol):
+    """A run a live display can watch: a snapshot of numbers, on demand."""
+
+    def progress(self) -> dict[str, Any]:
+        """Counters for the title line (``requests``, ``throttled``...)."""
+        ...
+
+
+def show_progress(settings: Settings, stream: TextIO | None = None) -> bool:
+    """A live display: forced on, or 'auto' on a TTY unless --quiet."""
+    mode = settings.output.progress
+    tty = (stream or sys.stderr).isatty()
+    return mode == "on" or (mode == "auto" and tty and not settings.output.quiet)
+
+
+def live(render: Any, enabled: bool, console: Console | None = None
+         ) -> AbstractContextManager[Any]:
+    """A rich ``Live`` redrawing ``render()`` 4 times a second on stderr, or a no-op."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from rich.console import Console
+    from rich.live import Live
+
+    return Live(console=console or Console(stderr=True), get_renderable=render,
+                refresh_per_second=4, transient=True)
+
+
+def _eta(seconds: int | None) -> str:
+    return "-" if seconds is None else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def harvest_table(p: Mapping[str, Any], catalogs: Iterable[CatalogState],
+                  rate: float) -> Table:
+    """The live table of a harvest or sync: one row per catalog (the first 20)."""
+    from rich.table import Table
+
+    t = Table(title=f"items {p['items']}  written {p['written']}  requests "
+                    f"{p['requests']} ({rate:.1f}/s)  429s {p['throttled']}  "
+                    f"ETA {_eta(p['eta_s'])}")
+    for col in ("catalog", "phase", "pages", "items", "details", "not found"):
+        t.add_column(col)
+    for cs in list(catalogs)[:_ROWS]:
+        t.add_row(cs.uuid[:13], cs.phase, f"{cs.pages}/{cs.pages_planned or '?'}",
+                  str(cs.unique), f"{cs.details_done}", str(cs.not_found))
+    return t
+
+
+class _Rate:
+    """Requests per second over the last second or more, smoothed."""
+
+    def __init__(self) -> None:
+        self.when, self.requests, self.rate = time.monotonic(), 0, 0.0
+
+    def update(self, requests: int) -> float:
+        now = time.monotonic()
+        if now - self.when >= 1.0:
+            rate = (requests - self.requests) / (now - self.when)
+            self.rate = 0.5 * self.rate + 0.5 * rate if self.rate else rate
+            self.when, self.requests = now, requests
+        return self.rate
+
+
+class _Harvest(ProgressSource, Protocol):
+    catalogs: list[CatalogState]
+
+
+def harvest_progress(harvest: _Harvest, enabled: bool) -> AbstractContextManager[Any]:
+    """The live per-catalog display of a harvest or sync, or a no-op context."""
+    rate = _Rate()
+
+    def render() -> Table:
+        p = harvest.progress()
+        return harvest_table(p, harvest.catalogs, rate.update(p["requests"]))
+
+    return live(render, enabled)
+
+
+def learners_table(p: Mapping[str, Any], enterprises: Iterable[EnterpriseState]) -> Table:
+    """The live table of a learner export: one row per enterprise (the first 20)."""
+    from rich.table import Table
+
+    t = Table(title=f"learners: rows {p['rows']}  requests {p['requests']}  "
+                    f"429s {p['throttled']}")
+    for col in ("enterprise", "status", "walk", "pages", "rows", "dupes"):
+        t.add_column(col)
+    for es in list(enterprises)[:_ROWS]:
+        t.add_row(es.uuid[:13], es.status, str(es.walks),
+                  f"{es.pages}/{es.pages_planned or '?'}", str(es.rows_written),
+                  str(es.duplicates))
+    return t
+
+
+class _Export(ProgressSource, Protocol):
+    enterprises: list[EnterpriseState]
+
+
+def learners_progress(export: _Export, enabled: bool) -> AbstractContextManager[Any]:
+    """The live per-enterprise display of a learner export, or a no-op context."""
+    return live(lambda: learners_table(export.progress(), export.enterprises), enabled)
+
+
+def harvest_summary(result: RunResult) -> Table:
+    """The end-of-run table of a harvest (or a sync's snapshot): one row per catalog."""
+    from rich.table import Table
+
+    manifest = result.manifest or {}
+    table = Table(title=f"harvest {manifest.get('run_id', '')}: {result.status}")
+    for col in ("catalog", "title", "count", "unique", "dupes", "details", "not found",
+                "gaps", "status"):
+        table.add_column(col, justify="right" if col not in ("catalog", "title") else "left")
+    for uuid, c in (manifest.get("catalogs") or {}).items():
+        table.add_row(uuid[:8], str(c.get("title", ""))[:28], str(c.get("count_reported")),
+                      str(c.get("unique_found")), str(c.get("duplicates_dropped")),
+                      str(c.get("details_fetched")), str(c.get("not_found")),
+                      str(c.get("gaps")), str(c.get("status")))
+    return table
+
+
+def print_harvest_summary(result: RunResult, *, stream: TextIO | None = None) -> None:
+    """Print a harvest's summary table, request totals and where the output is."""
+    from rich.console import Console
+
+    out = stream or sys.stdout
+    console = Console(file=out, width=None if out.isatty() else 110)
+    console.print(harvest_summary(result))
+    totals = (result.manifest or {}).get("totals") or {}
+    console.print(f"requests {totals.get('requests_total')}  retries {totals.get('retries')}  "
+                  f"429s {totals.get('throttled_429')}  wall {totals.get('wall_seconds')} s")
+    console.print(f"output: {result.out.resolve()}  (manifest.json, catalogs.ndjson, "
+                  "catalog=<uuid>/*.ndjson, errors.ndjson)")
+
+
+def learners_summary(result: RunResult) -> str:
+    """The short end-of-run summary of a learner export, for stdout."""
+    from harvester.learners.files import MANIFEST_NAME, NDJSON_NAME
+
+    m = result.manifest or {}
+    t = m.get("totals") or {}
+    lines = [f"learners {m.get('run_id', '')}: {result.status}"]
+    for uuid, e in (m.get("enterprises") or {}).items():
+        lines.append(f"  {uuid}  {e['status']:<8}  count {e['count_reported']}  "
+                     f"written {e['rows_written']}  duplicates {e['duplicates_dropped']}  "
+                     f"gaps {e['gaps']}")
+    lines += [
+        f"learners     {t.get('learners')}",
+        f"enrollments  {t.get('enrollments')}",
+        f"passed       {t.get('passed')}",
+        f"in progress  {t.get('in_progress')}",
+        f"failed       {t.get('failed')}",
+        f"requests {t.get('requests_total')}  retries {t.get('retries')}  "
+        f"429s {t.get('throttled_429')}  wall {t.get('wall_seconds')} s",
+        f"output: {result.out.resolve()} ({MANIFEST_NAME}, enterprise=<uuid>/{NDJSON_NAME})",
+    ]
+    return "\n".join(lines)
+
+
+def export_summary(out: Path, upserts: int, deletes: int, fmt: str) -> str:
+    """The one line ``harvester export`` prints."""
+    return f"{out}: {upserts} upserts, {deletes} deletes ({fmt})"
