@@ -10,19 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar, cast, overload
-
-import orjson
 
 from harvester import __version__
 from harvester.config import (
@@ -39,6 +34,7 @@ from harvester.display import (
     learners_summary,
     print_harvest_summary,
     show_progress,
+    sync_summary,
 )
 from harvester.errors import (
     AuthError,
@@ -50,19 +46,14 @@ from harvester.errors import (
 )
 from harvester.export import export
 from harvester.learners import PII_HELP, LearnerExport, LearnerOptions, PiiPolicy, check_out
+from harvester.nightly import SyncNight
 from harvester.obs import REDACTOR, event, setup_logging
 from harvester.pipeline import Harvest
 from harvester.run import (
     EXIT_UNEXPECTED,
     EXIT_USAGE,
     RunResult,
-    describe_change,
-    fingerprint,
-    fingerprint_parts,
 )
-from harvester.state import Ledger
-from harvester.store import Store, settle_night
-from harvester.sync import SyncOptions
 
 T = TypeVar("T")
 EXIT_SIGINT = 130
@@ -359,88 +350,24 @@ def _as_of(text: str | None) -> float | None:
     return when.timestamp()
 
 
-def _why_not_resume(store: Store, snap: Path, settings: Settings,
-                    options: SyncOptions) -> str | None:
-    """Why this command cannot resume the unfinished ``snap`` (None: it can)."""
-    if (problem := store.marker_problem(snap)) is not None:
-        return problem
-    try:
-        ledger = Ledger(snap)
-        try:
-            fp, parts, status = (ledger.meta(k) for k in
-                                 ("fingerprint", "fingerprint_parts", "status"))
-        finally:
-            ledger.close()
-    except (StateError, sqlite3.Error):
-        return "its resume ledger is unusable"
-    extra = options.fingerprint_parts()
-    if fp is None:
-        return "it recorded no settings"
-    if fp != fingerprint(settings, extra):
-        try:
-            old = orjson.loads(parts or "{}")
-        except orjson.JSONDecodeError:
-            old = {}
-        return f"{describe_change(old, fingerprint_parts(settings, extra))} changed"
-    if status != "running":
-        return "its run ended without a manifest"
-    return None
-
-
-def _choose_snapshot(store: Store, settings: Settings, options: SyncOptions
-                     ) -> tuple[Path, str | None]:
-    """The unfinished snapshot to resume, else a new one; plus a notice when an
-    unfinished snapshot (never latest) was abandoned because this command differs."""
-    snap = store.unfinished()
-    notice = None
-    if snap is not None:
-        why = _why_not_resume(store, snap, settings, options)
-        if why is None:
-            event("sync.resume", snapshot=snap.name)
-            return snap, None
-        store.abandon(snap)
-        notice = (f"abandoned unfinished snapshot {snap.name} ({why}; it never became "
-                  "latest); starting a new one")
-        event("sync.abandon", logging.WARNING, snapshot=snap.name, reason=why)
-    return store.new_snapshot(options.at()), notice
-
-
 def cmd_sync(ns: argparse.Namespace) -> int:
     """``harvester sync``: the next snapshot of a store, fetching only what changed."""
     settings = _settings(ns)
     store_dir, max_age, keep = _sync_options(ns, settings)
-    options = SyncOptions(None, max_age, _as_of(ns.as_of))
+    night = SyncNight(settings, store=store_dir, max_age=max_age, keep=keep,
+                      as_of=_as_of(ns.as_of))
     settings.api.require_credentials()  # before the store gets a lock or a snapshot
     setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
-    store = Store(store_dir)
-    lock = store.lock()
-    lock.acquire()
-    try:
-        return _sync_locked(ns, settings, store, options, keep)
-    finally:
-        lock.release()
-
-
-def _sync_locked(ns: argparse.Namespace, settings: Settings, store: Store,
-                 options: SyncOptions, keep: int) -> int:
-    snap, notice = _choose_snapshot(store, settings, options)
-    previous = store.previous_of(snap)
-    settings = replace(settings, output=replace(settings.output, out=snap))
-    harvest = Harvest(settings, sync=replace(options, previous=previous))
-    result = run_job(harvest.run, display=harvest_progress(harvest, show_progress(settings)),
-                     interrupted=f"rerun the same command to resume {snap} (a changed "
-                                 "command abandons it and starts a new snapshot)")
-    assert result.manifest is not None
-    night = settle_night(store, snap, result.manifest, keep=keep, previous=previous)
+    with night.hold() as harvest:
+        result = run_job(harvest.run, display=harvest_progress(harvest, show_progress(settings)),
+                         interrupted=f"rerun the same command to resume {night.snapshot} (a "
+                                     "changed command abandons it and starts a new snapshot)")
+        done = night.settle(result)
     if not settings.output.quiet:
         print_harvest_summary(result)
-        if notice:
-            print(notice)
-        print("\n".join(night.summary))
-        print(f"latest -> {snap.name}" if night.promoted else
-              f"latest unchanged: {snap.name} is not a good snapshot (see errors.ndjson)")
-        if night.pruned:
-            print(f"pruned: {', '.join(night.pruned)}")
+        if done.notice:
+            print(done.notice)
+        print("\n".join(sync_summary(done)))
     return result.exit_code
 
 

@@ -23,11 +23,12 @@ if TYPE_CHECKING:
 
     from harvester.config import Settings
     from harvester.learners.state import EnterpriseState
+    from harvester.nightly import SyncResult
     from harvester.run import CatalogState, RunResult
 
 __all__ = ["ProgressSource", "export_summary", "harvest_progress", "harvest_summary",
            "harvest_table", "learners_progress", "learners_summary", "learners_table",
-           "live", "print_harvest_summary", "show_progress"]
+           "live", "print_harvest_summary", "show_progress", "sync_summary"]
 
 #: Rows a live table shows at most (a terminal is not a report).
 _ROWS = 20
@@ -187,6 +188,35 @@ def learners_summary(result: RunResult) -> str:
         f"output: {result.out.resolve()} ({MANIFEST_NAME}, enterprise=<uuid>/{NDJSON_NAME})",
     ]
     return "\n".join(lines)
+
+
+def sync_summary(night: SyncResult) -> list[str]:
+    """What a sync night did to its store, one line per fact (after the harvest table)."""
+    from harvester.store import sync_totals
+
+    m, snap, previous = night.manifest, night.snapshot, night.previous
+    cats = m.catalogs
+    suppressed = [u[:8] for u, c in cats.items() if c.sync.get("deletes_suppressed")]
+    pending = sum(int(c.sync.get("deletes_pending", 0)) for c in cats.values())
+    lines = [f"sync {snap.name} (previous: {previous.name if previous else 'none'}): "
+             + ", ".join(f"{k} {v}" for k, v in sync_totals(m).items())
+             + (f"; deletes withheld for {', '.join(suppressed)} (listing incomplete; "
+                f"{pending} carried to the next night)" if suppressed else "")]
+    gone = m.sync.get("gone_catalogs") or {}
+    if gone:
+        lines.append(f"gone from the catalog list (all items deleted): "
+                     f"{', '.join(u[:8] for u in gone)}")
+    stale = m.sync.get("stale") or {}
+    if stale.get("items") or stale.get("catalogs"):
+        lines.append("kept stale from the previous snapshot (failed tonight, retried next "
+                     f"night): {stale.get('items', 0)} items"
+                     + (f"; catalogs {', '.join(u[:8] for u in stale['catalogs'])}"
+                        if stale.get("catalogs") else ""))
+    lines.append(f"latest -> {snap.name}" if night.promoted else
+                 f"latest unchanged: {snap.name} is not a good snapshot (see errors.ndjson)")
+    if night.pruned:
+        lines.append(f"pruned: {', '.join(night.pruned)}")
+    return lines
 
 
 def export_summary(out: Path, upserts: int, deletes: int, fmt: str) -> str:

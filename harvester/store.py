@@ -5,7 +5,8 @@ latest, ``--keep N`` prunes the oldest (never latest, never the one just written
 an unfinished snapshot a changed command cannot resume is abandoned. One sync at a time
 per store (:class:`StoreLock`). :func:`settle_night` reads the night's
 :class:`~harvester.manifest.Manifest`, promotes the snapshot only when it is
-:func:`usable`, prunes, and returns the night's summary lines. Must not run a harvest,
+:func:`usable`, prunes, and returns the night's totals (:func:`sync_totals`); the
+summary a person reads is drawn by :mod:`harvester.display`. Must not run a harvest,
 print, or decide a run's status.
 """
 
@@ -169,7 +170,7 @@ class Store:
 # --- export ------------------------------------------------------------------------------
 
 
-#: The sync block's counts summed over catalogs for the night's summary.
+#: The sync block's counts summed over catalogs for the night's totals.
 SYNC_TOTALS = ("carried", "fetched_new", "fetched_changed", "refreshed", "retried_stale",
                "not_modified", "upserts", "deletes")
 
@@ -180,7 +181,7 @@ class Night:
 
     promoted: bool
     pruned: list[str]
-    summary: list[str]
+    manifest: Manifest  #: the snapshot's, typed
 
 
 def usable(manifest: Manifest) -> bool:
@@ -200,34 +201,12 @@ def sync_totals(manifest: Manifest) -> dict[str, int]:
     return totals
 
 
-def summary(manifest: Manifest, snap: Path, previous: Path | None) -> list[str]:
-    """The night's summary, one line per fact."""
-    cats = manifest.catalogs
-    suppressed = [u[:8] for u, c in cats.items() if c.sync.get("deletes_suppressed")]
-    pending = sum(int(c.sync.get("deletes_pending", 0)) for c in cats.values())
-    lines = [f"sync {snap.name} (previous: {previous.name if previous else 'none'}): "
-             + ", ".join(f"{k} {v}" for k, v in sync_totals(manifest).items())
-             + (f"; deletes withheld for {', '.join(suppressed)} (listing incomplete; "
-                f"{pending} carried to the next night)" if suppressed else "")]
-    gone = manifest.sync.get("gone_catalogs") or {}
-    if gone:
-        lines.append(f"gone from the catalog list (all items deleted): "
-                     f"{', '.join(u[:8] for u in gone)}")
-    stale = manifest.sync.get("stale") or {}
-    if stale.get("items") or stale.get("catalogs"):
-        lines.append("kept stale from the previous snapshot (failed tonight, retried next "
-                     f"night): {stale.get('items', 0)} items"
-                     + (f"; catalogs {', '.join(u[:8] for u in stale['catalogs'])}"
-                        if stale.get("catalogs") else ""))
-    return lines
-
-
-def settle_night(store: Store, snap: Path, manifest: Mapping[str, Any], *, keep: int,
-                 previous: Path | None) -> Night:
+def settle_night(store: Store, snap: Path, manifest: Mapping[str, Any], *,
+                 keep: int) -> Night:
     """Promote ``snap`` if it is usable, prune the store to ``keep`` snapshots."""
     night = Manifest.from_json(manifest)
     good = usable(night)
     if good:
         store.promote(snap)
     pruned = store.prune(keep, current=snap)
-    return Night(good, pruned, summary(night, snap, previous))
+    return Night(good, pruned, night)
