@@ -25,7 +25,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Final, TypeVar
 
 from aiolimiter import AsyncLimiter
@@ -109,8 +109,11 @@ CAUSE_THROTTLED: Final = "throttled"
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryPolicy(RetryConfig):
     """What to retry and how long to wait. Immutable; no I/O.
+
+    The numbers, their defaults and their checks are :class:`~harvester.config.RetryConfig`'s
+    (``retry.*`` in the config file); this class adds the decisions.
 
     Retried: no response (connect, timeout, reset, truncated body), invalid JSON on a 2xx,
     5xx, 429 and, a few times only, a 400 on a well-formed GET (the gateway maps upstream
@@ -124,19 +127,10 @@ class RetryPolicy:
     a minute, not in fifteen).
     """
 
-    max_tries: int = 8
-    max_time: float = 900.0
-    backoff_base: float = 0.5
-    backoff_cap: float = 60.0
-    gateway_400_retries: int = 2
-    max_wait: float = 300.0
-    first_contact_time: float = 60.0
-
     @classmethod
     def from_config(cls, cfg: RetryConfig) -> RetryPolicy:
         """Build the policy from validated config numbers."""
-        return cls(cfg.max_tries, cfg.max_time, cfg.backoff_base, cfg.backoff_cap,
-                   cfg.gateway_400_retries, cfg.max_wait, cfg.first_contact_time)
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(RetryConfig)})
 
     @staticmethod
     def cause(error: BaseException) -> str | None:

@@ -257,3 +257,18 @@ async def test_probing_back_up_doubles_its_step(fake_time: FakeTime) -> None:
         await gate.acquire()
         budgets.append(gate.budget)
     assert budgets == [34, 36, 40, 48]
+
+
+def test_policy_is_built_from_the_config_without_repeating_it() -> None:
+    """RetryPolicy adds decisions, not numbers: same fields, defaults and checks."""
+    from dataclasses import fields
+
+    from harvester.config import RetryConfig
+    from harvester.errors import ConfigError
+
+    assert [f.name for f in fields(RetryPolicy)] == [f.name for f in fields(RetryConfig)]
+    assert RetryPolicy() == RetryPolicy.from_config(RetryConfig())
+    cfg = RetryConfig(max_tries=3, backoff_base=0.0, first_contact_time=5.0)
+    assert RetryPolicy.from_config(cfg).max_tries == 3
+    with pytest.raises(ConfigError, match="max_tries"):
+        RetryPolicy(max_tries=0)
