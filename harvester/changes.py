@@ -16,12 +16,12 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from harvester.delta import SnapshotIndex
 from harvester.sinks import (
     PartFile,
     catalog_dirname,
     encode_line,
 )
-from harvester.sync import SnapshotIndex
 
 
 @dataclass(slots=True)

@@ -322,6 +322,13 @@ class SyncConfig:
     max_age: float = DEFAULT_MAX_AGE
     keep: int = 7
 
+    def __post_init__(self) -> None:
+        if not 0 < self.max_age <= MAX_AGE_LIMIT:  # also false for nan
+            raise ConfigError(f"sync.max_age: must be above 0 and at most 36500d, "
+                              f"got {self.max_age!r}")
+        if self.keep < 1:
+            raise ConfigError(f"sync.keep: must be >= 1, got {self.keep!r}")
+
 
 #: The sections of a run's own settings, as recorded in a harvest's manifest.
 RUN_SECTIONS: Final = ("api", "limits", "retry", "harvest", "output")

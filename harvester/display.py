@@ -23,8 +23,7 @@ if TYPE_CHECKING:
 
     from harvester.config import Settings
     from harvester.learners.state import EnterpriseState
-    from harvester.nightly import SyncResult
-    from harvester.run import CatalogState, RunResult
+    from harvester.run import CatalogState, RunResult, SyncResult
 
 __all__ = ["ProgressSource", "export_summary", "harvest_progress", "harvest_summary",
            "harvest_table", "learners_progress", "learners_summary", "learners_table",

@@ -29,10 +29,10 @@ from typing import Any, Final
 
 import orjson
 
+from harvester.delta import doc_id, safe_id
 from harvester.errors import ConfigError
 from harvester.models import JSONDict
 from harvester.sinks import PartFile, encode_line, iter_lines
-from harvester.sync import doc_id, safe_id
 
 FORMATS: Final = ("es-bulk", "meili", "jsonl")
 ITEM_SUFFIXES: Final = (".ndjson", ".ndjson.gz")

@@ -13,45 +13,27 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 
 from harvester.config import Settings
+from harvester.delta import SyncOptions
 from harvester.errors import StateError
-from harvester.manifest import Manifest
 from harvester.obs import event
 from harvester.pipeline import Harvest
-from harvester.run import RunResult, describe_change, fingerprint, fingerprint_parts
+from harvester.run import (
+    RunResult,
+    SyncResult,
+    describe_change,
+    fingerprint,
+    fingerprint_parts,
+)
 from harvester.state import Ledger
 from harvester.store import Store, settle_night
-from harvester.sync import SyncOptions
 
-__all__ = ["SyncNight", "SyncResult"]
-
-
-@dataclass(frozen=True, slots=True)
-class SyncResult:
-    """How a sync night ended: the snapshot's run, and what it did to the store."""
-
-    run: RunResult
-    manifest: Manifest
-    snapshot: Path
-    previous: Path | None
-    promoted: bool  #: the snapshot became ``latest``
-    pruned: list[str]
-    notice: str | None = None  #: an unfinished snapshot was abandoned (why)
-
-    @property
-    def status(self) -> str:
-        """``complete`` or ``partial``, as the snapshot's manifest says."""
-        return self.run.status
-
-    @property
-    def exit_code(self) -> int:
-        """The command's exit status (0 complete, 3 partial)."""
-        return self.run.exit_code
+__all__ = ["SyncNight"]
 
 
 class SyncNight:

@@ -22,6 +22,7 @@ from harvester.config import Settings
 from harvester.errors import ApiError, IllegalPhase
 
 if TYPE_CHECKING:
+    from harvester.manifest import Manifest
     from harvester.paginate import ListingPlan
 
 EXIT_OK: Final = 0
@@ -187,6 +188,29 @@ class RunResult:
     out: Path
     manifest: dict[str, Any] | None
     message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """How a sync night ended: the snapshot's run, and what it did to the store."""
+
+    run: RunResult
+    manifest: Manifest
+    snapshot: Path
+    previous: Path | None
+    promoted: bool  #: the snapshot became ``latest``
+    pruned: list[str]
+    notice: str | None = None  #: an unfinished snapshot was abandoned (why)
+
+    @property
+    def status(self) -> str:
+        """``complete`` or ``partial``, as the snapshot's manifest says."""
+        return self.run.status
+
+    @property
+    def exit_code(self) -> int:
+        """The command's exit status (0 complete, 3 partial)."""
+        return self.run.exit_code
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from harvester.client import ApiClient, ThrottleClass
 from harvester.config import Settings
+from harvester.delta import SyncOptions
 from harvester.errors import (
     ApiError,
     AuthError,
@@ -39,7 +40,6 @@ from harvester.pipeline.walk import leading_error
 from harvester.policy import Clock, RateGate, Sleep
 from harvester.run import CatalogState, Phase, RunResult, now_iso
 from harvester.sinks import FileInfo
-from harvester.sync import SyncOptions
 from harvester.writer import Message, Writer
 
 

@@ -18,16 +18,7 @@ from typing import Any, Protocol
 
 from harvester.changes import changes_path, write_changes, write_gone
 from harvester.config import Settings
-from harvester.errors import HarvestError
-from harvester.listing import spool_winners
-from harvester.models import Catalog, JSONDict
-from harvester.obs import event
-from harvester.pipeline.emit import Emitter
-from harvester.pipeline.records import describe
-from harvester.run import CatalogState, Phase
-from harvester.spool import SpoolEntry
-from harvester.state import Ledger
-from harvester.sync import (
+from harvester.delta import (
     CARRY,
     FETCH_CHANGED,
     FETCH_NEW,
@@ -40,6 +31,15 @@ from harvester.sync import (
     carried_line,
     stale_line,
 )
+from harvester.errors import HarvestError
+from harvester.listing import spool_winners
+from harvester.models import Catalog, JSONDict
+from harvester.obs import event
+from harvester.pipeline.emit import Emitter
+from harvester.pipeline.records import describe
+from harvester.run import CatalogState, Phase
+from harvester.spool import SpoolEntry
+from harvester.state import Ledger
 from harvester.writer import Writer
 
 

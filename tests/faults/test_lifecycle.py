@@ -22,12 +22,12 @@ import orjson
 import pytest
 
 from harvester import cli
+from harvester.delta import SyncOptions
 from harvester.models import key_digest
 from harvester.pipeline import Harvest
 from harvester.sim import SimConfig, SimServer
 from harvester.sinks import catalog_dirname
 from harvester.state import Ledger
-from harvester.sync import SyncOptions
 from harvester.writer import ERRORS_KEY, Write, Writer
 from tests.conftest import SimStarter, settings_for
 from tests.integration.helpers import (

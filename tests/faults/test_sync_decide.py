@@ -20,8 +20,8 @@ import pytest
 
 from harvester import cli
 from harvester.config import HarvestOptions
+from harvester.delta import content_hash
 from harvester.sim import SimConfig, SimServer
-from harvester.sync import content_hash
 from tests.integration.helpers import LoopThread, read_lines
 
 Item = tuple[str, str, str]  # (catalog, content_type, key)
@@ -374,9 +374,9 @@ def test_sync_after_a_no_details_snapshot_fetches_every_detail(
 def test_an_incomplete_catalog_list_calls_no_catalog_gone(tmp_path: Path) -> None:
     """A list shorter than its count cannot say a catalog is gone (narrow: no server)."""
     from harvester.config import load_settings
+    from harvester.delta import SnapshotIndex, SyncOptions
     from harvester.models import Catalog
     from harvester.pipeline.syncing import SyncDecider
-    from harvester.sync import SnapshotIndex, SyncOptions
 
     prev = tmp_path / "prev"
     prev.mkdir()
@@ -404,9 +404,9 @@ def test_an_incomplete_catalog_list_calls_no_catalog_gone(tmp_path: Path) -> Non
 def test_items_kept_stale_are_retried_first(tmp_path: Path) -> None:
     """Narrow: the details phase hands out last night's stale items before the rest."""
     from harvester.config import load_settings
+    from harvester.delta import SnapshotIndex, SyncOptions
     from harvester.models import key_digest
     from harvester.pipeline.syncing import SyncDecider
-    from harvester.sync import SnapshotIndex, SyncOptions
 
     keys = [f"Org+C{i}" for i in range(6)]
     prev = tmp_path / "prev"

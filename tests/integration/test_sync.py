@@ -17,9 +17,9 @@ import orjson
 import pytest
 
 from harvester import cli
+from harvester.delta import content_hash
 from harvester.pipeline import Harvest
 from harvester.sim import SimConfig, SimServer
-from harvester.sync import content_hash
 from tests.conftest import settings_for
 from tests.integration.helpers import LoopThread, read_lines
 

@@ -1,4 +1,4 @@
-"""Nightly sync: change detection, the snapshot index and the change feed.
+"""What changed since the last snapshot: change detection, the snapshot index, refresh rules.
 
 * :func:`content_hash` is a stable hash of a record over normalised fields. The volatile
   ones (``modified``, ``content_last_modified``, enrollment counts, ratings, enrollment
