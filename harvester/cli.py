@@ -110,6 +110,35 @@ def _add_harvest_flags(h: argparse.ArgumentParser) -> None:
                         "each --rate-lms budget/N: they share the credential's budget)")
 
 
+def _add_export(sub: Any) -> None:
+    """``harvester export``'s flags."""
+    ex = sub.add_parser("export", help="a snapshot or change feed -> search-engine input")
+    ex.add_argument("source", type=_path,
+                    help="a snapshot directory, a sync store (its latest), or changes.ndjson")
+    ex.add_argument("--format", required=True, choices=("es-bulk", "meili", "jsonl"))
+    ex.add_argument("--out", type=_path, required=True, help="file to write")
+    ex.add_argument("--index", default="edx-catalog", help="index name for es-bulk")
+    ex.add_argument("--changes", action="store_true",
+                    help="export a snapshot's change feeds instead of all its items")
+
+
+def _add_learners(sub: Any) -> None:
+    """``harvester learners``' flags."""
+    lr = sub.add_parser("learners", help="learner-summary (enrollments, progress; personal "
+                        "data) -> OUT/learners/enterprise=<uuid>/learner_summary.ndjson")
+    lr.add_argument("--out", dest="output.out", help="output directory (default ./out)")
+    lr.add_argument("--enterprise", dest="learners.enterprises", action="append",
+                    metavar="UUID", help="enterprise customer UUID (repeatable; or [learners] "
+                    "enterprises in the config)")
+    lr.add_argument("--pii", dest="learners.pii", choices=("keep", "hash", "drop"),
+                    help=PII_HELP)
+    lr.add_argument("--consented-only", dest="learners.consented_only", action="store_const",
+                    const=True, help="write only rows with is_consent_granted true")
+    lr.add_argument("--csv", dest="learners.csv", action="store_const", const=True,
+                    help="also write learner_summary.csv (serializer column order)")
+    _add_common(lr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for every sub-command."""
     parser = _Parser(
@@ -141,29 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--as-of", metavar="ISO-8601",
                     help="the run's date for refresh planning (backfills and tests)")
 
-    ex = sub.add_parser("export", help="a snapshot or change feed -> search-engine input")
-    ex.add_argument("source", type=_path,
-                    help="a snapshot directory, a sync store (its latest), or changes.ndjson")
-    ex.add_argument("--format", required=True, choices=("es-bulk", "meili", "jsonl"))
-    ex.add_argument("--out", type=_path, required=True, help="file to write")
-    ex.add_argument("--index", default="edx-catalog", help="index name for es-bulk")
-    ex.add_argument("--changes", action="store_true",
-                    help="export a snapshot's change feeds instead of all its items")
-
-    lr = sub.add_parser("learners", help="learner-summary (enrollments, progress; personal "
-                        "data) -> OUT/learners/enterprise=<uuid>/learner_summary.ndjson")
-    lr.add_argument("--out", dest="output.out", help="output directory (default ./out)")
-    lr.add_argument("--enterprise", dest="learners.enterprises", action="append",
-                    metavar="UUID", help="enterprise customer UUID (repeatable; or [learners] "
-                    "enterprises in the config)")
-    lr.add_argument("--pii", dest="learners.pii", choices=("keep", "hash", "drop"),
-                    help=PII_HELP)
-    lr.add_argument("--consented-only", dest="learners.consented_only", action="store_const",
-                    const=True, help="write only rows with is_consent_granted true")
-    lr.add_argument("--csv", dest="learners.csv", action="store_const", const=True,
-                    help="also write learner_summary.csv (serializer column order)")
-    _add_common(lr)
-
+    _add_export(sub)
+    _add_learners(sub)
     d = sub.add_parser("demo", help="harvest the built-in simulator into ./out/demo")
     d.add_argument("--out", type=_path, default=Path("out/demo"))
     d.add_argument("--catalogs", type=int, default=3)

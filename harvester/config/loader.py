@@ -1,0 +1,186 @@
+"""Loading settings: the one schema of dotted names, the config file, the environment.
+
+:data:`SCHEMA` is the single source of valid keys for the file, the environment and the
+flags of every command (``[learners]`` and ``[sync]`` included). Precedence is CLI >
+environment > config file > defaults. Must not open sockets or read any file but the
+config file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Final
+
+from harvester.config.sections import (
+    ApiConfig,
+    HarvestOptions,
+    LearnersConfig,
+    LimitsConfig,
+    OutputOptions,
+    RetryConfig,
+    Settings,
+    SyncConfig,
+)
+from harvester.config.values import (
+    Secret,
+    parse_bool,
+    parse_duration,
+    parse_float,
+    parse_int,
+    parse_keep,
+    parse_path,
+    parse_rate,
+    parse_str,
+    parse_str_tuple,
+)
+from harvester.errors import ConfigError
+
+SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
+    "api.base": ("api", "base", parse_str),
+    "api.token_url": ("api", "token_url", parse_str),
+    "api.client_id": ("api", "client_id", parse_str),
+    "api.client_secret": ("api", "client_secret", lambda v: Secret(parse_str(v))),
+    "api.connect_timeout": ("api", "connect_timeout", parse_float),
+    "api.read_timeout": ("api", "read_timeout", parse_float),
+    "api.request_timeout": ("api", "request_timeout", parse_float),
+    "api.max_response_bytes": ("api", "max_response_bytes", parse_int),
+    "rates.lms": ("limits", "lms", parse_rate),
+    "rates.learners": ("limits", "learners", parse_rate),
+    "harvest.concurrency": ("limits", "concurrency", parse_int),
+    "harvest.page_concurrency": ("limits", "page_concurrency", parse_int),
+    "harvest.catalog_concurrency": ("limits", "catalog_concurrency", parse_int),
+    "harvest.catalogs": ("harvest", "catalogs", parse_str_tuple),
+    "harvest.shard": ("harvest", "shard", parse_str),
+    "harvest.page_size": ("harvest", "page_size", parse_int),
+    "harvest.details": ("harvest", "details", parse_bool),
+    "harvest.max_rewalks": ("harvest", "max_rewalks", parse_int),
+    "harvest.detail_404_retries": ("harvest", "detail_404_retries", parse_int),
+    "retry.max_tries": ("retry", "max_tries", parse_int),
+    "retry.max_time": ("retry", "max_time", parse_float),
+    "retry.backoff_base": ("retry", "backoff_base", parse_float),
+    "retry.backoff_cap": ("retry", "backoff_cap", parse_float),
+    "retry.gateway_400_retries": ("retry", "gateway_400_retries", parse_int),
+    "retry.max_wait": ("retry", "max_wait", parse_float),
+    "retry.first_contact_time": ("retry", "first_contact_time", parse_float),
+    "output.out": ("output", "out", parse_path),
+    "output.gzip": ("output", "gzip", parse_bool),
+    "output.quiet": ("output", "quiet", parse_bool),
+    "output.log_format": ("output", "log_format", parse_str),
+    "output.progress": ("output", "progress", parse_str),
+    "learners.enterprises": ("learners", "enterprises", parse_str_tuple),
+    "learners.pii": ("learners", "pii", parse_str),
+    "learners.csv": ("learners", "csv", parse_bool),
+    "learners.consented_only": ("learners", "consented_only", parse_bool),
+    "learners.max_rewalks": ("learners", "max_rewalks", parse_int),
+    "sync.store": ("sync", "store", parse_path),
+    "sync.max_age": ("sync", "max_age", parse_duration),
+    "sync.keep": ("sync", "keep", parse_keep),
+}
+
+#: Environment variables and the settings they feed.
+ENV: Final[dict[str, str]] = {
+    "EDX_CLIENT_ID": "api.client_id",
+    "EDX_CLIENT_SECRET": "api.client_secret",
+    "EDX_API_BASE": "api.base",
+    "EDX_TOKEN_URL": "api.token_url",
+}
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """Read a TOML config file into ``{"section.key": value}``; unknown keys are errors."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    known = list(SCHEMA)
+    sections = sorted(dict.fromkeys(k.split(".")[0] for k in known))
+    flat: dict[str, object] = {}
+    for section, body in data.items():
+        if section not in sections:
+            raise ConfigError(f"{path}: unknown section [{section}]; sections are "
+                              f"{', '.join(sections)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: top-level key {section!r} must be a [{section}] "
+                              "section")
+        for key, value in body.items():
+            name = f"{section}.{key}"
+            if name not in known:
+                valid = ", ".join(k for k in known if k.startswith(section + "."))
+                raise ConfigError(f"{path}: unknown setting {name!r}; valid: {valid}")
+            flat[name] = value
+    return flat
+
+
+def _parse_setting(name: str, parse: Callable[[object], Any], raw: object) -> Any:
+    try:
+        return parse(raw)
+    except (ValueError, TypeError, ConfigError) as exc:  # ConfigError: e.g. Rate's checks
+        shown = "***" if name.endswith("client_secret") else repr(raw)
+        raise ConfigError(f"{name}: {exc} (got {shown})") from None
+
+
+def build_settings(*layers: Mapping[str, object]) -> Settings:
+    """Merge layers (lowest precedence first) of ``{"section.key": raw}`` into Settings."""
+    merged: dict[str, object] = {}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if v is not None})
+    sections: dict[str, dict[str, Any]] = {f.name: {} for f in fields(Settings)}
+    for name, raw in merged.items():
+        section, attr, parse = _spec(name)
+        sections[section][attr] = _parse_setting(name, parse, raw)
+    return Settings(**{f.name: _SECTION_TYPES[f.name](**sections[f.name])
+                       for f in fields(Settings)})
+
+
+def parse_section(section: str, *layers: Mapping[str, object]) -> dict[str, Any]:
+    """The ``section.*`` values of ``layers`` (lowest precedence first), parsed, by
+    attribute; other sections' keys are ignored, an unknown key of this one is an error."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for name, raw in layer.items():
+            if name.startswith(section + ".") and raw is not None:
+                _, attr, parse = _spec(name)
+                values[attr] = _parse_setting(name, parse, raw)
+    return values
+
+
+def _spec(name: str) -> tuple[str, str, Callable[[object], Any]]:
+    spec = SCHEMA.get(name)
+    if spec is None:
+        section = name.split(".")[0]
+        raise ConfigError(f"unknown setting {name!r}; valid: "
+                          f"{', '.join(k for k in SCHEMA if k.startswith(section + '.'))}")
+    return spec
+
+
+_SECTION_TYPES: Final[dict[str, Callable[..., Any]]] = {
+    "api": ApiConfig, "limits": LimitsConfig, "retry": RetryConfig,
+    "harvest": HarvestOptions, "output": OutputOptions, "learners": LearnersConfig,
+    "sync": SyncConfig,
+}
+
+
+def env_layer(environ: Mapping[str, str]) -> dict[str, object]:
+    """The settings the environment provides (empty values are ignored)."""
+    return {name: environ[var] for var, name in ENV.items() if environ.get(var)}
+
+
+def load_settings(
+    *,
+    cli: Mapping[str, object],
+    environ: Mapping[str, str],
+    config_file: Path | None,
+) -> tuple[Settings, dict[str, object]]:
+    """Load settings with precedence CLI > env > file > defaults.
+
+    Returns the settings and the raw file layer.
+    """
+    file_layer = read_config_file(config_file) if config_file else {}
+    return build_settings(file_layer, env_layer(environ), cli), file_layer
