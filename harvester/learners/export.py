@@ -6,6 +6,12 @@ budget, through the harvest's client and page walker
 deduplicating by enrollment identity, applying ``--pii`` before anything is written, and
 publishing every file with the manifest last (see the package docstring). Creates no
 tasks itself (the walker does). Must not print, draw progress or parse flags.
+
+It shares the run id (:func:`~harvester.run.new_run_id`), the walker, the walk counters
+and the error records with the catalog harvest, but not
+:class:`~harvester.pipeline.session.RunSession`: that session is a resume ledger, a
+settings fingerprint and a writer's reopen, and a learner export has none of them (no
+resume by design: a run starts over and publishes whole).
 """
 
 from __future__ import annotations
