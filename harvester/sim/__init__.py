@@ -79,7 +79,7 @@ detail_403_keys            ()              item keys whose detail 403s, always (
 drop_catalog_at_epoch      ()              "I:E": own catalog I unlisted (content 404) from E
 case_twin_catalogs         False           catalog 1's id = catalog 0's id upper-cased
 lie_count                  0               content pages report this ``count`` (0 = truth)
-keyless_items              0               per catalog, items listed without key or uuid
+keyless_items              0               per catalog, items listed without key or uuid (live)
 dup_keys                   0               per catalog, items listed again at the end with
                                            the same key, other content (count: distinct)
 head_inserts               0               per catalog, items hidden at first, then inserted

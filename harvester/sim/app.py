@@ -526,7 +526,7 @@ _LIVE_KNOBS: Final = frozenset({
     "detail_404_mode", "detail_404_times", "shuffle", "churn", "etag", "latency_ms",
     "jitter_ms", "strip_retry_after", "gateway_remap", "end_marker", "accept_mode",
     "limit_mode", "echo_token", "expires_in", "omit_count",
-    "slow_drip_ms", "slow_drip_rate", "bomb_rate", "bomb_mb",
+    "slow_drip_ms", "slow_drip_rate", "bomb_rate", "bomb_mb", "keyless_items",
 })
 
 

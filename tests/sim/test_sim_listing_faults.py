@@ -40,6 +40,20 @@ async def test_keyless_items_have_neither_key_nor_uuid(make_sim: SimFactory) -> 
     assert all(r.get("content_type") and r.get("title") for r in keyless)
 
 
+async def test_keyless_items_is_live(make_sim: SimFactory) -> None:
+    """A sync test lists the same items keyless one night and keyed the next."""
+    sim = await make_sim(items=30)
+    rows, _ = await walk(sim)
+    assert await sim.ops("POST", "/__config", {"keyless_items": 3}) == {"keyless_items": 3}
+    now, _ = await walk(sim)
+    keyless = [r for r in now if "key" not in r and "uuid" not in r]
+    assert len(keyless) == 3 and [r["title"] for r in now] == [r["title"] for r in rows]
+    resp = await sim.session.post(sim.base + "/__config", json={"keyless_items": 31})
+    assert resp.status == 400  # validated like the flag
+    await sim.ops("POST", "/__config", {"keyless_items": 0})
+    assert await walk(sim) == (rows, [30])
+
+
 async def test_dup_keys_list_a_key_twice_with_other_content(make_sim: SimFactory) -> None:
     sim = await make_sim(items=30, dup_keys=2)
     rows, counts = await walk(sim, size=10)
