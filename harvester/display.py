@@ -195,12 +195,15 @@ def sync_summary(night: SyncResult) -> list[str]:
 
     m, snap, previous = night.manifest, night.snapshot, night.previous
     cats = m.catalogs
-    suppressed = [u[:8] for u, c in cats.items() if c.sync.get("deletes_suppressed")]
+    withheld = [f"{u[:8]} (listing incomplete)" if c.sync.get("deletes_suppressed") else
+                f"{u[:8]} (keyless {', '.join(c.sync['deletes_held_types'])} rows)"
+                for u, c in cats.items()
+                if c.sync.get("deletes_suppressed") or c.sync.get("deletes_held_types")]
     pending = sum(int(c.sync.get("deletes_pending", 0)) for c in cats.values())
     lines = [f"sync {snap.name} (previous: {previous.name if previous else 'none'}): "
              + ", ".join(f"{k} {v}" for k, v in sync_totals(m).items())
-             + (f"; deletes withheld for {', '.join(suppressed)} (listing incomplete; "
-                f"{pending} carried to the next night)" if suppressed else "")]
+             + (f"; deletes withheld for {', '.join(withheld)}; {pending} carried to the "
+                "next night" if withheld else "")]
     gone = m.sync.get("gone_catalogs") or {}
     if gone:
         lines.append(f"gone from the catalog list (all items deleted): "

@@ -17,6 +17,9 @@ CONTENT_TYPES: Final[dict[str, tuple[str, str | None]]] = {
 }
 #: File stem for any content type the API invents later; kept rather than dropped.
 OTHER_STEM: Final = "other"
+#: The content type of a row that names none (neither ``content_type`` nor an
+#: ``aggregation_key`` prefix): it could be of any type.
+UNKNOWN_TYPE: Final = "unknown"
 
 
 def file_stem(content_type: str) -> str:
@@ -39,7 +42,7 @@ def content_type_of(item: JSONDict) -> str:
     agg = item.get("aggregation_key")
     if isinstance(agg, str) and ":" in agg:
         return agg.split(":", 1)[0]
-    return "unknown"
+    return UNKNOWN_TYPE
 
 
 def item_key(item: JSONDict, content_type: str) -> str | None:

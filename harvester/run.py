@@ -137,6 +137,7 @@ class CatalogCounts(WalkCounters):
     """The persisted counters of one catalog (the ledger's ``info``), and nothing live."""
 
     keyless: int = 0  #: listed rows with neither key nor uuid (reported once, never a gap)
+    keyless_types: list[str] = field(default_factory=list)  #: their content types
     details_total: int = 0
     details_done: int = 0
     listing_only: int = 0

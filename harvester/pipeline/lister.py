@@ -18,7 +18,14 @@ from harvester.client import ApiClient, ThrottleClass, catalogs_path, content_pa
 from harvester.config import Settings
 from harvester.errors import HarvestError
 from harvester.listing import Seen, version_of
-from harvester.models import Catalog, Page, content_type_of, item_key, key_digest
+from harvester.models import (
+    UNKNOWN_TYPE,
+    Catalog,
+    Page,
+    content_type_of,
+    item_key,
+    key_digest,
+)
 from harvester.obs import event
 from harvester.paginate import ListingPlan
 from harvester.pipeline.emit import Emitter
@@ -121,12 +128,15 @@ class CatalogLister:
         seen = Seen()
         for entry in self.writer.spool(cs.uuid).entries():
             seen.add(entry.digest, version_of(orjson.dumps(entry.record)))
+        types: set[str] = set()
         for line in self._errors():
             e = orjson.loads(line)
             if e.get("kind") == "no_key" and e.get("catalog_uuid") == cs.uuid \
                     and isinstance(e.get("record_hash"), str):
                 seen.keyless.add(int(e["record_hash"], 16))
+                types.add(str(e.get("content_type", UNKNOWN_TYPE)))
         cs.unique, cs.keyless = len(seen.ids), len(seen.keyless)
+        cs.keyless_types = sorted(types)
         return seen
 
     def _errors(self) -> Iterator[bytes]:
@@ -180,6 +190,8 @@ class CatalogLister:
                     continue
                 seen.keyless.add(version)
                 cs.keyless += 1
+                if ctype not in cs.keyless_types:
+                    cs.keyless_types.append(ctype)
                 await self.emit.error(cs.uuid, "no_key",
                                       "listed item has neither key nor uuid; it cannot be "
                                       "fetched (counted as listed, not a gap)",

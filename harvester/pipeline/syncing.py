@@ -289,17 +289,22 @@ class SyncDecider:
         self.index.rebuild(cs.uuid, listing, writer.item_files(cs.uuid),
                            compressed=self.settings.output.gzip)
         # Failed details are kept (stale), so they never look deleted; a failed catalog's
-        # listing was cut short, so it can say nothing is gone. Keyless rows are listed.
+        # listing was cut short, so it can say nothing is gone. Keyless rows are listed,
+        # but may be previous items without their key: their types' deletes wait.
         complete = (cs.phase != Phase.FAILED and cs.count_reported is not None
                     and cs.gaps == 0 and cs.unique + cs.keyless >= cs.count_reported)
         counts = write_changes(self.index, self.previous, cs.uuid,
-                               changes_path(self.out, cs.uuid), listing_complete=complete)
+                               changes_path(self.out, cs.uuid), listing_complete=complete,
+                               keyless_types=cs.keyless_types)
         cs.sync.update(counts.as_dict())
         cs.sync["stale"], cs.sync["stale_keys"] = self.index.stale_summary(cs.uuid)
         cs.sync["previous"] = self.options.previous.name if self.options.previous else None
         if counts.deletes_suppressed:
             event("sync.deletes_suppressed", catalog=cs.uuid, unique=cs.unique,
                   count=cs.count_reported, pending=counts.deletes_pending)
+        elif counts.deletes_held_types:
+            event("sync.deletes_held", catalog=cs.uuid, keyless=cs.keyless,
+                  types=",".join(counts.deletes_held_types), pending=counts.deletes_pending)
 
     def _recount(self, cs: CatalogState) -> None:
         """The sync block's item counts from the committed catalog and the previous
