@@ -44,7 +44,7 @@ from harvester.errors import (
     StateError,
     UnsafePath,
 )
-from harvester.export import export
+from harvester.export import SignalGuard, export
 from harvester.learners import PII_HELP, LearnerExport, LearnerOptions, PiiPolicy, check_out
 from harvester.nightly import SyncNight
 from harvester.obs import REDACTOR, event, setup_logging
@@ -380,12 +380,23 @@ def cmd_sync(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    """``harvester export``: SIGINT/SIGTERM end it like ``harvest`` (130/143, one line,
-    no traceback), leaving no partial file and the previous output untouched."""
-    counts = run_job(lambda: export(ns.source, ns.format, ns.out, index=ns.index,
-                                    changes=ns.changes),
-                     blocking=True, interrupted=f"{ns.out} was not written (rerun the command)")
-    print(export_summary(ns.out, counts.upserts, counts.deletes, ns.format))
+    """``harvester export``: SIGINT/SIGTERM before the commit end it like ``harvest``
+    (130/143, one line, no traceback), leaving no partial file and the previous output
+    untouched. Once the commit has started it finishes: exit 0, and a line says the
+    signal came too late to stop it (exit 0 always means the new export is in place)."""
+    with SignalGuard() as guard:
+        try:
+            counts = export(ns.source, ns.format, ns.out, index=ns.index,
+                            changes=ns.changes, guard=guard)
+        except KeyboardInterrupt:  # not run_job: its handler would stop a started commit
+            print(f"harvester: interrupted; {ns.out} was not written (rerun the command)",
+                  file=sys.stderr)
+            raise Interrupted(_signal_exit([guard.signal] if guard.signal else [])) from None
+        print(export_summary(ns.out, counts.upserts, counts.deletes, ns.format))
+        if guard.signal is not None:
+            print(f"harvester: {signal.Signals(guard.signal).name} came after the commit "
+                  f"had started; it finished: {' and '.join(map(str, counts.files))} hold "
+                  "the new export", file=sys.stderr)
     return 0
 
 

@@ -18,19 +18,27 @@ Formats (one event per item: ``upsert`` with a document, or ``delete``):
 A document is the harvested record with ``_harvest`` renamed ``harvest_meta`` (engines
 reserve leading underscores) plus top-level ``catalog_uuid`` and ``content_type`` (detail
 records lack the latter).
+
+SIGINT/SIGTERM (with a :class:`SignalGuard`): before the commit, a signal stops the export
+and nothing is replaced; once the commit has started renaming, a signal is only recorded
+and the commit finishes, so "was it written?" always has one true answer.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, Final
 
 import orjson
 
 from harvester.delta import doc_id, safe_id
-from harvester.errors import ConfigError
+from harvester.errors import ConfigError, SinkError
 from harvester.models import JSONDict
 from harvester.sinks import PartFile, encode_line, iter_lines
 
@@ -55,6 +63,37 @@ class ExportCounts:
 
     upserts: int = 0
     deletes: int = 0
+    files: tuple[Path, ...] = ()  #: what was replaced, in commit order
+
+
+class SignalGuard:
+    """SIGINT/SIGTERM for an export (a context manager; handlers installed from the main
+    thread only). Until :attr:`committing`, the first signal raises
+    ``KeyboardInterrupt`` (the export removes its ``.part`` files, nothing is replaced);
+    from then on it is only recorded in :attr:`signal`, so a commit that has started
+    renaming always finishes. A second signal never interrupts the handling of the first.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None  #: the first signal received
+        self.committing = False  #: set by :func:`export` just before its first rename
+        self._saved: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signal is None:
+            self.signal = signum
+            if not self.committing:
+                raise KeyboardInterrupt
+
+    def __enter__(self) -> SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._saved = {sig: signal.signal(sig, self._on_signal)
+                           for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
 
 
 def events(source: Path, *, changes: bool) -> Iterator[Event]:
@@ -100,12 +139,14 @@ def document(ev: Event) -> dict[str, Any]:
 
 
 def export(source: Path, fmt: str, out: Path, *, index: str = "edx-catalog",
-           changes: bool = False) -> ExportCounts:
+           changes: bool = False, guard: SignalGuard | None = None) -> ExportCounts:
     """Write ``source`` in format ``fmt`` to ``out`` (atomically); count what was written.
 
-    Whatever stops it (an error, SIGINT/SIGTERM raised as an exception) leaves no
-    ``.part`` and no changed file. Meilisearch's pair (documents and ``.deletes.json``) is
-    written in full and fsynced before either is renamed.
+    Whatever stops it before the commit (an error, SIGINT/SIGTERM raised as an exception)
+    leaves no ``.part`` and no changed file. Meilisearch's pair (documents and
+    ``.deletes.json``) is written in full and fsynced before either is renamed; from the
+    first rename on, ``guard`` holds signals back until both are. An error between the two
+    renames says which file already holds the new export.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -119,16 +160,49 @@ def export(source: Path, fmt: str, out: Path, *, index: str = "edx-catalog",
             parts[0].write(orjson.dumps(deletes) + b"\n")
         for part in parts:
             part.checkpoint()
-        # Deletes first: a kill between the two renames pairs new deletes with the old
-        # documents, which removes only items that are really gone.
-        for part in parts:
-            part.commit()
     except BaseException:
         for part in parts:
             part.abandon()
             part.path.unlink(missing_ok=True)
         raise
+    if guard is not None:
+        guard.committing = True
+    counts.files = _commit(parts)
     return counts
+
+
+def _commit(parts: list[PartFile]) -> tuple[Path, ...]:
+    """Rename every part to its final name, in order; the final paths.
+
+    Deletes first: a crash between the two renames leaves new deletes next to the old
+    documents. Applied, they only remove items that are gone now (the old documents were
+    already applied), and a rerun brings tonight's documents. Documents first would leave
+    the old deletes next to new documents, and an item deleted last time that came back
+    tonight would be deleted again: a false delete.
+    """
+    done: list[Path] = []
+    for i, part in enumerate(parts):
+        try:
+            part.commit()
+        except BaseException as exc:
+            if not os.path.lexists(part.path):  # renamed before it failed: in place
+                done.append(part.final)
+            for rest in parts[i:]:
+                rest.abandon()
+                rest.path.unlink(missing_ok=True)
+            if done and isinstance(exc, Exception):
+                raise SinkError(_half_committed(exc, done, [p.final for p in parts])) from exc
+            raise
+        done.append(part.final)
+    return tuple(done)
+
+
+def _half_committed(exc: Exception, done: list[Path], finals: list[Path]) -> str:
+    """What an error during the commit leaves: which files hold the new export."""
+    old = [str(p) for p in finals if p not in done]
+    where = f"{', '.join(map(str, done))} already hold(s) the new export"
+    return (f"{exc}; {where}" + (f", {', '.join(old)} the previous one" if old else "")
+            + " (rerun the command)")
 
 
 def _write(part: PartFile, source: Path, fmt: str, *, index: str, changes: bool

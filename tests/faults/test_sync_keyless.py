@@ -19,7 +19,7 @@ import pytest
 
 from harvester.changes import write_changes
 from harvester.sim import SimConfig, SimServer
-from harvester.sync import SnapshotIndex
+from harvester.delta import SnapshotIndex
 from tests.faults.test_sync_store import FeedKey, call, feed, latest, manifest, sync
 from tests.integration.helpers import LoopThread, read_lines
 
