@@ -195,15 +195,18 @@ def sync_summary(night: SyncResult) -> list[str]:
 
     m, snap, previous = night.manifest, night.snapshot, night.previous
     cats = m.catalogs
-    withheld = [f"{u[:8]} (listing incomplete)" if c.sync.get("deletes_suppressed") else
-                f"{u[:8]} (keyless {', '.join(c.sync['deletes_held_types'])} rows)"
-                for u, c in cats.items()
-                if c.sync.get("deletes_suppressed") or c.sync.get("deletes_held_types")]
+    suppressed = [u[:8] for u, c in cats.items() if c.sync.get("deletes_suppressed")]
+    held = [f"{u[:8]} (keyless {', '.join(c.sync['deletes_held_types'])} rows)"
+            for u, c in cats.items()
+            if c.sync.get("deletes_held_types") and not c.sync.get("deletes_suppressed")]
     pending = sum(int(c.sync.get("deletes_pending", 0)) for c in cats.values())
+    carried = f"{pending} carried to the next night"
     lines = [f"sync {snap.name} (previous: {previous.name if previous else 'none'}): "
              + ", ".join(f"{k} {v}" for k, v in sync_totals(m).items())
-             + (f"; deletes withheld for {', '.join(withheld)}; {pending} carried to the "
-                "next night" if withheld else "")]
+             + (f"; deletes withheld for {', '.join(suppressed)} (listing incomplete; "
+                f"{carried})" if suppressed else "")
+             + (f"; deletes held for {', '.join(held)}" + ("" if suppressed else f"; {carried}")
+                if held else "")]
     gone = m.sync.get("gone_catalogs") or {}
     if gone:
         lines.append(f"gone from the catalog list (all items deleted): "

@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from harvester.changes import write_changes
-from harvester.sim import SimConfig, SimServer
 from harvester.delta import SnapshotIndex
+from harvester.sim import SimConfig, SimServer
 from tests.faults.test_sync_store import FeedKey, call, feed, latest, manifest, sync
 from tests.integration.helpers import LoopThread, read_lines
 
