@@ -45,6 +45,7 @@ from harvester.errors import (
     GatewayError,
     HarvestError,
     InvalidPage,
+    NestedTooDeep,
     NotFound,
     PayloadError,
     RateLimited,
@@ -75,6 +76,10 @@ T = TypeVar("T")
 USER_AGENT: Final = f"edx-harvester/{__version__} (+aiohttp)"
 #: A token answer is ~1 KB; anything near this is not a token.
 TOKEN_MAX_BYTES: Final = 64 * 1024
+#: How deep a body may nest: orjson, which writes every output line, stops at 254 levels
+#: (it parses up to 1024), and our own lines wrap a record in a few levels more.
+MAX_JSON_DEPTH: Final = 200
+_ENCODER_DEPTH: Final = 254
 _MARKUP_RE: Final = re.compile(rb"\s*<")
 _HTML_RE: Final = re.compile(rb"\s*<(?:!doctype\s+html|html|head|body)\b", re.I)
 
@@ -150,6 +155,30 @@ def _markup(content_type: str, raw: bytes) -> str | None:
     if "xml" in ctype or _MARKUP_RE.match(raw):
         return "XML"
     return None
+
+
+def _storable(body: Any, where: str, kw: dict[str, Any]) -> Any:
+    """``body`` as the harvester may write it: re-encodable, and without our secrets.
+
+    Encoded once inside enough padding that whatever passes fits in every line we write;
+    the same canonical bytes are searched for the client secret and the tokens issued to
+    us (a server that echoes them in data), and only a body holding one is rewritten.
+    """
+    padded = body
+    for _ in range(_ENCODER_DEPTH - MAX_JSON_DEPTH):
+        padded = [padded]
+    try:
+        canonical = orjson.dumps(padded)
+    except orjson.JSONEncodeError:
+        raise NestedTooDeep(f"{where}: JSON nested more than {MAX_JSON_DEPTH} levels deep "
+                            "cannot be stored", **kw) from None
+    return REDACTOR.scrub_known(body) if REDACTOR.mentions(canonical) else body
+
+
+def _headers(etag: str | None, last_mod: str | None) -> tuple[str | None, str | None]:
+    """ETag and Last-Modified as we store them: without our secrets."""
+    return (None if etag is None else REDACTOR.scrub_known(etag),
+            None if last_mod is None else REDACTOR.scrub_known(last_mod))
 
 
 def host_of(url: str) -> str:
@@ -457,9 +486,9 @@ class ApiClient:
             except orjson.JSONDecodeError:
                 raise PayloadError(f"{where}: invalid JSON in a {status} answer "
                                    f"({len(raw)} bytes)", **kw) from None
-            return Response(status, body, etag, last_mod)
+            return Response(status, _storable(body, where, kw), *_headers(etag, last_mod))
         if status == 304:
-            return Response(status, None, etag, last_mod)
+            return Response(status, None, *_headers(etag, last_mod))
         detail = _excerpt(raw, private=private)
         kw["detail"] = detail
         msg = f"{where}: HTTP {status}" + (f" {detail!r}" if detail else "")

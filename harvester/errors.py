@@ -25,6 +25,7 @@ name what failed and never contain a secret, a token or learner data: every mess
     │   ├── NotFound             404 (InvalidPage: 404 "Invalid page.")
     │   ├── UnexpectedStatus     any other status
     │   ├── ResponseTooLarge     a body over api.max_response_bytes (after decompression)
+    │   ├── NestedTooDeep        valid JSON nested deeper than the harvester can write back
     │   └── PayloadError         a 2xx whose body is not the JSON we expect
     │       └── UnexpectedXML    XML or HTML although we asked for JSON (after retries)
     ├── SinkError                the output could not be written (disk full, permissions)
@@ -176,6 +177,12 @@ class UnexpectedStatus(ApiError):
 class ResponseTooLarge(ApiError):
     """The body exceeded ``api.max_response_bytes`` once decompressed. Never retried: the
     same request would bring the same body; the item or page is recorded as failed."""
+
+
+class NestedTooDeep(ApiError):
+    """Valid JSON nested deeper than :data:`~harvester.client.MAX_JSON_DEPTH` levels: the
+    JSON encoder that writes every output line refuses it. Never retried (the server's
+    data, not the transfer, is the problem); the item or page is recorded as failed."""
 
 
 class PayloadError(ApiError):

@@ -91,6 +91,10 @@ _CREDENTIAL_SHAPES: Final = re.compile(
     r"|(?P<userinfo>://)[^/\s@:\"'<>]*:[^/\s@\"'<>]*@")
 
 
+#: Bytes of a secret searched first: its group's shared prefix (see Redactor.mentions).
+_PROBE: Final = 16
+
+
 def _mask(m: re.Match[str]) -> str:
     if m.group("userinfo"):
         return "://***@"
@@ -108,6 +112,8 @@ class Redactor(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._secrets: tuple[str, ...] = ()
+        self._needles: tuple[bytes, ...] = ()
+        self._probes: tuple[tuple[bytes, tuple[bytes, ...]], ...] = ()
         self._lock = threading.Lock()
 
     def add(self, secret: str) -> None:
@@ -116,6 +122,44 @@ class Redactor(logging.Filter):
             with self._lock:
                 # Longest first, so a secret that contains another is masked whole.
                 self._secrets = tuple(sorted({*self._secrets, secret}, key=len, reverse=True))
+                # As the secret appears inside a JSON string that orjson wrote.
+                self._needles = tuple(orjson.dumps(s)[1:-1] for s in self._secrets)
+                groups: dict[bytes, list[bytes]] = {}
+                for n in self._needles:
+                    groups.setdefault(n[:_PROBE], []).append(n)
+                self._probes = tuple((p, tuple(ns)) for p, ns in groups.items())
+
+    def mentions(self, data: bytes) -> bool:
+        """Whether ``data`` (JSON as orjson writes it) holds a registered secret verbatim.
+
+        A literal search: the tokens of one issuer share their first bytes (the JWT
+        header), so one pass per distinct prefix finds whether any of them can be there,
+        however many were issued. Credential *shapes* are deliberately not searched: in
+        data they would mask legitimate values."""
+        return any(p in data and any(n in data for n in ns) for p, ns in self._probes)
+
+    def scrub_known(self, obj: T) -> T:
+        """``obj`` (JSON-like data) with every registered secret in a string or key
+        replaced by ``***``; nothing else changes (no credential shapes: this is data)."""
+        if isinstance(obj, str):
+            for s in self._secrets:
+                if s in obj:
+                    obj = obj.replace(s, "***")  # type: ignore[assignment]
+            return obj
+        if isinstance(obj, dict):
+            return {self.scrub_known(k): self.scrub_known(v)  # type: ignore[return-value]
+                    for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self.scrub_known(v) for v in obj]  # type: ignore[return-value]
+        return obj
+
+    def scrub_known_line(self, line: bytes) -> bytes:
+        """An encoded JSON (or CSV) line with every registered secret replaced by
+        ``***`` (a literal replacement: the line stays valid JSON)."""
+        if self.mentions(line):
+            for n in self._needles:
+                line = line.replace(n, b"***")
+        return line
 
     def scrub(self, text: str) -> str:
         """``text`` with every registered secret and credential shape replaced by ``***``."""

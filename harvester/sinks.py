@@ -4,7 +4,7 @@
   canonical (lowercase) UUID is percent-encoded and tagged with a hash of the exact id, so
   nothing a server sends can name a path outside OUT and no two ids share a directory.
 * :func:`encode_item` turns an API object into one line: the object's keys unchanged, plus
-  ``_harvest``.
+  ``_harvest``; a record the encoder refuses is that item's error, never a crash.
 * :class:`PartFile` writes ``<name>.part`` (optionally gzip) and, on ``commit()``, fsyncs
   it, renames it to its final name and reports lines, bytes and sha256. A run that dies
   leaves only ``.part`` files: nothing that looks complete.
@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 import orjson
 
-from harvester.errors import SinkError, UnsafePath
+from harvester.errors import NestedTooDeep, SinkError, UnsafePath
 from harvester.models import JSONDict, file_stem
 
 _CANONICAL_UUID_RE: Final = re.compile(
@@ -171,15 +171,27 @@ def planted_link(*paths: Path) -> Path | None:
 
 
 def encode_item(record: JSONDict, meta: JSONDict) -> bytes:
-    """One NDJSON line: the API object unchanged, plus ``_harvest``."""
+    """One NDJSON line: the API object unchanged, plus ``_harvest``.
+
+    Raises :class:`NestedTooDeep` (that item's error, never the run's) for a record the
+    encoder refuses; the client already refuses such bodies, this is the backstop."""
     out = dict(record)
     out["_harvest"] = meta
-    return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
+    return encode_line(out)
 
 
 def encode_line(obj: Any) -> bytes:
     """One NDJSON line for our own records (errors, catalogs)."""
-    return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+    return encode_record(obj, orjson.OPT_APPEND_NEWLINE)
+
+
+def encode_record(obj: Any, option: int = 0) -> bytes:
+    """``obj`` as compact JSON; :class:`NestedTooDeep` when the encoder refuses it."""
+    try:
+        return orjson.dumps(obj, option=option)
+    except orjson.JSONEncodeError as exc:  # nested past orjson's 254 levels
+        raise NestedTooDeep(f"a record cannot be written as JSON ({exc})", status=200
+                            ) from None
 
 
 @dataclass(frozen=True, slots=True)

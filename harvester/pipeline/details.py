@@ -189,6 +189,7 @@ class DetailScheduler:
                 # A cache or upstream mix-up: writing it would file one item under another.
                 raise ApiError(f"detail for {job.key!r} answered for {got!r}",
                                status=resp.status)
+            await self._write(job, resp.body, resp.etag)  # NestedTooDeep: this item's
         except NotFound as exc:
             if job.attempt < self.settings.harvest.detail_404_retries:
                 job.deferred_at = self._clock()
@@ -203,9 +204,6 @@ class DetailScheduler:
         except (Forbidden, Unauthorized, UnexpectedXML, ApiError, RequestError) as exc:
             cs.failed += 1
             await self._failed(job, "detail_failed", exc)
-            return
-        self.emit.stats.details += 1
-        await self._write(job, resp.body, resp.etag)
 
     async def _write(self, job: DetailJob, body: JSONDict, etag: str | None) -> None:
         cs = job.cs
@@ -213,6 +211,7 @@ class DetailScheduler:
         if self.decider.keeps_etag and etag:
             m["etag"] = etag
         await self.emit.item(cs.uuid, job.content_type, encode_item(body, m), job.digest)
+        self.emit.stats.details += 1
         cs.details_done += 1
 
     async def _failed(self, job: DetailJob, kind: str, exc: HarvestError) -> None:

@@ -32,7 +32,7 @@ from harvester.pipeline.emit import Emitter
 from harvester.pipeline.syncing import DetailDecider
 from harvester.pipeline.walk import walk_pages, walk_until_complete
 from harvester.run import CatalogState, Phase
-from harvester.sinks import iter_lines
+from harvester.sinks import encode_record, iter_lines
 from harvester.spool import Spool
 from harvester.state import Ledger, WalkRecord
 from harvester.writer import ERRORS_KEY, Writer
@@ -182,7 +182,7 @@ class CatalogLister:
         for rec in page.results:
             ctype = content_type_of(rec)
             key = item_key(rec, ctype)
-            raw = orjson.dumps(rec)
+            raw = encode_record(rec)  # NestedTooDeep fails the catalog, not the run
             version = version_of(raw)
             if key is None:
                 if version in seen.keyless:
