@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
@@ -261,6 +262,14 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
     return b"".join(chunks)
 
 
+@dataclass(slots=True)
+class _Story:
+    """What one request's attempts went through, for the error that ends it."""
+
+    gated: bool = False  #: the attempt in flight is waiting at its rate gate
+    failed: RequestError | None = None  #: the last attempt that got no HTTP answer
+
+
 class ApiClient:
     """Authenticated, throttled, retrying GETs against the edX Enterprise API."""
 
@@ -350,14 +359,15 @@ class ApiClient:
         parse: Callable[[Response], T],
     ) -> T:
         url = self._base + path + ("?" + urlencode(query) if query else "")
+        story = _Story()
 
         async def attempt() -> T:
-            return parse(await self._attempt(endpoint, url, etag))
+            return parse(await self._attempt(endpoint, url, etag, story))
 
-        return await self._retrying(attempt, str(endpoint), path)
+        return await self._retrying(attempt, str(endpoint), path, story)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]], endpoint: str, path: str
-                        ) -> T:
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], endpoint: str, path: str,
+                        story: _Story) -> T:
         """Run ``attempt`` in the one retry loop, each try bounded by what is left of
         ``retry.max_time``; a host that never answered ends as :class:`Unreachable`."""
         policy = self.policy
@@ -376,12 +386,15 @@ class ApiClient:
             except TimeoutError:
                 if not timer.expired():
                     raise
-                raise ReadTimeout(f"{endpoint} {path}: timed out: the request ran past "
-                                  f"{limit:g} s ({name})", endpoint=endpoint, url=path,
-                                  reason="timeout") from None
+                waiting = f" waiting for the {endpoint} rate limit" if story.gated else ""
+                raise ReadTimeout(f"{endpoint} {path}: the request ran past {limit:g} s "
+                                  f"({name}){waiting}", endpoint=endpoint, url=path,
+                                  reason="gated" if story.gated else "timeout") from None
 
         def on_retry(exc: BaseException, cause: str, n: int, wait: float) -> None:
             self.stats.retries[cause] += 1
+            if isinstance(exc, RequestError):
+                story.failed = exc
             event("http.retry", endpoint=endpoint, path=path, attempt=n, cause=cause,
                   error=type(exc).__name__, wait=round(wait, 3))
 
@@ -393,9 +406,20 @@ class ApiClient:
             host = self._host(exc)
             if host in self._answered:
                 raise
-            raise Unreachable(f"cannot reach {host}: {REASONS[exc.reason]} ({exc}); check "
-                              "the API base URL (EDX_API_BASE, EDX_TOKEN_URL) and the network",
-                              host=host, reason=exc.reason) from exc
+            raise self._unreachable(host, exc, story) from exc
+
+    @staticmethod
+    def _unreachable(host: str, exc: RequestError, story: _Story) -> Unreachable:
+        """The one-line error for a host that never answered, naming why the attempts
+        failed: when the budget ran out at the rate gate, that is the last attempt's cause,
+        not a timeout."""
+        cause, said = exc, str(exc)
+        if exc.reason == "gated" and story.failed is not None:
+            cause = story.failed
+            said = f"{cause}; then {str(exc).split(': ', 1)[-1]}"
+        return Unreachable(f"cannot reach {host}: {REASONS[cause.reason]} ({said}); check the "
+                           "API base URL (EDX_API_BASE, EDX_TOKEN_URL) and the network",
+                           host=host, reason=cause.reason)
 
     def _host(self, exc: BaseException) -> str:
         """The host an error came from (errors without a full URL are the API base's)."""
@@ -405,9 +429,12 @@ class ApiClient:
     def _budget(self, exc: BaseException) -> float:
         return self.policy.budget(exc, contacted=self._host(exc) in self._answered)
 
-    async def _attempt(self, endpoint: ThrottleClass, url: str, etag: str | None) -> Response:
+    async def _attempt(self, endpoint: ThrottleClass, url: str, etag: str | None,
+                       story: _Story) -> Response:
         gate = self.gates[endpoint]
+        story.gated = True
         ticket = await gate.acquire()
+        story.gated = False
         async with self._inflight:
             token = await self.tokens.token()
             ticket.stamp()
@@ -539,11 +566,16 @@ class ApiClient:
             raise ServerError(f"token: HTTP {status}", **kw)
         if status != 200:
             raise AuthError(f"the token endpoint answered HTTP {status}")
+        markup = _markup(headers.get("Content-Type", ""), raw)
+        if markup is not None:  # a maintenance page: retried with the API request
+            raise UnexpectedXML(f"token: the server answered {markup} although the request "
+                                "sent Accept: application/json", **kw)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            # A maintenance page or a cut body: retried with the API request.
-            raise PayloadError("token: invalid JSON", **kw) from None
+            # A cut body: retried with the API request.
+            raise PayloadError(f"token: invalid JSON in a {status} answer ({len(raw)} bytes)",
+                               **kw) from None
         grant = parse_grant(body)
         REDACTOR.add(grant.access_token)
         self.stats.tokens += 1

@@ -81,6 +81,7 @@ REASONS: Final[Mapping[str, str]] = {
     "refused": "connection refused (nothing listens on that port)",
     "tls": "TLS handshake failed",
     "timeout": "timed out",
+    "gated": "no attempt made within the time allowed (the rate limit held it back)",
     "connect": "could not connect",
     "reset": "connection lost",
     "truncated": "body cut short",

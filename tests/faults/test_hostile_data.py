@@ -16,6 +16,7 @@ run in-process); back-off is zero; no test waits on a rate.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,11 @@ from aiohttp import web
 from yarl import URL
 
 from harvester import cli, errors
-from harvester.client import ApiClient, ThrottleClass, content_path
+from harvester.client import ApiClient, ThrottleClass, catalogs_path, content_path
+from harvester.config import Rate
+from harvester.errors import UnexpectedXML, Unreachable
 from harvester.obs import REDACTOR
+from harvester.policy import RateGate
 from harvester.sim import SimConfig, SimServer
 from harvester.sinks import encode_item
 from tests.conftest import SimStarter, settings_for
@@ -315,3 +319,55 @@ def test_scrubbing_data_masks_only_registered_secrets() -> None:
     assert REDACTOR.scrub_known(body) == {"a": ["x *** y", {"***": jwt_like}]}
     assert REDACTOR.scrub_known_line(canonical) == orjson.dumps(REDACTOR.scrub_known(body))
     assert not REDACTOR.mentions(orjson.dumps({"a": jwt_like}))
+
+
+# --- 3. the cause of a failed first contact ----------------------------------------------
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_refusing_host_is_blamed_on_refusal_when_the_rate_gate_ate_the_budget(
+        start_sim: SimStarter, tmp_path: Path) -> None:
+    """Attempt 1 is refused; attempt 2 waits an hour at the rate gate, so the first-contact
+    budget runs out there. The error names the refusal, not a timeout."""
+    srv = await start_sim(catalogs=1, items=5)
+    settings = settings_for(srv, tmp_path, **{
+        "api.base": f"http://127.0.0.1:{closed_port()}", "retry.first_contact_time": 1.0})
+    async with ApiClient(settings) as client:
+        client.gates[ThrottleClass.LMS] = RateGate("lms", Rate(1, 3600.0))
+        with pytest.raises(Unreachable) as info:
+            await client.get_json(ThrottleClass.LMS, catalogs_path())
+    message = str(info.value)
+    assert "connection refused" in message and "timed out" not in message, message
+    assert "retry.first_contact_time" in message and "rate limit" in message
+    assert info.value.reason == "refused"
+
+
+# --- 4. a token endpoint that answers a web page -----------------------------------------
+
+async def test_a_token_endpoint_answering_html_says_so(start_sim: SimStarter,
+                                                       tmp_path: Path) -> None:
+    srv = await start_sim(catalogs=1, items=5)
+
+    async def page(_req: web.Request) -> web.Response:
+        return web.Response(text="<!DOCTYPE html><html><body>Maintenance</body></html>",
+                            content_type="text/html")
+
+    app = web.Application()
+    app.router.add_post("/oauth2/v1/access_token", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        settings = settings_for(srv, tmp_path, **{
+            "api.token_url": f"http://{host}:{port}/oauth2/v1/access_token",
+            "retry.max_tries": 2})
+        async with ApiClient(settings) as client:
+            with pytest.raises(UnexpectedXML, match="token: the server answered HTML"):
+                await client.get_json(ThrottleClass.LMS, catalogs_path())
+    finally:
+        await runner.cleanup()
