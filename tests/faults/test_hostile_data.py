@@ -371,3 +371,32 @@ async def test_a_token_endpoint_answering_html_says_so(start_sim: SimStarter,
                 await client.get_json(ThrottleClass.LMS, catalogs_path())
     finally:
         await runner.cleanup()
+
+
+# --- 5. the other values JSON allows and our encoder might not ----------------------------
+
+@pytest.mark.parametrize("value", [10 ** 30, -(2 ** 70), float("nan"), float("inf"),
+                                   "\ud800 lone surrogate"],
+                         ids=["big-int", "big-negative", "NaN", "Infinity", "lone-surrogate"])
+def test_other_values_json_allows_cost_at_most_their_item(
+        world: Callable[..., tuple[SimServer, RewriteProxy]], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, value: Any) -> None:
+    """Whatever orjson does with them (a float for a huge integer; NaN, Infinity and lone
+    surrogates are refused as invalid JSON), the run writes or fails that one item."""
+    victim: list[str] = []
+
+    def spike(_req: web.Request, path: str, body: Any) -> Any:
+        if is_detail(path) and (not victim or victim[0] == path):
+            victim[:1] = [path]
+            body["extra"] = {"v": [value]}
+        return body
+
+    srv, proxy = world(spike)
+    out = tmp_path / "out"
+    code = run_cli(monkeypatch, srv, proxy, tmp_path, "harvest", "--out", str(out))
+    assert "Traceback" not in capsys.readouterr().err
+    errors = read_lines(out / "errors.ndjson") if (out / "errors.ndjson").exists() else []
+    assert (code, len(errors)) in ((0, 0), (3, 1)), errors
+    assert all(e["kind"] == "detail_failed" for e in errors)
+    lines = [r for f in out.glob("catalog=*/*.ndjson") for r in read_lines(f)]
+    assert len(lines) == 3 * 30 - len(errors)
