@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_export(sub)
     _add_learners(sub)
+    v = sub.add_parser("verify", help="re-read what a harvest, sync store or learner export "
+                       "wrote and check it against its manifest (exit 0 clean, 1 not)")
+    v.add_argument("target", metavar="OUT|STORE|URL",
+                   help="an output directory, a sync store, a learner export, or a "
+                        "published prefix (file://, s3://...)")
+    v.add_argument("--quiet", action="store_true", help="print only the problems")
     d = sub.add_parser("demo", help="harvest the built-in simulator into ./out/demo")
     d.add_argument("--out", type=_path, default=Path("out/demo"))
     d.add_argument("--catalogs", type=int, default=3)
@@ -400,6 +406,26 @@ def cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(ns: argparse.Namespace) -> int:
+    """``harvester verify``: one line per problem on stdout; 0 clean, 1 not, 2 usage."""
+    from harvester.verify import verify
+
+    if not ns.target.strip():
+        raise ConfigError("verify: an empty path was given (an unset shell variable?)")
+    try:
+        report = verify(ns.target)
+    except OSError as exc:  # the tree itself became unreadable (permissions, network)
+        print(f"harvester: verify: cannot read {ns.target}: {exc}", file=sys.stderr)
+        return 1
+    for line in report.problems:
+        print(REDACTOR.scrub(line))
+    if not ns.quiet:
+        for note in report.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(report.summary(), file=sys.stderr)
+    return 0 if report.clean else 1
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     """``harvester demo``: the simulator in-process, a small harvest, a summary."""
     from harvester.sim import SimConfig, SimServer
@@ -441,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed usage
         return EXIT_USAGE if exc.code not in (0, None) else 0
     handlers = {"harvest": cmd_harvest, "sync": cmd_sync, "export": cmd_export,
-                "learners": cmd_learners, "demo": cmd_demo}
+                "learners": cmd_learners, "demo": cmd_demo, "verify": cmd_verify}
     try:
         return handlers[ns.command](ns)
     except Interrupted as exc:

@@ -1,0 +1,237 @@
+"""``harvester verify``: are the files a downstream job will load exactly what was written?
+
+:func:`verify` takes an output directory (``harvest --out``), a sync store, a learner
+export, a directory of ``tenant=<name>/`` outputs, or a URL of a published prefix
+(``file://``, ``s3://``... read through fsspec), and returns a :class:`Report` with one
+line per problem. Every file a manifest names is read again, streamed in 1 MiB chunks, and
+its bytes, sha256 and lines compared with the manifest: bytes and sha256 are those of the
+file as stored (compressed, for ``.ndjson.gz``), lines are those of its content (gzip
+members inflated; a CSV's are records, quoted newlines included). It also reports a
+leftover ``.part`` or temp file, a file no manifest names (``.state/`` is the harvester's
+own), an ``errors.ndjson`` or ``changes.ndjson`` line that is not the JSON the README
+documents, a symbolic link, and for a store a ``latest`` that does not resolve to a
+snapshot with a manifest. Read only: it never writes, and never follows a link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+from typing import Any, Final, TypeGuard
+
+from harvester.errors import ConfigError
+from harvester.verify.check import Check, Report
+from harvester.verify.trees import FsspecTree, LocalTree, Tree, open_tree
+
+__all__ = ["FsspecTree", "LocalTree", "Report", "Tree", "open_tree", "verify"]
+
+_ERROR_KEYS: Final = ("catalog_uuid", "kind", "message", "at")
+_CHANGE_OPS: Final = frozenset({"upsert", "delete"})
+#: Written by a sync next to a snapshot's items, but named by no manifest.
+_SNAPSHOT_EXTRAS: Final = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm",
+                           "index.sqlite-journal")
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
+
+
+def _safe_name(name: object) -> TypeGuard[str]:
+    """A manifest's file or directory name that stays inside its output."""
+    return (isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name
+            and name not in (".", ".."))
+
+
+def _error_line(rec: Any) -> str | None:
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    missing = [k for k in _ERROR_KEYS if not isinstance(rec.get(k), str)]
+    return f"an errors.ndjson line without {', '.join(missing)}" if missing else None
+
+
+def _change_line(rec: Any) -> str | None:
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if rec.get("op") not in _CHANGE_OPS:
+        return f"op {rec.get('op')!r} is neither upsert nor delete"
+    missing = [k for k in ("catalog_uuid", "content_type", "key")
+               if not isinstance(rec.get(k), str)]
+    if rec["op"] == "upsert" and not isinstance(rec.get("record"), dict):
+        missing.append("record")
+    return f"a change without {', '.join(missing)}" if missing else None
+
+
+def _output(c: Check, rel: str, data: dict[str, Any], *, skip: frozenset[str]) -> None:
+    """A harvest output or a sync snapshot: its files, its errors and change feeds, and
+    nothing else in it (``skip``: sub-trees verified on their own, like ``learners``)."""
+    expected: dict[str, Any] = {}
+    feeds: list[str] = []
+    for name, spec in (data.get("files") or {}).items():
+        expected[_join(rel, name)] = spec
+    catalogs = data.get("catalogs")
+    if not isinstance(catalogs, dict):
+        c.problem(_join(rel, "manifest.json"), "has no catalogs")
+        catalogs = {}
+    for uuid, cat in catalogs.items():
+        d = cat.get("dir") if isinstance(cat, dict) else None
+        if not _safe_name(d):
+            c.problem(_join(rel, "manifest.json"), f"catalog {uuid!r} has no usable dir")
+            continue
+        for name, spec in (cat.get("files") or {}).items():
+            if _safe_name(name):
+                expected[_join(rel, d, name)] = spec
+            else:
+                c.problem(_join(rel, "manifest.json"), f"names a file outside {d}: {name!r}")
+        feeds.append(_join(rel, d, "changes.ndjson"))
+    for path, spec in expected.items():
+        c.file(path, spec)
+    c.lines(_join(rel, "errors.ndjson"), _error_line)
+    allowed = set(expected) | {_join(rel, "manifest.json")}
+    if _is_snapshot(c, rel, catalogs):
+        for feed in feeds:  # a sync's feed: no manifest entry, so its lines are checked
+            if c.tree.kind(feed) is not None:
+                allowed.add(feed)
+                c.lines(feed, _change_line)
+        allowed |= {_join(rel, n) for n in _SNAPSHOT_EXTRAS}
+    ours = {_join(rel, ".state"), *(_join(rel, s) for s in skip)}
+    c.stray(rel, allowed, lambda p: any(p == o or p.startswith(o + "/") for o in ours))
+
+
+def _is_snapshot(c: Check, rel: str, catalogs: Mapping[str, Any]) -> bool:
+    """A sync's snapshot (it has an index, or its catalogs have sync counts)."""
+    return c.tree.kind(_join(rel, "index.sqlite")) == "file" or any(
+        isinstance(cat, dict) and "sync" in cat for cat in catalogs.values())
+
+
+def _learners(c: Check, rel: str, data: dict[str, Any]) -> None:
+    """A learner export (``OUT/learners``): the files of each enterprise, nothing else."""
+    expected: dict[str, Any] = {}
+    enterprises = data.get("enterprises")
+    if not isinstance(enterprises, dict):
+        c.problem(_join(rel, "manifest.json"), "has no enterprises")
+        enterprises = {}
+    for uuid, ent in enterprises.items():
+        d = ent.get("dir") if isinstance(ent, dict) else None
+        if not _safe_name(d):
+            c.problem(_join(rel, "manifest.json"), f"enterprise {uuid!r} has no usable dir")
+            continue
+        for name, spec in (ent.get("files") or {}).items():
+            if _safe_name(name):
+                expected[_join(rel, d, name)] = spec
+            else:
+                c.problem(_join(rel, "manifest.json"), f"names a file outside {d}: {name!r}")
+    for path, spec in expected.items():
+        c.file(path, spec)
+    state = _join(rel, ".state")
+    c.stray(rel, set(expected) | {_join(rel, "manifest.json")},
+            lambda p: p.startswith(state + "/"))
+
+
+def _latest(c: Check, rel: str) -> str | None:
+    """The snapshot ``latest`` names, if it resolves to one with a manifest (else the
+    problem is reported and None returned)."""
+    latest = _join(rel, "latest")
+    kind = c.tree.kind(latest)
+    target = c.tree.readlink(latest) if kind is not None else None
+    if kind is None:
+        c.problem(latest, "missing: no snapshot of this store was ever promoted")
+        return None
+    parts = PurePosixPath(target).parts if target else ()
+    name = parts[-1] if parts and parts[:-1] in ((), ("snapshots",)) else None
+    if name is None or not _safe_name(name):
+        c.problem(latest, f"does not point into snapshots/ (it holds {target!r})")
+        return None
+    snap = _join(rel, "snapshots", name)
+    if c.tree.kind(snap) != "dir":
+        c.problem(latest, f"dangling: it points to {target}, which does not exist")
+        return None
+    if c.tree.kind(_join(snap, "manifest.json")) != "file":
+        c.problem(latest, f"points to {target}, which has no manifest.json (unfinished)")
+        return None
+    return name
+
+
+def _store(c: Check, rel: str) -> None:
+    """A sync store: ``latest`` resolves, every finished snapshot verifies."""
+    _latest(c, rel)
+    snaps = _join(rel, "snapshots")
+    names = c.tree.children(snaps) if c.tree.kind(snaps) == "dir" else []
+    for name in names:
+        snap = _join(snaps, name)
+        manifest = _join(snap, "manifest.json")
+        if c.tree.kind(snap) != "dir":
+            c.unexpected(snap)
+        elif c.tree.kind(manifest) is None:  # a night still running, or killed: not kept
+            c.report.notes.append(f"{c.tree.show(snap)}: unfinished snapshot (no "
+                                  "manifest; the next sync resumes or abandons it)")
+        elif (data := c.manifest(manifest)) is not None:
+            _output(c, snap, data, skip=frozenset())
+    for name in c.tree.children(rel):
+        sub = _join(rel, name)
+        if name not in ("snapshots", "latest", ".state"):
+            if c.tree.kind(sub) == "dir":
+                c.stray(sub, set(), lambda _p: False)
+            else:
+                c.unexpected(sub)
+
+
+def _tenants(c: Check, rel: str) -> bool:
+    """``tenant=<name>/`` outputs under ``rel``: each verified as what it holds."""
+    found = False
+    for name in c.tree.children(rel):
+        sub = _join(rel, name)
+        if name.startswith("tenant=") and c.tree.kind(sub) == "dir":
+            found = True
+            if not _dispatch(c, sub):
+                c.problem(sub, "no manifest.json, sync store or learner export in it")
+    return found
+
+
+def _dispatch(c: Check, rel: str) -> bool:
+    """Verify whatever ``rel`` holds; False if it holds nothing the harvester writes."""
+    manifest = _join(rel, "manifest.json")
+    learners = _join(rel, "learners")
+    if c.tree.kind(manifest) is not None:
+        data = c.manifest(manifest)
+        if data is not None and "enterprises" in data:
+            _learners(c, rel, data)
+            return True
+        skip = frozenset({"learners"} if c.tree.kind(learners) == "dir" else ())
+        if data is not None:
+            _output(c, rel, data, skip=skip)
+        if skip:
+            _dispatch_learners(c, learners)
+        return True
+    if c.tree.kind(_join(rel, "snapshots")) == "dir" or c.tree.kind(
+            _join(rel, "latest")) is not None:
+        _store(c, rel)
+        return True
+    if c.tree.kind(learners) == "dir":
+        _dispatch_learners(c, learners)
+        return True
+    return _tenants(c, rel)
+
+
+def _dispatch_learners(c: Check, rel: str) -> None:
+    manifest = _join(rel, "manifest.json")
+    if c.tree.kind(manifest) is None:
+        if any(not p.startswith(_join(rel, ".state") + "/") for p in c.tree.files(rel)):
+            c.problem(manifest, "missing, but the export's files are there (an export "
+                      "killed while publishing; rerun it)")
+        return
+    if (data := c.manifest(manifest)) is not None:
+        _learners(c, rel, data)
+
+
+def verify(target: str) -> Report:
+    """Verify a directory or published prefix (see the module docstring).
+
+    Raises :class:`ConfigError` (exit 2) when ``target`` cannot be read or holds nothing
+    the harvester writes (no manifest: a first run still in progress has none yet).
+    """
+    report = Report()
+    if not _dispatch(Check(open_tree(target), report), ""):
+        raise ConfigError(f"verify: {target} holds no manifest.json (nor a sync store, a "
+                          "learner export or tenant=<name>/ outputs); a run still in "
+                          "progress or interrupted has none yet")
+    return report
