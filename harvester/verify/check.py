@@ -20,7 +20,7 @@ import orjson
 
 from harvester.verify.trees import Tree
 
-__all__ = ["Check", "Report"]
+__all__ = ["Check", "Report", "measure"]
 
 _CHUNK: Final = 1 << 20
 #: Bad lines reported per file at most (the rest are counted on one more line).
@@ -84,7 +84,7 @@ class Check:
                          f"is a {kind}, not a file (the harvester writes only plain files)")
             return
         try:
-            size, digest, lines, why = _measure(self.tree, rel)
+            size, digest, lines, why = measure(self.tree, rel)
         except (OSError, csv.Error, UnicodeDecodeError) as exc:
             self.problem(rel, f"unreadable: {exc}")
             return
@@ -138,7 +138,7 @@ class Check:
             self.problem(sub, "not named in the manifest")
 
 
-def _measure(tree: Tree, rel: str) -> tuple[int, str, int | None, str | None]:
+def measure(tree: Tree, rel: str) -> tuple[int, str, int | None, str | None]:
     """``(bytes, sha256, lines, why)`` of a file in one streaming pass. ``lines`` is None
     (and ``why`` says why) when a ``.gz`` does not inflate: its bytes are still hashed,
     so a flipped byte is reported as such. A CSV takes a second pass: its records, not
