@@ -76,18 +76,22 @@ def _path(text: str) -> Path:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=_path, help="TOML config file (see config/)")
-    p.add_argument("--api-base", dest="api.base", help="API base URL (env EDX_API_BASE)")
-    p.add_argument("--token-url", dest="api.token_url", help="OAuth2 token URL (env EDX_TOKEN_URL)")
-    p.add_argument("--rate-lms", dest="rates.lms", metavar="N/min|N/s",
-                   help="budget of catalog-list + detail calls (default 60/min)")
-    p.add_argument("--rate-learners", dest="rates.learners", metavar="N/min|N/s",
+    p.add_argument("--config", type=_path, metavar="FILE", help="TOML config file (see config/)")
+    p.add_argument("--api-base", dest="api.base", metavar="URL",
+                   help="API base URL (env EDX_API_BASE)")
+    p.add_argument("--token-url", dest="api.token_url", metavar="URL",
+                   help="OAuth2 token URL (env EDX_TOKEN_URL)")
+    p.add_argument("--rate-lms", dest="rates.lms", metavar="RATE",
+                   help="budget of catalog-list + detail calls: N/min, N/s, N/2s... "
+                        "(default 60/min)")
+    p.add_argument("--rate-learners", dest="rates.learners", metavar="RATE",
                    help="budget of learner-summary calls (default 60/min)")
-    p.add_argument("--concurrency", dest="harvest.concurrency", type=int,
+    p.add_argument("--concurrency", dest="harvest.concurrency", type=int, metavar="N",
                    help=f"max requests in flight (default 8, at most {MAX_CONCURRENCY})")
     p.add_argument("--quiet", dest="output.quiet", action="store_const", const=True,
                    help="only warnings and errors")
-    p.add_argument("--log-format", dest="output.log_format", choices=("text", "json"))
+    p.add_argument("--log-format", dest="output.log_format", choices=("text", "json"),
+                   help="log lines as text or one JSON object each (default text)")
     p.add_argument("--progress", dest="output.progress", choices=("auto", "on", "off"),
                    help="live progress display (auto: on a TTY)")
 
@@ -97,9 +101,10 @@ def _add_harvest_flags(h: argparse.ArgumentParser) -> None:
     _add_common(h)
     h.add_argument("--catalog", dest="harvest.catalogs", action="append", metavar="UUID",
                    help="only this catalog (repeatable)")
-    h.add_argument("--page-size", dest="harvest.page_size", type=int,
+    h.add_argument("--page-size", dest="harvest.page_size", type=int, metavar="N",
                    help="items asked per content page (default 250; servers may clamp)")
     h.add_argument("--page-concurrency", dest="harvest.page_concurrency", type=int,
+                   metavar="N",
                    help="content pages in flight per catalog (default 4)")
     h.add_argument("--no-details", dest="harvest.details", action="store_const", const=False,
                    help="write listing records only (a fast dump)")
@@ -113,11 +118,12 @@ def _add_harvest_flags(h: argparse.ArgumentParser) -> None:
 def _add_export(sub: Any) -> None:
     """``harvester export``'s flags."""
     ex = sub.add_parser("export", help="a snapshot or change feed -> search-engine input")
-    ex.add_argument("source", type=_path,
+    ex.add_argument("source", type=_path, metavar="PATH",
                     help="a snapshot directory, a sync store (its latest), or changes.ndjson")
     ex.add_argument("--format", required=True, choices=("es-bulk", "meili", "jsonl"))
-    ex.add_argument("--out", type=_path, required=True, help="file to write")
-    ex.add_argument("--index", default="edx-catalog", help="index name for es-bulk")
+    ex.add_argument("--out", type=_path, required=True, metavar="FILE", help="file to write")
+    ex.add_argument("--index", default="edx-catalog", metavar="NAME",
+                    help="index name for es-bulk")
     ex.add_argument("--changes", action="store_true",
                     help="export a snapshot's change feeds instead of all its items")
 
@@ -126,7 +132,8 @@ def _add_learners(sub: Any) -> None:
     """``harvester learners``' flags."""
     lr = sub.add_parser("learners", help="learner-summary (enrollments, progress; personal "
                         "data) -> OUT/learners/enterprise=<uuid>/learner_summary.ndjson")
-    lr.add_argument("--out", dest="output.out", help="output directory (default ./out)")
+    lr.add_argument("--out", dest="output.out", metavar="DIR",
+                    help="output directory (default ./out)")
     lr.add_argument("--enterprise", dest="learners.enterprises", action="append",
                     metavar="UUID", help="enterprise customer UUID (repeatable; or [learners] "
                     "enterprises in the config)")
@@ -139,17 +146,31 @@ def _add_learners(sub: Any) -> None:
     _add_common(lr)
 
 
+def _version() -> str:
+    """``harvester X (Python Y, aiohttp Z)``: what a bug report needs first."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        aiohttp = version("aiohttp")
+    except PackageNotFoundError:  # pragma: no cover - aiohttp is a hard dependency
+        aiohttp = "not installed"
+    return f"harvester {__version__} (Python {platform.python_version()}, aiohttp {aiohttp})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for every sub-command."""
     parser = _Parser(
         prog="harvester",
         description="Bulk harvester for the edX Enterprise API. Credentials come from "
                     "EDX_CLIENT_ID / EDX_CLIENT_SECRET (or the config file), never flags.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=_version(),
+                        help="print the versions of the harvester, Python and aiohttp")
     sub = parser.add_subparsers(dest="command", required=True)
 
     h = sub.add_parser("harvest", help="catalogs -> pages -> details -> NDJSON per catalog")
-    h.add_argument("--out", dest="output.out", help="output directory (default ./out)")
+    h.add_argument("--out", dest="output.out", metavar="DIR",
+                   help="output directory (default ./out)")
     _add_harvest_flags(h)
     mode = h.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
@@ -159,13 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sy = sub.add_parser("sync", help="nightly: a new snapshot in --store, details only for "
                         "what changed, and a change feed (upserts/deletes) per catalog")
-    sy.add_argument("--store", type=_path,
+    sy.add_argument("--store", type=_path, metavar="DIR",
                     help="store directory: snapshots/<id>/ and latest (or [sync] store)")
     _add_harvest_flags(sy)
     sy.add_argument("--max-age", metavar="DURATION",
                     help="refresh details older than this, spread over the nights "
                          "(e.g. 7d, 36h; default 7d, or [sync] max_age)")
-    sy.add_argument("--keep", type=int,
+    sy.add_argument("--keep", type=int, metavar="N",
                     help="finished snapshots kept (default 7, or [sync] keep)")
     sy.add_argument("--as-of", metavar="ISO-8601",
                     help="the run's date for refresh planning (backfills and tests)")
@@ -179,9 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "published prefix (file://, s3://...)")
     v.add_argument("--quiet", action="store_true", help="print only the problems")
     d = sub.add_parser("demo", help="harvest the built-in simulator into ./out/demo")
-    d.add_argument("--out", type=_path, default=Path("out/demo"))
-    d.add_argument("--catalogs", type=int, default=3)
-    d.add_argument("--items", type=int, default=120)
+    d.add_argument("--out", type=_path, default=Path("out/demo"), metavar="DIR",
+                   help="output directory (default ./out/demo)")
+    d.add_argument("--catalogs", type=int, default=3, metavar="N",
+                   help="simulated catalogs (default 3)")
+    d.add_argument("--items", type=int, default=120, metavar="N",
+                   help="items per catalog (default 120)")
 
     sub.add_parser("sim", help="run the api.edx.org simulator (see `harvester sim --help`)",
                    add_help=False)

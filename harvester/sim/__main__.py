@@ -29,13 +29,30 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _metavar(name: str, hint: object) -> str:
+    """What a flag's value is (N, RATE, URL...), never the upper-cased field name."""
+    if hint is int:
+        return "N"
+    if hint is float:
+        return "MS" if name.endswith("_ms") else "FRACTION" if "rate" in name or \
+            name == "churn" else "X"
+    if hint == tuple[str, ...]:
+        return "LIST"
+    if name.startswith("rate_"):
+        return "RATE"
+    return "URL" if name.endswith("_base") else "MODE" if name.endswith(("_mode", "_scope")) \
+        else "TEXT"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """An argparse parser with one flag per ``SimConfig`` field plus ``--host``/``--port``."""
     parser = argparse.ArgumentParser(
         prog="harvester sim", description="Local simulator of the edX Enterprise API."
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
-    parser.add_argument("--port", type=int, default=0, help="port to bind (0 = any free)")
+    parser.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                        help="interface to bind")
+    parser.add_argument("--port", type=int, default=0, metavar="N",
+                        help="port to bind (0 = any free)")
     hints = typing.get_type_hints(SimConfig)
     for field in dataclasses.fields(SimConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -54,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
             else:
                 convert = str  # str and str | None
             kwargs["type"] = convert
-            kwargs["metavar"] = field.name.upper()
+            kwargs["metavar"] = _metavar(field.name, hint)
         parser.add_argument(flag, dest=field.name, **kwargs)
     return parser
 
