@@ -318,7 +318,8 @@ def cmd_harvest(ns: argparse.Namespace) -> int:
     settings = _settings(ns)
     setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
     harvest = Harvest(settings, restart=ns.restart)
-    result = run_job(harvest.run, display=harvest_progress(harvest, show_progress(settings)),
+    bars = harvest_progress(harvest, show_progress(settings), details=settings.harvest.details)
+    result = run_job(harvest.run, display=bars,
                      interrupted="partial files stay as .part. Rerun the same command to "
                                  f"resume from {settings.output.out}.")
     if result.message:
@@ -397,7 +398,9 @@ def cmd_sync(ns: argparse.Namespace) -> int:
     settings.api.require_credentials()  # before the store gets a lock or a snapshot
     setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
     with night.hold() as harvest:
-        result = run_job(harvest.run, display=harvest_progress(harvest, show_progress(settings)),
+        bars = harvest_progress(harvest, show_progress(settings),
+                                details=settings.harvest.details)
+        result = run_job(harvest.run, display=bars,
                          interrupted=f"rerun the same command to resume {night.snapshot} (a "
                                      "changed command abandons it and starts a new snapshot)")
         done = night.settle(result)

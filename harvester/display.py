@@ -12,20 +12,21 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, RenderableType
+    from rich.progress import Progress, ProgressColumn, Task
     from rich.table import Table
 
     from harvester.config import Settings
     from harvester.learners.state import EnterpriseState
     from harvester.run import CatalogState, RunResult, SyncResult
 
-__all__ = ["ProgressSource", "export_summary", "harvest_progress", "harvest_summary",
+__all__ = ["CatalogBars", "ProgressSource", "export_summary", "harvest_progress", "harvest_summary",
            "harvest_table", "learners_progress", "learners_summary", "learners_table",
            "live", "print_harvest_summary", "show_progress", "sync_summary"]
 
@@ -95,17 +96,118 @@ class _Rate:
         return self.rate
 
 
+class CatalogBars:
+    """Two bars per catalog, listing (content pages) and details, each with percent and
+    ETA, as data tools draw them (rich ``Progress``, redrawn from the run's state).
+
+    The listing ETA is rich's estimate from the pace so far (content pages are not
+    throttled). The details ETA comes from the LMS budget: what is left of the catalog
+    over its share of the budget (shared by every catalog fetching details), so it holds
+    from the first second instead of waiting for a pace to settle. At most ``_ROWS`` bars:
+    unsettled catalogs first; the rest are counted on one line.
+    """
+
+    def __init__(self, *, details: bool, get_time: Callable[[], float] | None = None
+                 ) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn
+
+        self.details = details
+        self.progress: Progress = Progress(
+            "{task.description}", BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
+            _eta_column(), auto_refresh=False, get_time=get_time)
+        self._tasks: dict[tuple[str, str], Any] = {}
+        self.hidden = 0  #: catalogs without bars (past ``_ROWS`` bars)
+
+    def _bar(self, cs: CatalogState, phase: str, completed: int, total: int | None,
+             eta: float | None, visible: bool) -> None:
+        key = (cs.uuid, phase)
+        if key not in self._tasks:
+            self._tasks[key] = self.progress.add_task(f"{cs.uuid[:13]} {phase:<8}",
+                                                      total=None, eta=None)
+        task = self._tasks[key]
+        self.progress.update(task, completed=completed, visible=visible, eta=eta)
+        if total:  # unknown until page 1 (listing) or the listing's end (details)
+            self.progress.update(task, total=max(total, completed))
+
+    def update(self, catalogs: Iterable[CatalogState], lms_per_s: float | None) -> None:
+        """Bring every bar to the catalogs' current counts."""
+        cats = list(catalogs)
+        per_bar = 2 if self.details else 1
+        if len(cats) * per_bar > _ROWS:  # the work still going on first (sort is stable)
+            cats.sort(key=lambda c: c.settled)
+        fetching = sum(c.phase == "details" for c in cats) or 1
+        shown = 0
+        for cs in cats:
+            visible = shown + per_bar <= _ROWS
+            shown += per_bar if visible else 0
+            listed = cs.phase not in ("new", "listing")
+            self._bar(cs, "listing", cs.pages, cs.pages if listed else cs.pages_planned,
+                      None, visible)
+            if self.details:
+                handled = min(cs.unique, cs.details_done + cs.listing_only + cs.not_found
+                              + cs.failed + int(cs.sync.get("carried", 0)))
+                left = cs.unique - handled
+                eta = left / (lms_per_s / fetching) if lms_per_s and listed else None
+                self._bar(cs, "details", handled, cs.unique if listed else None,
+                          0.0 if cs.settled else eta, visible)
+        self.hidden = len(cats) - shown // per_bar
+
+    def renderable(self) -> RenderableType:
+        """The bars (and a line for the catalogs not shown)."""
+        from rich.console import Group
+
+        table = self.progress.make_tasks_table(self.progress.tasks)
+        if not self.hidden:
+            return table
+        return Group(table, f"... and {self.hidden} more catalog(s)")
+
+
+def _eta_column() -> ProgressColumn:
+    """``ETA 0:01:40``: a bar's own ETA when it has one (details: the LMS budget), else
+    rich's estimate from the pace so far."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class EtaColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            seconds = task.fields.get("eta")
+            if seconds is None and not task.finished:
+                seconds = task.time_remaining
+            if task.finished or seconds == 0.0:
+                return Text("done", style="progress.remaining")
+            if seconds is None:
+                return Text("ETA -:--:--", style="progress.remaining")
+            s = int(seconds)
+            return Text(f"ETA {s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}",
+                        style="progress.remaining")
+
+    return EtaColumn()
+
+
+def harvest_view(p: Mapping[str, Any], bars: CatalogBars, rate: float) -> RenderableType:
+    """The live view of a harvest or sync: the run's numbers, then each catalog's bars."""
+    from rich.console import Group
+
+    return Group(f"catalogs {p['catalogs_done']}/{p['catalogs']} done  items {p['items']}  "
+                 f"written {p['written']}  requests {p['requests']} ({rate:.1f}/s)  "
+                 f"429s {p['throttled']}  ETA {_eta(p['eta_s'])}", bars.renderable())
+
+
 class _Harvest(ProgressSource, Protocol):
     catalogs: list[CatalogState]
 
 
-def harvest_progress(harvest: _Harvest, enabled: bool) -> AbstractContextManager[Any]:
-    """The live per-catalog display of a harvest or sync, or a no-op context."""
+def harvest_progress(harvest: _Harvest, enabled: bool, *, details: bool = True
+                     ) -> AbstractContextManager[Any]:
+    """The live per-catalog bars of a harvest or sync, or a no-op context."""
     rate = _Rate()
+    bars = CatalogBars(details=details) if enabled else None
 
-    def render() -> Table:
+    def render() -> RenderableType:
+        assert bars is not None
         p = harvest.progress()
-        return harvest_table(p, harvest.catalogs, rate.update(p["requests"]))
+        bars.update(harvest.catalogs, p.get("lms_per_s"))
+        return harvest_view(p, bars, rate.update(p["requests"]))
 
     return live(render, enabled)
 

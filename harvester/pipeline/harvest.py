@@ -202,4 +202,5 @@ class Harvest:
             "requests": self.stats.total_requests(),
             "throttled": self.stats.throttled,
             "eta_s": round(eta) if eta is not None else None,
+            "lms_per_s": lms.per_second if lms else None,  # the bars' details ETA
         }

@@ -136,3 +136,75 @@ def test_live_display_only_when_asked_or_on_a_tty() -> None:
 def test_export_summary_line() -> None:
     assert display.export_summary(Path("feed.json"), 3, 1, "meili") == \
         "feed.json: 3 upserts, 1 deletes (meili)"
+
+
+def _cat(n: int, phase: Phase, **counts: Any) -> CatalogState:
+    cs = CatalogState(f"{n:08d}-aaaa-4bbb-8ccc-000000000000", "t", **counts)
+    path = {Phase.NEW: [], Phase.LISTING: [Phase.LISTING],
+            Phase.DETAILS: [Phase.LISTING, Phase.LISTED, Phase.DETAILS],
+            Phase.DONE: [Phase.LISTING, Phase.LISTED, Phase.DETAILS, Phase.DONE]}[phase]
+    for step in path:
+        cs.advance(step)
+    return cs
+
+
+def bar_lines(text: str, n: int) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(f"{n:08d}-aaaa")]
+
+
+def test_catalog_bars_show_percent_and_eta_for_listing_and_details() -> None:
+    clock = [100.0]
+    bars = display.CatalogBars(details=True, get_time=lambda: clock[0])
+    listing = _cat(1, Phase.LISTING, pages=0, pages_planned=40)
+    fetching = _cat(2, Phase.DETAILS, pages=10, pages_planned=10, unique=1000,
+                    details_done=250, not_found=5, listing_only=45)
+    done = _cat(3, Phase.DONE, pages=2, unique=150, details_done=150)
+    cats = [listing, fetching, done]
+    for _ in range(3):  # a page a second: at 10 of 40, 30 s left
+        clock[0] += 5.0
+        listing.pages += 5
+        bars.update(cats, lms_per_s=1.0)
+    text = draw(bars.renderable())
+    lst, det = bar_lines(text, 1)
+    assert "listing" in lst and "38%" in lst and "15/40" in lst and "ETA 0:00:25" in lst
+    assert "details" in det and "ETA -:--:--" in det  # total unknown until listed
+    lst, det = bar_lines(text, 2)
+    assert "100%" in lst and "done" in lst
+    # 700 details left, one catalog fetching at the whole 1/s budget: 11m40s
+    assert "30%" in det and "300/1000" in det and "ETA 0:11:40" in det
+    lst, det = bar_lines(text, 3)
+    assert "100%" in det and "done" in det
+
+
+def test_the_details_eta_splits_the_budget_between_catalogs_fetching() -> None:
+    bars = display.CatalogBars(details=True, get_time=lambda: 0.0)
+    a = _cat(1, Phase.DETAILS, pages=1, pages_planned=1, unique=100, details_done=40)
+    b = _cat(2, Phase.DETAILS, pages=1, pages_planned=1, unique=100, details_done=90)
+    bars.update([a, b], lms_per_s=2.0)  # each gets 1/s
+    text = draw(bars.renderable())
+    assert "ETA 0:01:00" in bar_lines(text, 1)[1] and "ETA 0:00:10" in bar_lines(text, 2)[1]
+
+
+def test_catalog_bars_stay_within_twenty_rows_and_listing_only_has_one_bar() -> None:
+    cats = [_cat(i, Phase.DONE if i < 15 else Phase.LISTING, pages=1, pages_planned=2)
+            for i in range(30)]
+    bars = display.CatalogBars(details=True, get_time=lambda: 0.0)
+    bars.update(cats, lms_per_s=None)
+    text = draw(bars.renderable())
+    assert len(bar_lines(text, 15)) == 2 and bar_lines(text, 0) == []  # unsettled first
+    assert sum(len(bar_lines(text, i)) for i in range(30)) == 20
+    assert "... and 20 more catalog(s)" in text
+    only = display.CatalogBars(details=False, get_time=lambda: 0.0)
+    only.update(cats[:3], lms_per_s=None)
+    assert [len(bar_lines(draw(only.renderable()), i)) for i in range(3)] == [1, 1, 1]
+
+
+def test_the_live_view_draws_the_run_numbers_above_the_bars() -> None:
+    bars = display.CatalogBars(details=True, get_time=lambda: 0.0)
+    bars.update([_cat(1, Phase.LISTING, pages_planned=4)], lms_per_s=1.0)
+    text = draw(display.harvest_view({"catalogs_done": 0, "catalogs": 1, "items": 7,
+                                      "written": 4, "requests": 20, "throttled": 2,
+                                      "eta_s": 125}, bars, 3.25))
+    assert text.splitlines()[0] == ("catalogs 0/1 done  items 7  written 4  requests 20 "
+                                    "(3.2/s)  429s 2  ETA 2m05s")
+    assert "0/4" in text and "0%" in text
