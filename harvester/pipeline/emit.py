@@ -73,8 +73,14 @@ class Emitter:
         """The catalog's latest persisted counters."""
         await self.queue.put(CatalogInfo(cs.uuid, cs.info()))
 
+    async def advance(self, cs: CatalogState, to: Phase) -> None:
+        """Move the catalog to phase ``to`` (see :meth:`CatalogState.advance`, which
+        refuses an illegal move) and have the ledger record it."""
+        cs.advance(to)
+        await self.queue.put(PhaseChange(cs.uuid, to))
+
     async def phase(self, catalog: str, phase: Phase) -> None:
-        """A phase the ledger should record for the catalog."""
+        """Record a phase again (after a commit, whose ledger phase is ``committing``)."""
         await self.queue.put(PhaseChange(catalog, phase))
 
     async def page_done(self, catalog: str, walk: int, page: int) -> None:

@@ -145,11 +145,10 @@ class Harvest:
         except (AuthError, SinkError, StateError):
             raise
         except (Forbidden, Unauthorized, UnexpectedXML, ApiError, RequestError) as exc:
-            cs.advance(Phase.FAILED)
             cs.error = str(exc)
             await emit.error(cs.uuid, "catalog_failed", exc)
             await emit.counters(cs)
-            await emit.phase(cs.uuid, Phase.FAILED)
+            await emit.advance(cs, Phase.FAILED)
             event("harvest.catalog_failed", catalog=cs.uuid, error=str(exc))
             await decider.catalog_failed(cs, exc, emit, self.session.ledger, writer)
 
@@ -157,8 +156,7 @@ class Harvest:
                              decider: DetailDecider) -> None:
         assert self._details is not None
         if cs.phase == Phase.LISTED:
-            cs.advance(Phase.DETAILS)
-            await self._emit.phase(cs.uuid, Phase.DETAILS)
+            await self._emit.advance(cs, Phase.DETAILS)
         done = self.session.ledger.done(cs.uuid)
         await self._details.run_catalog(cs, decider.order(cs.uuid, writer.spool(cs.uuid).path),
                                         done)
@@ -170,9 +168,8 @@ class Harvest:
         if self.settings.harvest.details:
             recount(cs, writer, compressed=self.settings.output.gzip)
         decider.committed(cs, writer)
-        cs.advance(Phase.DONE)
         await self._emit.counters(cs)
-        await self._emit.phase(cs.uuid, Phase.DONE)
+        await self._emit.advance(cs, Phase.DONE)
         event("harvest.catalog_done", catalog=cs.uuid, unique=cs.unique,
               details=cs.details_done, not_found=cs.not_found, failed=cs.failed, gaps=cs.gaps)
 

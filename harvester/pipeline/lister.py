@@ -97,8 +97,7 @@ class CatalogLister:
         # whatever is on disk is already seen.
         seen = self.rebuild_seen(cs)
         if cs.phase == Phase.NEW:
-            cs.advance(Phase.LISTING)
-            await self.emit.phase(cs.uuid, Phase.LISTING)
+            await self.emit.advance(cs, Phase.LISTING)
 
         def walk(n: int) -> Awaitable[bool]:
             cs.walks = n
@@ -114,9 +113,9 @@ class CatalogLister:
             await self.emit.error(cs.uuid, "gap",
                                   f"{cs.gaps} of {cs.count_reported} items never appeared in "
                                   f"{cs.walks} walks of the list")
-        cs.advance(Phase.LISTED)  # also without details: listing records leave the spool then
         await self.emit.counters(cs)
-        await self.emit.phase(cs.uuid, cs.phase)
+        # Also without details: the listing records leave the spool in the details phase.
+        await self.emit.advance(cs, Phase.LISTED)
         await self.emit.barrier()
         event("harvest.listed", catalog=cs.uuid, count=cs.count_reported, unique=cs.unique,
               duplicates=cs.duplicates, pages=cs.pages, page_size=cs.page_size_used,

@@ -131,3 +131,21 @@ def test_a_partial_session_is_resumed_and_a_second_holder_is_refused(tmp_path: P
         assert again.open() is None
         assert again.resumed and again.run_id == first.run_id
     assert not (tmp_path / "manifest.json").exists()  # reopened: nothing looks complete
+
+
+async def test_the_emitter_records_only_legal_moves() -> None:
+    """A phase reaches the ledger's queue only through the phase machine."""
+    import asyncio
+
+    from harvester.obs import Stats
+    from harvester.pipeline.emit import Emitter
+    from harvester.writer import Message, PhaseChange
+
+    queue: asyncio.Queue[Message | None] = asyncio.Queue()
+    emit = Emitter(queue, stats=Stats(), now=lambda: "T")
+    cs = CatalogState("c", "t", phase=Phase.FAILED)
+    with pytest.raises(IllegalPhase):
+        await emit.advance(cs, Phase.DONE)
+    assert queue.empty() and cs.phase == Phase.FAILED
+    await emit.advance(cs, Phase.LISTING)
+    assert queue.get_nowait() == PhaseChange("c", Phase.LISTING)
