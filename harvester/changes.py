@@ -38,13 +38,15 @@ class ChangeCounts:
     deletes_pending: int = 0  #: withheld deletes carried to the next night
     #: content types whose deletes were held because keyless rows of them were listed
     deletes_held_types: list[str] = field(default_factory=list)
+    #: lines, bytes and sha256 of ``changes.ndjson``, so `harvester verify` can vouch for it
+    feed: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for the manifest."""
         return {"upserts": self.upserts, "deletes": self.deletes,
                 "deletes_suppressed": self.deletes_suppressed,
                 "deletes_pending": self.deletes_pending,
-                "deletes_held_types": self.deletes_held_types}
+                "deletes_held_types": self.deletes_held_types, "feed": self.feed}
 
 
 def changes_path(out: Path, catalog: str) -> Path:
@@ -87,7 +89,7 @@ def write_changes(current: SnapshotIndex, previous: SnapshotIndex | None, catalo
         counts.deletes_suppressed = not listing_complete and previous is not None
         if listing_complete and keyless_types and previous is not None:
             counts.deletes_held_types = sorted(set(keyless_types))
-        part.commit()
+        counts.feed = part.commit().as_dict()
     except BaseException:
         part.abandon()
         raise
@@ -113,10 +115,10 @@ def _held(keyless_types: Collection[str]) -> Callable[[str], bool]:
     return lambda ctype: ctype in types
 
 
-def write_gone(previous: SnapshotIndex, catalog: str, path: Path) -> int:
+def write_gone(previous: SnapshotIndex, catalog: str, path: Path) -> dict[str, Any]:
     """Write ``changes.ndjson`` for a catalog that left a complete catalog list: a delete
     for every item the previous snapshot had, and for every delete it still had pending.
-    Returns the number of deletes."""
+    Returns the manifest's entry: ``deletes`` and the ``feed``'s lines, bytes, sha256."""
     n = 0
     part = PartFile(path)
     try:
@@ -124,8 +126,8 @@ def write_gone(previous: SnapshotIndex, catalog: str, path: Path) -> int:
             part.write(encode_line({"op": "delete", "catalog_uuid": catalog,
                                     "content_type": ctype, "key": key}))
             n += 1
-        part.commit()
+        feed = part.commit().as_dict()
     except BaseException:
         part.abandon()
         raise
-    return n
+    return {"deletes": n, "feed": feed}

@@ -261,16 +261,16 @@ class SyncDecider:
                ) -> dict[str, Any]:
         """A change feed of deletes for every item of each gone catalog; the manifest's
         ``stale`` and ``gone_catalogs`` blocks."""
-        deletes: dict[str, int] = {}
+        feeds: dict[str, dict[str, Any]] = {}
         if self.previous is not None:
             for uuid in gone:
-                deletes[uuid] = write_gone(self.previous, uuid, changes_path(out, uuid))
-                event("sync.catalog_gone", catalog=uuid, deletes=deletes[uuid])
+                feeds[uuid] = write_gone(self.previous, uuid, changes_path(out, uuid))
+                event("sync.catalog_gone", catalog=uuid, deletes=feeds[uuid]["deletes"])
         return {
             "stale": {"items": sum(int(cs.sync.get("stale", 0)) for cs in catalogs),
                       "catalogs": [cs.uuid for cs in catalogs
                                    if cs.sync.get("carried_forward")]},
-            "gone_catalogs": {u: {"deletes": deletes.get(u, 0)} for u in gone}}
+            "gone_catalogs": {u: feeds.get(u, {"deletes": 0}) for u in gone}}
 
     def close(self) -> None:
         """Close both indexes."""

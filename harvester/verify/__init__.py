@@ -15,11 +15,11 @@ snapshot with a manifest. Read only: it never writes, and never follows a link.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any, Final, TypeGuard
 
 from harvester.errors import ConfigError
+from harvester.sinks import catalog_dirname
 from harvester.verify.check import Check, Report
 from harvester.verify.trees import FsspecTree, LocalTree, Tree, open_tree
 
@@ -28,6 +28,7 @@ __all__ = ["FsspecTree", "LocalTree", "Report", "Tree", "open_tree", "verify"]
 _ERROR_KEYS: Final = ("catalog_uuid", "kind", "message", "at")
 _CHANGE_OPS: Final = frozenset({"upsert", "delete"})
 #: Written by a sync next to a snapshot's items, but named by no manifest.
+_FEED: Final = "changes.ndjson"
 _SNAPSHOT_EXTRAS: Final = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm",
                            "index.sqlite-journal")
 
@@ -61,17 +62,17 @@ def _change_line(rec: Any) -> str | None:
     return f"a change without {', '.join(missing)}" if missing else None
 
 
-def _output(c: Check, rel: str, data: dict[str, Any], *, skip: frozenset[str]) -> None:
-    """A harvest output or a sync snapshot: its files, its errors and change feeds, and
-    nothing else in it (``skip``: sub-trees verified on their own, like ``learners``)."""
-    expected: dict[str, Any] = {}
-    feeds: list[str] = []
-    for name, spec in (data.get("files") or {}).items():
-        expected[_join(rel, name)] = spec
+def _named(c: Check, rel: str, data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The files a harvest or snapshot manifest names, with their entries; and the change
+    feeds it names without one (a snapshot written before feeds were measured)."""
+    expected = {_join(rel, name): spec for name, spec in (data.get("files") or {}).items()}
+    unmeasured: list[str] = []
     catalogs = data.get("catalogs")
     if not isinstance(catalogs, dict):
         c.problem(_join(rel, "manifest.json"), "has no catalogs")
         catalogs = {}
+    feeds = {_join(rel, catalog_dirname(u), _FEED): g.get("feed")
+             for u, g in (data.get("gone_catalogs") or {}).items() if isinstance(g, dict)}
     for uuid, cat in catalogs.items():
         d = cat.get("dir") if isinstance(cat, dict) else None
         if not _safe_name(d):
@@ -82,25 +83,30 @@ def _output(c: Check, rel: str, data: dict[str, Any], *, skip: frozenset[str]) -
                 expected[_join(rel, d, name)] = spec
             else:
                 c.problem(_join(rel, "manifest.json"), f"names a file outside {d}: {name!r}")
-        feeds.append(_join(rel, d, "changes.ndjson"))
+        if isinstance(cat.get("sync"), dict):
+            feeds[_join(rel, d, _FEED)] = cat["sync"].get("feed")
+    for path, spec in feeds.items():
+        if spec:
+            expected[path] = spec
+        elif c.tree.kind(path) is not None:
+            unmeasured.append(path)
+    return expected, unmeasured
+
+
+def _output(c: Check, rel: str, data: dict[str, Any], *, skip: frozenset[str]) -> None:
+    """A harvest output or a sync snapshot: its files, its errors and change feeds, and
+    nothing else in it (``skip``: sub-trees verified on their own, like ``learners``)."""
+    expected, unmeasured = _named(c, rel, data)
     for path, spec in expected.items():
         c.file(path, spec)
     c.lines(_join(rel, "errors.ndjson"), _error_line)
-    allowed = set(expected) | {_join(rel, "manifest.json")}
-    if _is_snapshot(c, rel, catalogs):
-        for feed in feeds:  # a sync's feed: no manifest entry, so its lines are checked
-            if c.tree.kind(feed) is not None:
-                allowed.add(feed)
-                c.lines(feed, _change_line)
+    for feed in unmeasured:  # no lines/bytes/sha256 to compare: check every line instead
+        c.lines(feed, _change_line)
+    allowed = {*expected, *unmeasured, _join(rel, "manifest.json")}
+    if c.tree.kind(_join(rel, "index.sqlite")) == "file":  # a sync snapshot's own index
         allowed |= {_join(rel, n) for n in _SNAPSHOT_EXTRAS}
     ours = {_join(rel, ".state"), *(_join(rel, s) for s in skip)}
     c.stray(rel, allowed, lambda p: any(p == o or p.startswith(o + "/") for o in ours))
-
-
-def _is_snapshot(c: Check, rel: str, catalogs: Mapping[str, Any]) -> bool:
-    """A sync's snapshot (it has an index, or its catalogs have sync counts)."""
-    return c.tree.kind(_join(rel, "index.sqlite")) == "file" or any(
-        isinstance(cat, dict) and "sync" in cat for cat in catalogs.values())
 
 
 def _learners(c: Check, rel: str, data: dict[str, Any]) -> None:

@@ -308,7 +308,9 @@ def test_catalog_gone_from_a_complete_list_deletes_all_its_items(
     assert deletes(night2) == doomed
     assert es_bulk_deletes(night2, tmp_path) == len(doomed)
     assert not any(i[0] == gone_cat for i in records(night2))
-    assert manifest(night2)["gone_catalogs"] == {gone_cat: {"deletes": len(doomed)}}
+    gone_entry = manifest(night2)["gone_catalogs"]
+    assert set(gone_entry) == {gone_cat} and gone_entry[gone_cat]["deletes"] == len(doomed)
+    assert gone_entry[gone_cat]["feed"]["lines"] == len(doomed)  # measured, for verify
     # Deleted once: the next night has nothing left to delete.
     assert sync(monkeypatch, srv, store, "2026-11-22") == 0
     assert deletes(latest(store)) == set()

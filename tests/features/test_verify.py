@@ -40,8 +40,9 @@ class Outputs:
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outputs]:
     root = tmp_path_factory.mktemp("pristine")
     loop = LoopThread()
-    srv = SimServer(SimConfig(catalogs=2, items=40, seed=7, rate_lms="0", rate_learners="0",
-                              learners=60, mutation_rate=0.05), port=0)
+    srv = SimServer(SimConfig(catalogs=3, items=40, seed=7, rate_lms="0", rate_learners="0",
+                              learners=60, mutation_rate=0.05,
+                              drop_catalog_at_epoch=("2:1",)), port=0)
     loop.run(srv.start())
     env = {"EDX_CLIENT_ID": srv.client_id, "EDX_CLIENT_SECRET": srv.client_secret}
     saved = {k: os.environ.get(k) for k in env}
@@ -219,7 +220,29 @@ def test_an_unfinished_snapshot_is_a_note_and_old_snapshots_are_verified(
     assert f"note: {night}: unfinished snapshot" in err
     oldest = sorted((outs.store / "snapshots").iterdir())[0]
     victim = next(oldest.glob("catalog=*/changes.ndjson"))
-    victim.write_bytes(victim.read_bytes() + b'{"op": "move"}\n')  # no manifest entry
+    victim.write_bytes(victim.read_bytes() + b'{"op": "move"}\n')
+    code, lines, _ = run_verify(capsys, outs.store)
+    assert code == 1 and len(lines) == 1
+    assert lines[0].startswith(f"{victim}: ") and "lines, the manifest says" in lines[0]
+
+
+def test_change_feeds_are_measured_and_a_gone_catalogs_feed_is_named(
+        outs: Outputs, capsys: pytest.CaptureFixture[str]) -> None:
+    night2 = latest(outs.store)
+    m = orjson.loads((night2 / "manifest.json").read_bytes())
+    (gone, entry), = m["gone_catalogs"].items()
+    feed = night2 / f"catalog={gone}" / "changes.ndjson"
+    assert entry["feed"]["lines"] == entry["deletes"] > 0 and feed.exists()
+    feed.unlink()
+    assert run_verify(capsys, outs.store)[:2] == (1, [
+        f"{feed}: missing (named in the manifest)"])
+    # a snapshot written before feeds were measured: its feed lines are checked instead
+    for cat in m["catalogs"].values():
+        cat["sync"].pop("feed")
+    m["gone_catalogs"] = {}
+    (night2 / "manifest.json").write_bytes(orjson.dumps(m))
+    victim = next(night2.glob("catalog=*/changes.ndjson"))
+    victim.write_bytes(victim.read_bytes() + b'{"op": "move"}\n')
     code, lines, _ = run_verify(capsys, outs.store)
     assert code == 1 and len(lines) == 1
     assert lines[0].startswith(f"{victim}:") and "op 'move'" in lines[0]
