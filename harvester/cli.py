@@ -478,6 +478,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
     result = run_job(go)
     print_harvest_summary(result)
+    print(f"check it against its manifest: harvester verify {ns.out}")
     return result.exit_code
 
 

@@ -275,3 +275,11 @@ def test_bad_usage_is_exit_2_with_one_line(
         code, lines, err = run_verify(capsys, target)
         assert (code, lines) == (2, []), target
         assert err.count("\n") == 1 and says in err, err
+
+
+def test_the_demo_points_at_verify_and_its_output_verifies(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--catalogs", "1", "--items", "12"]) == 0
+    assert f"harvester verify {out}" in capsys.readouterr().out
+    assert run_verify(capsys, out)[:2] == (0, [])
