@@ -20,7 +20,7 @@ from typing import Any, Final, TypeGuard
 
 from harvester.errors import ConfigError
 from harvester.sinks import catalog_dirname
-from harvester.verify.check import Check, Report
+from harvester.verify.check import PUBLISH_INDEX, Check, Report
 from harvester.verify.trees import FsspecTree, LocalTree, Tree, open_tree
 
 __all__ = ["FsspecTree", "LocalTree", "Report", "Tree", "open_tree", "verify"]
@@ -29,6 +29,12 @@ _ERROR_KEYS: Final = ("catalog_uuid", "kind", "message", "at")
 _CHANGE_OPS: Final = frozenset({"upsert", "delete"})
 #: Written by a sync next to a snapshot's items, but named by no manifest.
 _FEED: Final = "changes.ndjson"
+#: A run of many tenants' summaries (``tenant=<name>/`` beside them): a harvest's or a
+#: sync's, and a learner export's.
+_TENANT_SUMMARIES: Final = ("manifest.json", "learners-manifest.json")
+_FINISHED: Final = ("complete", "partial")  #: a run's statuses that leave its output
+#: A published store's ``latest`` (``--publish``: object storage has no links).
+_POINTER: Final = "latest.json"
 _SNAPSHOT_EXTRAS: Final = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm",
                            "index.sqlite-journal")
 
@@ -134,27 +140,39 @@ def _learners(c: Check, rel: str, data: dict[str, Any]) -> None:
 
 
 def _latest(c: Check, rel: str) -> str | None:
-    """The snapshot ``latest`` names, if it resolves to one with a manifest (else the
-    problem is reported and None returned)."""
-    latest = _join(rel, "latest")
-    kind = c.tree.kind(latest)
-    target = c.tree.readlink(latest) if kind is not None else None
-    if kind is None:
-        c.problem(latest, "missing: no snapshot of this store was ever promoted")
+    """The snapshot ``latest`` (a local store's link) or ``latest.json`` (a published
+    store's pointer) names, if it resolves to one with a manifest (else the problem is
+    reported and None returned)."""
+    link, pointer = _join(rel, "latest"), _join(rel, _POINTER)
+    named: list[tuple[str, str | None]] = []
+    if c.tree.kind(link) is not None:
+        target = c.tree.readlink(link)
+        parts = PurePosixPath(target).parts if target else ()
+        ok = bool(parts) and parts[:-1] in ((), ("snapshots",))
+        named.append((link, parts[-1] if ok else None))
+    if c.tree.kind(pointer) is not None:
+        data = c.json(pointer)
+        name = data.get("snapshot") if isinstance(data, dict) else None
+        named.append((pointer, name if isinstance(name, str) else None))
+    if not named:
+        c.problem(link, f"missing (nor {_POINTER}): no snapshot of this store was ever "
+                  "promoted")
         return None
-    parts = PurePosixPath(target).parts if target else ()
-    name = parts[-1] if parts and parts[:-1] in ((), ("snapshots",)) else None
-    if name is None or not _safe_name(name):
-        c.problem(latest, f"does not point into snapshots/ (it holds {target!r})")
-        return None
-    snap = _join(rel, "snapshots", name)
-    if c.tree.kind(snap) != "dir":
-        c.problem(latest, f"dangling: it points to {target}, which does not exist")
-        return None
-    if c.tree.kind(_join(snap, "manifest.json")) != "file":
-        c.problem(latest, f"points to {target}, which has no manifest.json (unfinished)")
-        return None
-    return name
+    resolved = None
+    for where, name in named:
+        if not _safe_name(name):
+            c.problem(where, "does not name a snapshot in snapshots/")
+            continue
+        snap = _join(rel, "snapshots", name)
+        if c.tree.kind(snap) != "dir":
+            c.problem(where, f"dangling: it points to snapshots/{name}, which does not "
+                      "exist")
+        elif c.tree.kind(_join(snap, "manifest.json")) != "file":
+            c.problem(where, f"points to snapshots/{name}, which has no manifest.json "
+                      "(unfinished)")
+        else:
+            resolved = name
+    return resolved
 
 
 def _store(c: Check, rel: str) -> None:
@@ -174,23 +192,48 @@ def _store(c: Check, rel: str) -> None:
             _output(c, snap, data, skip=frozenset())
     for name in c.tree.children(rel):
         sub = _join(rel, name)
-        if name not in ("snapshots", "latest", ".state"):
+        if name not in ("snapshots", "latest", _POINTER, ".state"):
             if c.tree.kind(sub) == "dir":
                 c.stray(sub, set(), lambda _p: False)
             else:
                 c.unexpected(sub)
 
 
-def _tenants(c: Check, rel: str) -> bool:
-    """``tenant=<name>/`` outputs under ``rel``: each verified as what it holds."""
+def _tenants(c: Check, rel: str, summary: dict[str, Any] | None = None) -> bool:
+    """``tenant=<name>/`` outputs under ``rel`` (a run of many tenants), each verified as
+    what it holds. A tenant the run summary says ran to the end must hold its output;
+    one that failed (refused credentials, say) may hold nothing."""
+    rows = summary.get("tenants") if summary else None
+    ran = {n: r.get("status") for n, r in rows.items() if isinstance(r, dict)} \
+        if isinstance(rows, dict) else {}
     found = False
     for name in c.tree.children(rel):
         sub = _join(rel, name)
-        if name.startswith("tenant=") and c.tree.kind(sub) == "dir":
-            found = True
-            if not _dispatch(c, sub):
-                c.problem(sub, "no manifest.json, sync store or learner export in it")
+        if not (name.startswith("tenant=") and c.tree.kind(sub) == "dir"):
+            continue
+        found = True
+        failed = ran.get(name.removeprefix("tenant="), "complete") not in _FINISHED
+        if not _dispatch(c, sub) and not failed:
+            c.problem(sub, "no manifest.json, sync store or learner export in it")
+    for tenant, status in ran.items():
+        where = _join(rel, f"tenant={tenant}")
+        if status in _FINISHED and c.tree.kind(where) is None:
+            c.problem(where, "missing (named in the run summary)")
     return found
+
+
+def _tenant_root(c: Check, rel: str, summary: dict[str, Any]) -> None:
+    """A run of many tenants: the summary, each tenant, nothing else at the top."""
+    _tenants(c, rel, summary)
+    for name in c.tree.children(rel):
+        if name.startswith("tenant=") or name in (*_TENANT_SUMMARIES, ".state",
+                                                  PUBLISH_INDEX):
+            continue
+        sub = _join(rel, name)
+        if c.tree.kind(sub) == "dir":
+            c.stray(sub, set(), lambda _p: False)
+        else:
+            c.unexpected(sub)
 
 
 def _dispatch(c: Check, rel: str) -> bool:
@@ -199,6 +242,9 @@ def _dispatch(c: Check, rel: str) -> bool:
     learners = _join(rel, "learners")
     if c.tree.kind(manifest) is not None:
         data = c.manifest(manifest)
+        if data is not None and "tenants" in data and "catalogs" not in data:
+            _tenant_root(c, rel, data)
+            return True
         if data is not None and "enterprises" in data:
             _learners(c, rel, data)
             return True
@@ -214,6 +260,11 @@ def _dispatch(c: Check, rel: str) -> bool:
         return True
     if c.tree.kind(learners) == "dir":
         _dispatch_learners(c, learners)
+        return True
+    learners_summary = _join(rel, _TENANT_SUMMARIES[1])
+    if c.tree.kind(learners_summary) is not None:
+        if (data := c.manifest(learners_summary)) is not None:
+            _tenant_root(c, rel, data)
         return True
     return _tenants(c, rel)
 

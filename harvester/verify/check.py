@@ -22,6 +22,10 @@ from harvester.verify.trees import Tree
 
 __all__ = ["Check", "Report", "measure"]
 
+#: What ``--publish`` keeps in each prefix it publishes (its record of what it uploaded),
+#: and the probe object it writes and removes at the URL before a run.
+PUBLISH_INDEX: Final = ".harvester-publish.json"
+_PUBLISH_PROBE: Final = ".harvester-write-check"
 _CHUNK: Final = 1 << 20
 #: Bad lines reported per file at most (the rest are counted on one more line).
 _MAX_LINE_PROBLEMS: Final = 10
@@ -57,8 +61,9 @@ class Check:
     def problem(self, rel: str, what: str) -> None:
         self.report.problems.append(f"{self.tree.show(rel)}: {what}")
 
-    def manifest(self, rel: str) -> dict[str, Any] | None:
-        """A manifest's JSON, or None (reported) when it is unreadable."""
+    def json(self, rel: str) -> dict[str, Any] | None:
+        """A small JSON object (a manifest, a pointer), or None (reported) when it is
+        unreadable."""
         if (kind := self.tree.kind(rel)) != "file":
             self.problem(rel, "missing" if kind is None else f"is a {kind}, not a file")
             return None
@@ -71,7 +76,12 @@ class Check:
         if not isinstance(data, dict):
             self.problem(rel, "not a JSON object")
             return None
-        self.report.outputs += 1
+        return data
+
+    def manifest(self, rel: str) -> dict[str, Any] | None:
+        """A manifest's JSON (counted as one output verified), or None (reported)."""
+        data = self.json(rel)
+        self.report.outputs += data is not None
         return data
 
     def file(self, rel: str, spec: Any) -> None:
@@ -123,13 +133,14 @@ class Check:
     def stray(self, rel: str, expected: set[str], skip: Callable[[str], bool]) -> None:
         """Leftover ``.part``/temp files, links, and files no manifest names, under rel."""
         for sub in self.tree.files(rel):
-            if not skip(sub) and sub not in expected:
+            if not skip(sub) and sub not in expected and PurePosixPath(sub).name != \
+                    PUBLISH_INDEX:
                 self.unexpected(sub)
 
     def unexpected(self, sub: str) -> None:
         """A path no manifest names: say what it most likely is."""
         name = PurePosixPath(sub).name
-        if name.endswith((".part", ".tmp")):
+        if name.endswith((".part", ".tmp")) or name.startswith(_PUBLISH_PROBE):
             self.problem(sub, "leftover partial file (a run was interrupted, or is still "
                          "running)")
         elif self.tree.kind(sub) == "link":

@@ -2,7 +2,7 @@
 
 Paths are relative POSIX strings; a link is reported as such and never followed (a local
 file is opened with ``O_NOFOLLOW``). On object storage a "directory" is a prefix and
-``latest`` is a small pointer object holding the snapshot's name.
+a published store's ``latest`` is ``latest.json``, which names the snapshot.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Tree(Protocol):
         ...
 
     def readlink(self, rel: str) -> str | None:
-        """A link's target as written, or the text of a small pointer file; else None."""
+        """A link's target as written; None if ``rel`` is not a link."""
         ...
 
 
@@ -88,12 +88,12 @@ class LocalTree:
         try:
             return os.readlink(self.root / rel)
         except OSError:
-            return _pointer(self, rel)
+            return None
 
 
 class FsspecTree:
     """A prefix of any fsspec filesystem (object storage has no links or directories:
-    a "directory" is a prefix, and ``latest`` is a small pointer object)."""
+    a "directory" is a prefix, and a store's ``latest`` is ``latest.json``)."""
 
     def __init__(self, fs: Any, root: str, url: str) -> None:
         self.fs, self.root, self.url = fs, root.rstrip("/"), url.rstrip("/")
@@ -133,23 +133,7 @@ class FsspecTree:
                                                                      detail=False))
 
     def readlink(self, rel: str) -> str | None:
-        if self._local_link(rel):
-            return os.readlink(self._path(rel))
-        return _pointer(self, rel)
-
-
-def _pointer(tree: Tree, rel: str) -> str | None:
-    """The text of a small pointer file (``latest`` on object storage)."""
-    if tree.kind(rel) != "file":
-        return None
-    with tree.open(rel) as fh:
-        text = fh.read(4097)
-    if len(text) > 4096:
-        return None
-    try:
-        return text.decode("utf-8").strip() or None
-    except UnicodeDecodeError:
-        return None
+        return os.readlink(self._path(rel)) if self._local_link(rel) else None
 
 
 def open_tree(target: str) -> Tree:

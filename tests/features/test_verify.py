@@ -207,7 +207,8 @@ def test_a_dangling_or_unfinished_latest_is_named(
                      "manifest.json (unfinished)"]
     link.unlink()
     code, lines, _ = run_verify(capsys, outs.store)
-    assert lines == [f"{link}: missing: no snapshot of this store was ever promoted"]
+    assert lines == [f"{link}: missing (nor latest.json): no snapshot of this store was "
+                     "ever promoted"]
 
 
 def test_an_unfinished_snapshot_is_a_note_and_old_snapshots_are_verified(
@@ -283,3 +284,50 @@ def test_the_demo_points_at_verify_and_its_output_verifies(
     assert cli.main(["demo", "--out", str(out), "--catalogs", "1", "--items", "12"]) == 0
     assert f"harvester verify {out}" in capsys.readouterr().out
     assert run_verify(capsys, out)[:2] == (0, [])
+
+
+def test_a_published_store_resolves_latest_json(
+        outs: Outputs, capsys: pytest.CaptureFixture[str]) -> None:
+    # --publish's layout on object storage: no links (latest.json names the snapshot), no
+    # index.sqlite, and its own record of what it uploaded in each prefix.
+    night2 = latest(outs.store)
+    (outs.store / "latest").unlink()
+    for snap in (outs.store / "snapshots").iterdir():
+        for f in snap.glob("index.sqlite*"):
+            f.unlink()
+        (snap / ".harvester-publish.json").write_bytes(b'{"files": {}}')
+    pointer = outs.store / "latest.json"
+    pointer.write_bytes(orjson.dumps({"snapshot": night2.name,
+                                      "path": f"snapshots/{night2.name}/"}))
+    code, lines, err = run_verify(capsys, f"file://{outs.store}")
+    assert (code, lines) == (0, []) and "2 manifest(s)" in err
+    pointer.write_bytes(orjson.dumps({"snapshot": "20990101T000000Z"}))
+    assert run_verify(capsys, f"file://{outs.store}")[:2] == (1, [
+        f"file://{pointer}: dangling: it points to snapshots/20990101T000000Z, which does "
+        "not exist"])
+    pointer.write_bytes(b"[]")
+    assert run_verify(capsys, f"file://{outs.store}")[:2] == (1, [
+        f"file://{pointer}: not a JSON object",
+        f"file://{pointer}: does not name a snapshot in snapshots/"])
+
+
+def test_a_directory_of_tenants_is_verified_tenant_by_tenant(
+        outs: Outputs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "fleet"
+    root.mkdir()
+    shutil.move(outs.harvest, root / "tenant=a")
+    shutil.move(outs.gz, root / "tenant=b")
+    (root / "tenant=c").mkdir()  # its credentials were refused: nothing written
+    summary = {"kind": "harvest", "status": "partial", "exit_code": 3, "tenants": {
+        "a": {"status": "complete"}, "b": {"status": "complete"}, "c": {"status": "failed"}}}
+    (root / "manifest.json").write_bytes(orjson.dumps(summary))
+    assert run_verify(capsys, root)[:2] == (0, [])
+    victim = catalog_file(root / "tenant=b", "programs.ndjson.gz")
+    victim.unlink()
+    summary["tenants"]["d"] = {"status": "complete"}
+    (root / "manifest.json").write_bytes(orjson.dumps(summary))
+    (root / "notes.txt").write_bytes(b"?")
+    assert run_verify(capsys, root)[:2] == (1, [
+        f"{victim}: missing (named in the manifest)",
+        f"{root / 'tenant=d'}: missing (named in the run summary)",
+        f"{root / 'notes.txt'}: not named in the manifest"])
