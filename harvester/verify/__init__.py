@@ -9,8 +9,9 @@ file as stored (compressed, for ``.ndjson.gz``), lines are those of its content 
 members inflated; a CSV's are records, quoted newlines included). It also reports a
 leftover ``.part`` or temp file, a file no manifest names (``.state/`` is the harvester's
 own), an ``errors.ndjson`` or ``changes.ndjson`` line that is not the JSON the README
-documents, a symbolic link, and for a store a ``latest`` that does not resolve to a
-snapshot with a manifest. Read only: it never writes, and never follows a link.
+documents, a symbolic link, and for a store a ``latest`` link (or a published store's
+``latest.json``) that does not resolve to a snapshot with a manifest. Read only: it never
+writes, and never follows a link.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ __all__ = ["FsspecTree", "LocalTree", "Report", "Tree", "open_tree", "verify"]
 
 _ERROR_KEYS: Final = ("catalog_uuid", "kind", "message", "at")
 _CHANGE_OPS: Final = frozenset({"upsert", "delete"})
-#: Written by a sync next to a snapshot's items, but named by no manifest.
+#: A sync's change feed per catalog (its sync block measures it; older ones did not).
 _FEED: Final = "changes.ndjson"
 #: A run of many tenants' summaries (``tenant=<name>/`` beside them): a harvest's or a
 #: sync's, and a learner export's.
@@ -35,6 +36,7 @@ _TENANT_SUMMARIES: Final = ("manifest.json", "learners-manifest.json")
 _FINISHED: Final = ("complete", "partial")  #: a run's statuses that leave its output
 #: A published store's ``latest`` (``--publish``: object storage has no links).
 _POINTER: Final = "latest.json"
+#: A local snapshot's index, which no manifest names (and --publish does not upload).
 _SNAPSHOT_EXTRAS: Final = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm",
                            "index.sqlite-journal")
 
@@ -71,7 +73,8 @@ def _change_line(rec: Any) -> str | None:
 def _named(c: Check, rel: str, data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The files a harvest or snapshot manifest names, with their entries; and the change
     feeds it names without one (a snapshot written before feeds were measured)."""
-    expected = {_join(rel, name): spec for name, spec in (data.get("files") or {}).items()}
+    expected = {_join(rel, name): spec for name, spec in (data.get("files") or {}).items()
+                if _safe_name(name)}
     unmeasured: list[str] = []
     catalogs = data.get("catalogs")
     if not isinstance(catalogs, dict):
