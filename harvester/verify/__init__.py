@@ -73,8 +73,12 @@ def _change_line(rec: Any) -> str | None:
 def _named(c: Check, rel: str, data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The files a harvest or snapshot manifest names, with their entries; and the change
     feeds it names without one (a snapshot written before feeds were measured)."""
-    expected = {_join(rel, name): spec for name, spec in (data.get("files") or {}).items()
-                if _safe_name(name)}
+    expected: dict[str, Any] = {}
+    for name, spec in (data.get("files") or {}).items():
+        if _safe_name(name):
+            expected[_join(rel, name)] = spec
+        else:
+            c.problem(_join(rel, "manifest.json"), f"names a file outside it: {name!r}")
     unmeasured: list[str] = []
     catalogs = data.get("catalogs")
     if not isinstance(catalogs, dict):

@@ -331,3 +331,18 @@ def test_a_directory_of_tenants_is_verified_tenant_by_tenant(
         f"{victim}: missing (named in the manifest)",
         f"{root / 'tenant=d'}: missing (named in the run summary)",
         f"{root / 'notes.txt'}: not named in the manifest"])
+
+
+def test_a_manifest_naming_paths_outside_its_output_is_not_followed(
+        outs: Outputs, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = outs.harvest / "manifest.json"
+    m = orjson.loads(manifest.read_bytes())
+    m["files"]["../../etc/passwd"] = {"lines": 1, "bytes": 1, "sha256": "0"}
+    next(iter(m["catalogs"].values()))["dir"] = ".."
+    manifest.write_bytes(orjson.dumps(m))
+    code, lines, _ = run_verify(capsys, outs.harvest)
+    assert code == 1
+    assert f"{manifest}: names a file outside it: '../../etc/passwd'" in lines
+    assert any(line.startswith(f"{manifest}: catalog ") and "has no usable dir" in line
+               for line in lines)
+    assert not any("passwd:" in line for line in lines)  # never opened
