@@ -10,6 +10,7 @@
     emit.py      Emitter: the typed front of the writer queue
     walk.py      walk_pages, walk_until_complete: the page walker (learners use it too)
     records.py   the _harvest block, routable keys, recounts from disk
+    periodic.py  with_ticks: a side task beside a command's work (--metrics-file)
 
 Only this package creates tasks (``harvest.py`` and the walker's page workers). It
 must not parse HTTP, format files or build output paths: ``client``, ``sinks``,
@@ -17,6 +18,7 @@ must not parse HTTP, format files or build output paths: ``client``, ``sinks``,
 """
 
 from harvester.pipeline.harvest import Harvest
+from harvester.pipeline.periodic import with_ticks
 from harvester.pipeline.walk import leading_error, walk_pages, walk_until_complete
 
-__all__ = ["Harvest", "leading_error", "walk_pages", "walk_until_complete"]
+__all__ = ["Harvest", "leading_error", "walk_pages", "walk_until_complete", "with_ticks"]

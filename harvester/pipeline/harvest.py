@@ -65,6 +65,11 @@ class Harvest:
         self._emit = Emitter(self._queue, stats=self.stats, now=self._now)
 
     @property
+    def failures(self) -> int:
+        """Failures recorded in errors.ndjson so far (earlier sessions' included)."""
+        return self._emit.failures
+
+    @property
     def workers_started(self) -> int:
         """Detail workers created so far (lazily: never more than jobs queued)."""
         return self._details.workers_started if self._details is not None else 0
