@@ -13,8 +13,8 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar, cast, overload
@@ -46,9 +46,10 @@ from harvester.errors import (
 )
 from harvester.export import SignalGuard, export
 from harvester.learners import PII_HELP, LearnerExport, LearnerOptions, PiiPolicy, check_out
+from harvester.metrics import MetricsFile, live_manifest, manifest_success
 from harvester.nightly import SyncNight
 from harvester.obs import REDACTOR, event, setup_logging
-from harvester.pipeline import Harvest
+from harvester.pipeline import Harvest, with_ticks
 from harvester.run import (
     EXIT_UNEXPECTED,
     EXIT_USAGE,
@@ -94,6 +95,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="log lines as text or one JSON object each (default text)")
     p.add_argument("--progress", dest="output.progress", choices=("auto", "on", "off"),
                    help="live progress display (auto: on a TTY)")
+    _add_metrics(p)
+
+
+def _add_metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-file", type=_path, metavar="FILE",
+                   help="write Prometheus metrics (node_exporter textfile) here during the "
+                        "run and at its end, e.g. /var/lib/node_exporter/edx_harvester.prom")
 
 
 def _add_harvest_flags(h: argparse.ArgumentParser) -> None:
@@ -126,6 +134,7 @@ def _add_export(sub: Any) -> None:
                     help="index name for es-bulk")
     ex.add_argument("--changes", action="store_true",
                     help="export a snapshot's change feeds instead of all its items")
+    _add_metrics(ex)
 
 
 def _add_learners(sub: Any) -> None:
@@ -242,7 +251,8 @@ def _signal_exit(caught: list[int]) -> int:
 
 
 async def _cancel_on_signal(work: Callable[[], Awaitable[T]],
-                            display: AbstractContextManager[Any], caught: list[int]) -> T:
+                            display: AbstractContextManager[Any], caught: list[int],
+                            metrics: MetricsFile | None = None) -> T:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -257,7 +267,10 @@ async def _cancel_on_signal(work: Callable[[], Awaitable[T]],
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         with display:
-            return await work()
+            if metrics is None:
+                return await work()
+            return await with_ticks(work, metrics.tick, every=metrics.every,
+                                    sleep=metrics.sleep)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -280,7 +293,7 @@ def _interrupt_on_signal(work: Callable[[], T], caught: list[int]) -> T:
 @overload
 def run_job(work: Callable[[], Awaitable[T]], *, blocking: Literal[False] = False,
             display: AbstractContextManager[Any] | None = None,
-            interrupted: str | None = None) -> T: ...
+            interrupted: str | None = None, metrics: MetricsFile | None = None) -> T: ...
 
 
 @overload
@@ -290,7 +303,7 @@ def run_job(work: Callable[[], T], *, blocking: Literal[True],
 
 def run_job(work: Callable[[], Awaitable[T]] | Callable[[], T], *, blocking: bool = False,
             display: AbstractContextManager[Any] | None = None,
-            interrupted: str | None = None) -> T:
+            interrupted: str | None = None, metrics: MetricsFile | None = None) -> T:
     """Run one command's work under SIGINT/SIGTERM handling, with its live display.
 
     ``work`` is a coroutine function, cancelled cleanly on a signal, or, with
@@ -298,7 +311,8 @@ def run_job(work: Callable[[], Awaitable[T]] | Callable[[], T], *, blocking: boo
     once: a second signal must not break the first one's clean-up). After a signal
     ``harvester: interrupted; <interrupted>`` goes to stderr (when given) and
     :class:`Interrupted` carries 130 (SIGINT) or 143 (SIGTERM) to :func:`main`: no
-    traceback, and each command's own clean-up has already run.
+    traceback, and each command's own clean-up has already run. With ``metrics`` (an
+    async job), its textfile is written every ``metrics.every`` seconds meanwhile.
     """
     caught: list[int] = []
     try:
@@ -306,22 +320,57 @@ def run_job(work: Callable[[], Awaitable[T]] | Callable[[], T], *, blocking: boo
             return _interrupt_on_signal(cast("Callable[[], T]", work), caught)
         coro = cast("Callable[[], Awaitable[T]]", work)
         return asyncio.run(_cancel_on_signal(coro, display or contextlib.nullcontext(),
-                                             caught))
+                                             caught, metrics))
     except (asyncio.CancelledError, KeyboardInterrupt):
         if interrupted is not None:
             print(f"harvester: interrupted; {interrupted}", file=sys.stderr)
         raise Interrupted(_signal_exit(caught)) from None
 
 
+@contextmanager
+def _metrics(ns: argparse.Namespace, command: str) -> Iterator[MetricsFile | None]:
+    """``--metrics-file``: checked first (a bad path is exit 2 before anything runs),
+    then written once more when the command ends, however it ends: the outcome the
+    command set, else ``interrupted`` (a signal) or ``failed`` (an error)."""
+    path = getattr(ns, "metrics_file", None)
+    if path is None:
+        yield None
+        return
+    mf = MetricsFile(path, command)
+    try:
+        yield mf
+    except Interrupted:
+        mf.outcome = ("interrupted", None)
+        raise
+    finally:
+        status, manifest = mf.outcome or ("failed", None)
+        try:
+            mf.finish(status, manifest)
+        except HarvestError as exc:  # the run's own result stands
+            print(f"harvester: --metrics-file not written: {REDACTOR.scrub(str(exc))}",
+                  file=sys.stderr)
+
+
+def _harvest_view(harvest: Harvest) -> Callable[[], dict[str, Any]]:
+    return lambda: live_manifest(harvest.catalogs, harvest.stats, errors=harvest.failures)
+
+
 def cmd_harvest(ns: argparse.Namespace) -> int:
     """``harvester harvest``."""
-    settings = _settings(ns)
-    setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
-    harvest = Harvest(settings, restart=ns.restart)
-    bars = harvest_progress(harvest, show_progress(settings), details=settings.harvest.details)
-    result = run_job(harvest.run, display=bars,
-                     interrupted="partial files stay as .part. Rerun the same command to "
-                                 f"resume from {settings.output.out}.")
+    with _metrics(ns, "harvest") as metrics:
+        settings = _settings(ns)
+        setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
+        harvest = Harvest(settings, restart=ns.restart)
+        if metrics is not None:
+            metrics.live = _harvest_view(harvest)
+        bars = harvest_progress(harvest, show_progress(settings),
+                                details=settings.harvest.details)
+        result = run_job(harvest.run, display=bars,
+                         interrupted="partial files stay as .part. Rerun the same command "
+                                     f"to resume from {settings.output.out}.",
+                         metrics=metrics)
+        if metrics is not None:
+            metrics.outcome = (result.status, result.manifest)
     if result.message:
         print(result.message, file=sys.stderr)
     elif not settings.output.quiet:
@@ -331,24 +380,30 @@ def cmd_harvest(ns: argparse.Namespace) -> int:
 
 def cmd_learners(ns: argparse.Namespace) -> int:
     """``harvester learners``."""
-    settings = _settings(ns)
-    options = LearnerOptions.from_settings(settings)
-    export = LearnerExport(settings, options, PiiPolicy.from_env(options.pii, os.environ))
-    check_out(settings.output.out)  # a bad --out is one line, before the PII notice
-    settings.api.require_credentials()  # one line, before the notice
-    setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
-    if (notice := export.pii_notice()) is not None:
-        print(notice, file=sys.stderr)
-    try:
-        result = run_job(export.run,
-                         display=learners_progress(export, show_progress(settings)),
-                         interrupted=f"the previous export in {export.root} is unchanged and "
-                                     "this run's unfinished files were removed (rerun the "
-                                     "command).")
-    except SinkError as exc:  # no resume here: say what is left instead
-        print(f"harvester: {REDACTOR.scrub(str(exc))} (the previous export in {export.root} "
-              "is unchanged; rerun the command)", file=sys.stderr)
-        return EXIT_UNEXPECTED
+    with _metrics(ns, "learners") as metrics:
+        settings = _settings(ns)
+        options = LearnerOptions.from_settings(settings)
+        export = LearnerExport(settings, options, PiiPolicy.from_env(options.pii, os.environ))
+        check_out(settings.output.out)  # a bad --out is one line, before the PII notice
+        settings.api.require_credentials()  # one line, before the notice
+        setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
+        if (notice := export.pii_notice()) is not None:
+            print(notice, file=sys.stderr)
+        if metrics is not None:
+            metrics.live = lambda: {"totals": export.stats.as_dict(), "enterprises": {
+                es.uuid: es.manifest() for es in export.enterprises}}
+        try:
+            result = run_job(export.run,
+                             display=learners_progress(export, show_progress(settings)),
+                             interrupted=f"the previous export in {export.root} is unchanged "
+                                         "and this run's unfinished files were removed "
+                                         "(rerun the command).", metrics=metrics)
+        except SinkError as exc:  # no resume here: say what is left instead
+            print(f"harvester: {REDACTOR.scrub(str(exc))} (the previous export in "
+                  f"{export.root} is unchanged; rerun the command)", file=sys.stderr)
+            return EXIT_UNEXPECTED
+        if metrics is not None:
+            metrics.outcome = (result.status, result.manifest)
     if result.message:
         print(f"harvester: {result.message}", file=sys.stderr)
     if not settings.output.quiet and result.exit_code != EXIT_USAGE:
@@ -391,19 +446,26 @@ def _as_of(text: str | None) -> float | None:
 
 def cmd_sync(ns: argparse.Namespace) -> int:
     """``harvester sync``: the next snapshot of a store, fetching only what changed."""
-    settings = _settings(ns)
-    store_dir, max_age, keep = _sync_options(ns, settings)
-    night = SyncNight(settings, store=store_dir, max_age=max_age, keep=keep,
-                      as_of=_as_of(ns.as_of))
-    settings.api.require_credentials()  # before the store gets a lock or a snapshot
-    setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
-    with night.hold() as harvest:
-        bars = harvest_progress(harvest, show_progress(settings),
-                                details=settings.harvest.details)
-        result = run_job(harvest.run, display=bars,
-                         interrupted=f"rerun the same command to resume {night.snapshot} (a "
-                                     "changed command abandons it and starts a new snapshot)")
-        done = night.settle(result)
+    with _metrics(ns, "sync") as metrics:
+        settings = _settings(ns)
+        store_dir, max_age, keep = _sync_options(ns, settings)
+        night = SyncNight(settings, store=store_dir, max_age=max_age, keep=keep,
+                          as_of=_as_of(ns.as_of))
+        settings.api.require_credentials()  # before the store gets a lock or a snapshot
+        setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
+        with night.hold() as harvest:
+            if metrics is not None:
+                metrics.live = _harvest_view(harvest)
+                metrics.known_success = manifest_success(night.previous)
+            bars = harvest_progress(harvest, show_progress(settings),
+                                    details=settings.harvest.details)
+            result = run_job(harvest.run, display=bars,
+                             interrupted=f"rerun the same command to resume {night.snapshot} "
+                                         "(a changed command abandons it and starts a new "
+                                         "snapshot)", metrics=metrics)
+            done = night.settle(result)
+        if metrics is not None:
+            metrics.outcome = (done.status, done.manifest.to_json())
     if not settings.output.quiet:
         print_harvest_summary(result)
         if done.notice:
@@ -417,7 +479,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
     (130/143, one line, no traceback), leaving no partial file and the previous output
     untouched. Once the commit has started it finishes: exit 0, and a line says the
     signal came too late to stop it (exit 0 always means the new export is in place)."""
-    with SignalGuard() as guard:
+    with _metrics(ns, "export") as metrics, SignalGuard() as guard:
         try:
             counts = export(ns.source, ns.format, ns.out, index=ns.index,
                             changes=ns.changes, guard=guard)
@@ -425,6 +487,9 @@ def cmd_export(ns: argparse.Namespace) -> int:
             print(f"harvester: interrupted; {ns.out} was not written (rerun the command)",
                   file=sys.stderr)
             raise Interrupted(_signal_exit([guard.signal] if guard.signal else [])) from None
+        if metrics is not None:
+            metrics.outcome = ("complete", {"files": {
+                f.name: {"bytes": f.stat().st_size} for f in counts.files}})
         print(export_summary(ns.out, counts.upserts, counts.deletes, ns.format))
         if guard.signal is not None:
             print(f"harvester: {signal.Signals(guard.signal).name} came after the commit "
