@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an output directory, a sync store, a learner export, or a "
                         "published prefix (file://, s3://...)")
     v.add_argument("--quiet", action="store_true", help="print only the problems")
+    _add_metrics(v)
     d = sub.add_parser("demo", help="harvest the built-in simulator into ./out/demo")
     d.add_argument("--out", type=_path, default=Path("out/demo"), metavar="DIR",
                    help="output directory (default ./out/demo)")
@@ -502,13 +503,17 @@ def cmd_verify(ns: argparse.Namespace) -> int:
     """``harvester verify``: one line per problem on stdout; 0 clean, 1 not, 2 usage."""
     from harvester.verify import verify
 
-    if not ns.target.strip():
-        raise ConfigError("verify: an empty path was given (an unset shell variable?)")
-    try:
-        report = verify(ns.target)
-    except OSError as exc:  # the tree itself became unreadable (permissions, network)
-        print(f"harvester: verify: cannot read {ns.target}: {exc}", file=sys.stderr)
-        return 1
+    with _metrics(ns, "verify") as metrics:
+        if not ns.target.strip():
+            raise ConfigError("verify: an empty path was given (an unset shell variable?)")
+        try:
+            report = verify(ns.target)
+        except OSError as exc:  # the tree itself became unreadable (permissions, network)
+            print(f"harvester: verify: cannot read {ns.target}: {exc}", file=sys.stderr)
+            return 1
+        if metrics is not None:  # a problem found is a failed check (run_errors: how many)
+            metrics.outcome = ("complete" if report.clean else "failed",
+                               {"totals": {"errors": len(report.problems)}})
     for line in report.problems:
         print(REDACTOR.scrub(line))
     if not ns.quiet:

@@ -371,3 +371,28 @@ def test_a_metrics_file_that_cannot_be_written_is_a_warning_not_the_exit_code(
     assert err.count("metrics.write_failed") == 1, err
     assert [line for line in err.splitlines() if line.startswith("harvester:")] == [
         line for line in err.splitlines() if "--metrics-file not written" in line] != []
+
+
+def test_verify_writes_clean_as_complete_and_problems_as_failed(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        loop: LoopThread, tmp_path: Path) -> None:
+    srv = sim_on(loop, catalogs=1, items=10)
+    out, prom = tmp_path / "out", tmp_path / "verify.prom"
+    try:
+        assert run(monkeypatch, srv, "harvest", "--out", str(out)) == 0
+    finally:
+        loop.run(srv.close())
+    assert cli.main(["verify", str(out), "--quiet", "--metrics-file", str(prom)]) == 0
+    clean = samples(prom)
+    assert status_of(clean, "verify") == "complete"
+    assert one(clean, "edx_harvester_run_errors") == 0
+    (out / "catalogs.ndjson").write_bytes(b"")  # truncated
+    (out / "stray.ndjson.part").write_bytes(b"x")
+    capsys.readouterr()
+    assert cli.main(["verify", str(out), "--quiet", "--metrics-file", str(prom)]) == 1
+    problems = capsys.readouterr().out.splitlines()
+    got = samples(prom)
+    assert status_of(got, "verify") == "failed"
+    assert one(got, "edx_harvester_run_errors") == len(problems) >= 2
+    assert one(got, "edx_harvester_last_success_timestamp_seconds") == \
+        one(clean, "edx_harvester_run_end_timestamp_seconds")
