@@ -105,7 +105,9 @@ def manifest_success(directory: Path | None) -> float | None:
 
 def _item_type(filename: str) -> str | None:
     """The item type an NDJSON file holds (``courses.ndjson`` -> ``course``), or None
-    for a file that does not count items (a CSV copy, say)."""
+    for a file that does not count items (a CSV copy, a change feed)."""
+    if filename.startswith("changes."):
+        return None
     for ext in (".ndjson", ".ndjson.gz"):
         if filename.endswith(ext):
             stem = filename.removesuffix(ext)
@@ -130,6 +132,11 @@ class RunView:
         for uuid, group in self.groups().items():
             for name, info in (group.get("files") or {}).items():
                 yield uuid, name, info
+            if feed := (group.get("sync") or {}).get("feed"):  # a sync's changes.ndjson
+                yield uuid, "changes.ndjson", feed
+        for uuid, gone in (self.manifest.get("gone_catalogs") or {}).items():
+            if feed := gone.get("feed"):
+                yield uuid, "changes.ndjson", feed
         for name, info in (self.manifest.get("files") or {}).items():
             if isinstance(info, Mapping):
                 yield "", name, info

@@ -102,6 +102,7 @@ def assert_matches_manifest(got: Samples, m: dict[str, Any], command: str) -> No
         for name, f in c["files"].items() if name.split(".")[0] in STEM_TYPE}
     files = [f for c in m["catalogs"].values() for f in c["files"].values()]
     files += list(m["files"].values())
+    files += [c["sync"]["feed"] for c in m["catalogs"].values() if "sync" in c]
     assert one(got, "edx_harvester_written_bytes_total", tenant="default") == \
         sum(f["bytes"] for f in files)
     assert status_of(got, command) == m["status"]
@@ -164,6 +165,9 @@ def test_sync_metrics_count_the_detail_requests_it_saved(
     assert one(failed, "edx_harvester_last_success_timestamp_seconds") == \
         datetime.fromisoformat(m["ended_at"].replace("Z", "+00:00")).timestamp()
     assert_matches_manifest(got, m, "sync")
+    snap = (store / "latest").resolve()
+    assert one(got, "edx_harvester_written_bytes_total") == sum(
+        p.stat().st_size for p in snap.rglob("*.ndjson") if ".state" not in p.parts)
     carried = sum(c["sync"].get("carried", 0) for c in m["catalogs"].values())
     assert one(got, "edx_harvester_sync_detail_requests_saved_total") == carried > 0
     assert one(first, "edx_harvester_sync_detail_requests_saved_total") == 0
