@@ -46,7 +46,7 @@ from harvester.errors import (
 )
 from harvester.export import SignalGuard, export
 from harvester.learners import PII_HELP, LearnerExport, LearnerOptions, PiiPolicy, check_out
-from harvester.metrics import MetricsFile, live_manifest, manifest_success
+from harvester.metrics import MetricsFile, Tenants, live_manifest, manifest_success, single
 from harvester.nightly import SyncNight
 from harvester.obs import REDACTOR, event, setup_logging
 from harvester.pipeline import Harvest, with_ticks
@@ -352,8 +352,9 @@ def _metrics(ns: argparse.Namespace, command: str) -> Iterator[MetricsFile | Non
                   file=sys.stderr)
 
 
-def _harvest_view(harvest: Harvest) -> Callable[[], dict[str, Any]]:
-    return lambda: live_manifest(harvest.catalogs, harvest.stats, errors=harvest.failures)
+def _harvest_view(harvest: Harvest) -> Callable[[], Tenants]:
+    return lambda: single(live_manifest(harvest.catalogs, harvest.stats,
+                                        errors=harvest.failures))
 
 
 def cmd_harvest(ns: argparse.Namespace) -> int:
@@ -371,7 +372,7 @@ def cmd_harvest(ns: argparse.Namespace) -> int:
                                      f"to resume from {settings.output.out}.",
                          metrics=metrics)
         if metrics is not None:
-            metrics.outcome = (result.status, result.manifest)
+            metrics.outcome = (result.status, single(result.manifest))
     if result.message:
         print(result.message, file=sys.stderr)
     elif not settings.output.quiet:
@@ -391,8 +392,8 @@ def cmd_learners(ns: argparse.Namespace) -> int:
         if (notice := export.pii_notice()) is not None:
             print(notice, file=sys.stderr)
         if metrics is not None:
-            metrics.live = lambda: {"totals": export.stats.as_dict(), "enterprises": {
-                es.uuid: es.manifest() for es in export.enterprises}}
+            metrics.live = lambda: single({"totals": export.stats.as_dict(), "enterprises": {
+                es.uuid: es.manifest() for es in export.enterprises}})
         try:
             result = run_job(export.run,
                              display=learners_progress(export, show_progress(settings)),
@@ -404,7 +405,7 @@ def cmd_learners(ns: argparse.Namespace) -> int:
                   f"{export.root} is unchanged; rerun the command)", file=sys.stderr)
             return EXIT_UNEXPECTED
         if metrics is not None:
-            metrics.outcome = (result.status, result.manifest)
+            metrics.outcome = (result.status, single(result.manifest))
     if result.message:
         print(f"harvester: {result.message}", file=sys.stderr)
     if not settings.output.quiet and result.exit_code != EXIT_USAGE:
@@ -466,7 +467,7 @@ def cmd_sync(ns: argparse.Namespace) -> int:
                                          "snapshot)", metrics=metrics)
             done = night.settle(result)
         if metrics is not None:
-            metrics.outcome = (done.status, done.manifest.to_json())
+            metrics.outcome = (done.status, single(done.manifest.to_json()))
     if not settings.output.quiet:
         print_harvest_summary(result)
         if done.notice:
@@ -489,8 +490,8 @@ def cmd_export(ns: argparse.Namespace) -> int:
                   file=sys.stderr)
             raise Interrupted(_signal_exit([guard.signal] if guard.signal else [])) from None
         if metrics is not None:
-            metrics.outcome = ("complete", {"files": {
-                f.name: {"bytes": f.stat().st_size} for f in counts.files}})
+            metrics.outcome = ("complete", single({"files": {
+                f.name: {"bytes": f.stat().st_size} for f in counts.files}}))
         print(export_summary(ns.out, counts.upserts, counts.deletes, ns.format))
         if guard.signal is not None:
             print(f"harvester: {signal.Signals(guard.signal).name} came after the commit "
@@ -513,7 +514,7 @@ def cmd_verify(ns: argparse.Namespace) -> int:
             return 1
         if metrics is not None:  # a problem found is a failed check (run_errors: how many)
             metrics.outcome = ("complete" if report.clean else "failed",
-                               {"totals": {"errors": len(report.problems)}})
+                               single({"totals": {"errors": len(report.problems)}}))
     for line in report.problems:
         print(REDACTOR.scrub(line))
     if not ns.quiet:

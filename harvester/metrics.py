@@ -44,8 +44,8 @@ from harvester.policy import Sleep
 from harvester.run import CatalogState, read_json
 from harvester.sinks import write_bytes_atomic
 
-__all__ = ["INTERVAL", "STATUSES", "MetricsFile", "check_metrics_path", "live_manifest",
-           "manifest_success", "read_last_success"]
+__all__ = ["INTERVAL", "STATUSES", "MetricsFile", "Tenants", "check_metrics_path",
+           "live_manifest", "manifest_success", "read_last_success", "single"]
 
 #: Seconds between writes during a run.
 INTERVAL: Final = 30.0
@@ -115,13 +115,26 @@ def _item_type(filename: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class RunView:
-    """What one write reports: the command's status and its manifest-shaped numbers."""
+#: What one write reports: each tenant's manifest-shaped numbers, by tenant name.
+Tenants = Mapping[str, Mapping[str, Any]]
 
-    status: str
-    manifest: Mapping[str, Any]  #: ``catalogs`` (or ``enterprises``), ``totals``, ``files``
-    tenant: str = DEFAULT_TENANT
+
+def single(manifest: Mapping[str, Any] | None) -> Tenants:
+    """The numbers of a run without ``[[tenants]]``: one tenant, ``default``."""
+    return {DEFAULT_TENANT: manifest or {}}
+
+
+@dataclass(frozen=True, slots=True)
+class TenantView:
+    """One tenant's manifest (``catalogs`` or ``enterprises``, ``totals``, ``files``)."""
+
+    tenant: str
+    manifest: Mapping[str, Any]
+
+    @property
+    def totals(self) -> Mapping[str, Any]:
+        """The manifest's totals (counts and request statistics)."""
+        return self.manifest.get("totals") or {}
 
     def groups(self) -> Mapping[str, Mapping[str, Any]]:
         """Catalogs (harvest, sync) or enterprises (learners), by UUID."""
@@ -148,10 +161,11 @@ class RunView:
 
 @dataclass(slots=True, eq=False)  # the registry keys collectors by identity
 class _Families(Collector):
-    """The collector: one run's families, built from a :class:`RunView` at collect time."""
+    """The collector: one run's families, built from its tenants' views at collect time."""
 
     command: str
-    view: RunView
+    status: str
+    views: list[TenantView]
     started: float
     ended: float | None
     last_success: Mapping[str, float]
@@ -166,15 +180,15 @@ class _Families(Collector):
         return GaugeMetricFamily(_PREFIX + name, doc, labels=["command", *labels])
 
     def _counter(self, name: str, doc: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
-        return CounterMetricFamily(_PREFIX + name, doc, labels=["command", *labels])
+        return CounterMetricFamily(_PREFIX + name, doc, labels=["command", "tenant", *labels])
 
     def _run(self) -> Iterator[Metric]:
-        cmd, totals = self.command, self.view.manifest.get("totals") or {}
+        cmd = self.command
         status = self._gauge("run_status", "1 for the run's current status (running, "
                              "complete, partial, failed, interrupted), 0 for the others",
                              ["status"])
         for s in STATUSES:
-            status.add_metric([cmd, s], 1.0 if s == self.view.status else 0.0)
+            status.add_metric([cmd, s], 1.0 if s == self.status else 0.0)
         yield status
         start = self._gauge("run_start_timestamp_seconds", "When the run started (Unix time)")
         start.add_metric([cmd], self.started)
@@ -190,55 +204,59 @@ class _Families(Collector):
             last.add_metric([c], ts)
         yield last
         wall = self._gauge("run_duration_seconds", "Wall time of the run so far")
-        wall.add_metric([cmd], float(totals.get("wall_seconds", 0.0)))
+        wall.add_metric([cmd], max((float(v.totals.get("wall_seconds", 0.0))
+                                    for v in self.views), default=0.0))
         yield wall
         errors = self._gauge("run_errors", "Failures recorded in errors.ndjson by this run")
-        errors.add_metric([cmd], float(totals.get("errors", 0)))
+        errors.add_metric([cmd], float(sum(int(v.totals.get("errors", 0)) for v in self.views)))
         yield errors
 
     def _items(self) -> Iterator[Metric]:
-        cmd, tenant = self.command, self.view.tenant
+        cmd = self.command
         items = self._gauge("items", "Items in the output files, by tenant, catalog (or "
                             "enterprise) and type", ["tenant", "catalog", "type"])
-        written = self._counter("written_bytes", "Bytes of the files this run committed",
-                                ["tenant"])
-        nbytes = 0
-        for uuid, name, info in self.view.files():
-            nbytes += int(info.get("bytes", 0))
-            kind = _item_type(name)
-            if uuid and kind is not None:
-                items.add_metric([cmd, tenant, uuid, kind], float(info.get("lines", 0)))
-        written.add_metric([cmd, tenant], float(nbytes))
         listed = self._gauge("listed_items", "Unique items listed, by tenant and catalog",
                              ["tenant", "catalog"])
-        for uuid, group in self.view.groups().items():
-            listed.add_metric([cmd, tenant, uuid], float(group.get("unique_found", 0)))
+        written = self._counter("written_bytes", "Bytes of the files this run committed")
+        for v in self.views:
+            nbytes = 0
+            for uuid, name, info in v.files():
+                nbytes += int(info.get("bytes", 0))
+                kind = _item_type(name)
+                if uuid and kind is not None:
+                    items.add_metric([cmd, v.tenant, uuid, kind], float(info.get("lines", 0)))
+            written.add_metric([cmd, v.tenant], float(nbytes))
+            for uuid, group in v.groups().items():
+                listed.add_metric([cmd, v.tenant, uuid], float(group.get("unique_found", 0)))
         yield from (items, listed, written)
 
     def _requests(self) -> Iterator[Metric]:
-        cmd, totals = self.command, self.view.manifest.get("totals") or {}
+        cmd = self.command
         requests = self._counter("requests", "HTTP responses, by throttle class and status",
                                  ["class", "status"])
-        for klass, by_status in sorted((totals.get("requests") or {}).items()):
-            for code, n in sorted(by_status.items()):
-                requests.add_metric([cmd, klass, str(code)], float(n))
         throttled = self._counter("throttled_responses", "429 Too Many Requests answers")
-        throttled.add_metric([cmd], float(totals.get("throttled_429", 0)))
         retries = self._counter("retries", "Requests retried, by cause", ["cause"])
-        for cause, n in sorted((totals.get("retries_by_cause") or {}).items()):
-            retries.add_metric([cmd, cause], float(n))
         received = self._counter("response_bytes", "Bytes of response bodies received")
-        received.add_metric([cmd], float(totals.get("bytes_in", 0)))
+        for v in self.views:
+            t = v.totals
+            for klass, by_status in sorted((t.get("requests") or {}).items()):
+                for code, n in sorted(by_status.items()):
+                    requests.add_metric([cmd, v.tenant, klass, str(code)], float(n))
+            throttled.add_metric([cmd, v.tenant], float(t.get("throttled_429", 0)))
+            for cause, n in sorted((t.get("retries_by_cause") or {}).items()):
+                retries.add_metric([cmd, v.tenant, cause], float(n))
+            received.add_metric([cmd, v.tenant], float(t.get("bytes_in", 0)))
         yield from (requests, throttled, retries, received)
 
     def _sync(self) -> Iterator[Metric]:
         cmd = self.command
         saved = self._counter("sync_detail_requests_saved", "Detail requests a sync did not "
                               "make: unchanged items carried from the previous snapshot")
-        saved.add_metric([cmd], float(self.view.sync_sum("carried")))
         deferred = self._gauge("deferred_items", "Items a deadline left for the next run "
-                               "(kept stale, first in line)")
-        deferred.add_metric([cmd], float(self.view.sync_sum("deferred")))
+                               "(kept stale, first in line)", ["tenant"])
+        for v in self.views:
+            saved.add_metric([cmd, v.tenant], float(v.sync_sum("carried")))
+            deferred.add_metric([cmd, v.tenant], float(v.sync_sum("deferred")))
         yield from (saved, deferred)
 
 
@@ -255,13 +273,13 @@ class MetricsFile:
     every: float = INTERVAL
     clock: Callable[[], float] = time.time
     sleep: Sleep = asyncio.sleep
-    live: Callable[[], Mapping[str, Any]] | None = None
+    live: Callable[[], Tenants] | None = None
     started: float = 0.0
     #: the last success known elsewhere (a store's latest manifest), used when the
     #: previous textfile does not say (it was deleted, or this is its first run)
     known_success: float | None = None
-    #: how the run ended, set by the command: (status, its manifest or None)
-    outcome: tuple[str, Mapping[str, Any] | None] | None = None
+    #: how the run ended, set by the command: (status, its tenants' manifests or None)
+    outcome: tuple[str, Tenants | None] | None = None
     _warned: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -277,27 +295,24 @@ class MetricsFile:
                 self._warned = True
                 event("metrics.write_failed", logging.WARNING, error=REDACTOR.scrub(str(exc)))
 
-    def finish(self, status: str, manifest: Mapping[str, Any] | None = None) -> None:
-        """The final write: the run's ``status``, from its manifest when it wrote one."""
-        self.write(status, manifest, ended=self.clock())
+    def finish(self, status: str, tenants: Tenants | None = None) -> None:
+        """The final write: the run's ``status``, from its manifests when it wrote them."""
+        self.write(status, tenants, ended=self.clock())
 
-    def write(self, status: str, manifest: Mapping[str, Any] | None = None, *,
+    def write(self, status: str, tenants: Tenants | None = None, *,
               ended: float | None = None) -> None:
         """Write the textfile atomically (raises :class:`~harvester.errors.SinkError`)."""
-        if manifest is None:
-            manifest = self._live()
+        if tenants is None:
+            tenants = self.live() if self.live is not None else single(None)
         last = read_last_success(self.path)
         if self.known_success is not None:
             last.setdefault(self.command, self.known_success)
         if status == "complete" and ended is not None:
             last[self.command] = ended
+        views = [TenantView(name, m) for name, m in tenants.items()]
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Families(self.command, RunView(status, manifest), self.started,
-                                    ended, last))
+        registry.register(_Families(self.command, status, views, self.started, ended, last))
         write_bytes_atomic(self.path, generate_latest(registry))
-
-    def _live(self) -> Mapping[str, Any]:
-        return self.live() if self.live is not None else {}
 
 
 def live_manifest(catalogs: Iterable[CatalogState], stats: Stats, *, errors: int = 0
