@@ -530,6 +530,30 @@ _LIVE_KNOBS: Final = frozenset({
 })
 
 
+_KNOB_TYPES: Final = {f.name: str(f.type) for f in dataclasses.fields(SimConfig)}
+
+
+def _knob_value(name: str, value: object) -> object:
+    """A live knob's JSON value as its field's type; ValueError (a 400) when it is not
+    one. JSON has numbers, so a catalog index may come as one: it becomes the string the
+    flag would give. A bool is never a number here (``True`` is no index or rate)."""
+    kind = _KNOB_TYPES[name]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "tuple[str, ...]":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(
+                isinstance(i, str) or (isinstance(i, int) and not isinstance(i, bool))
+                for i in items):
+            raise ValueError(f"{name}: must be a list of strings (or integer indexes)")
+        return tuple(str(i) for i in items)
+    ok = {"bool": isinstance(value, bool), "float": number,
+          "int": number and isinstance(value, int), "str": isinstance(value, str),
+          "str | None": value is None or isinstance(value, str)}.get(kind, False)
+    if not ok:
+        raise ValueError(f"{name}: must be of type {kind}, not {type(value).__name__}")
+    return value
+
+
 async def _set_config(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     try:
@@ -541,12 +565,10 @@ async def _set_config(request: web.Request) -> web.StreamResponse:
     unknown = sorted(set(changes) - _LIVE_KNOBS)
     if unknown:
         return _json(400, {"detail": f"not live knobs: {unknown}; live: {sorted(_LIVE_KNOBS)}"})
-    values: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()
-    }
     try:
+        values = {k: _knob_value(k, v) for k, v in changes.items()}
         st.cfg = dataclasses.replace(st.cfg, **values)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError) as exc:
         return _json(400, {"detail": str(exc)})
     return _json(200, {k: getattr(st.cfg, k) for k in changes})
 
