@@ -11,8 +11,10 @@ result independent of that order:
   Every differing version goes to the append-only spool; :func:`spool_winners` keeps the
   winner when the spool is read.
 * **Keyless rows.** A row with neither ``key`` nor ``uuid`` is listed but unusable. It is
-  identified by a hash of its JSON, reported once (``no_key``) and counted
-  as found, so it never becomes a gap.
+  reported once (``no_key``) and counted as found, so it never becomes a gap. It is
+  identified by :func:`keyless_identity`, which ignores content a re-index changes: one
+  keyless item listed twice with different content (a re-index mid-walk) is one row, so
+  it can never pad the count and hide a keyed item the walks missed.
 
 :class:`Seen` costs about 8 bytes per item more than a plain set: each entry points at
 one of 65,536 shared version tags rather than owning an integer, and exact version sets
@@ -67,6 +69,24 @@ def winner_key(rec: JSONDict) -> tuple[float, str]:
         else:
             stamp = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
     return (-stamp, hashlib.sha256(canonical(rec)).hexdigest())
+
+
+#: Fields of a listing row that a re-index rewrites: never part of a keyless row's identity.
+VOLATILE_FIELDS: Final = frozenset({"content_last_modified", "modified", "title"})
+#: Types whose ``aggregation_key`` names one item (a course run's names its course).
+_AGGREGATE_NAMES_ITEM: Final = frozenset({"course", "program", "learnerpathway"})
+
+
+def keyless_identity(rec: JSONDict, content_type: str) -> int:
+    """A keyless row's identity, independent of content a re-index changes: its
+    ``aggregation_key`` where that names one item, else a hash of the row without
+    :data:`VOLATILE_FIELDS`. Two rows of one item never count as two keyless items."""
+    agg = rec.get("aggregation_key")
+    if content_type in _AGGREGATE_NAMES_ITEM and isinstance(agg, str) and agg:
+        raw = orjson.dumps([content_type, agg])
+    else:
+        raw = canonical({k: v for k, v in rec.items() if k not in VOLATILE_FIELDS})
+    return version_of(raw)
 
 
 Verdict = Literal["new", "version", "duplicate"]

@@ -17,7 +17,7 @@ import orjson
 from harvester.client import ApiClient, ThrottleClass, catalogs_path, content_path
 from harvester.config import Settings
 from harvester.errors import HarvestError
-from harvester.listing import Seen, version_of
+from harvester.listing import Seen, keyless_identity, version_of
 from harvester.models import (
     UNKNOWN_TYPE,
     Catalog,
@@ -130,9 +130,10 @@ class CatalogLister:
         types: set[str] = set()
         for line in self._errors():
             e = orjson.loads(line)
+            ident = e.get("keyless_id", e.get("record_hash"))  # the latter: older runs
             if e.get("kind") == "no_key" and e.get("catalog_uuid") == cs.uuid \
-                    and isinstance(e.get("record_hash"), str):
-                seen.keyless.add(int(e["record_hash"], 16))
+                    and isinstance(ident, str):
+                seen.keyless.add(int(ident, 16))
                 types.add(str(e.get("content_type", UNKNOWN_TYPE)))
         cs.unique, cs.keyless = len(seen.ids), len(seen.keyless)
         cs.keyless_types = sorted(types)
@@ -184,10 +185,11 @@ class CatalogLister:
             raw = encode_record(rec)  # NestedTooDeep fails the catalog, not the run
             version = version_of(raw)
             if key is None:
-                if version in seen.keyless:
+                ident = keyless_identity(rec, ctype)
+                if ident in seen.keyless:
                     cs.duplicates += 1
                     continue
-                seen.keyless.add(version)
+                seen.keyless.add(ident)
                 cs.keyless += 1
                 if ctype not in cs.keyless_types:
                     cs.keyless_types.append(ctype)
@@ -195,7 +197,8 @@ class CatalogLister:
                                       "listed item has neither key nor uuid; it cannot be "
                                       "fetched (counted as listed, not a gap)",
                                       content_type=ctype,
-                                      extra={"record_hash": f"{version:016x}"})
+                                      extra={"record_hash": f"{version:016x}",
+                                             "keyless_id": f"{ident:016x}"})
                 continue
             digest = key_digest(ctype, key)
             verdict = seen.add(digest, version)
