@@ -1,8 +1,10 @@
 """A rerun retries what failed: a run's failed work is reopened before a session starts.
 
 Every later session of a run (a resume after a crash or a signal, or a rerun of a run that
-ended partial) starts here. ``errors.ndjson`` is the record of what failed, and its lines
-name the work to do again:
+ended partial) starts here. The ledger's error lines are the record of what failed (the
+writer records them with the work they belong to; ``errors.ndjson`` is rendered from
+them, so a deleted, cut or replaced file loses nothing), and they name the work to do
+again:
 
 * ``catalog_failed``, ``page_failed``, ``gap``: the catalog is listed again (fresh walks;
   what is already spooled counts as seen, so only items not found yet are added);
@@ -32,7 +34,7 @@ from harvester.models import key_digest
 from harvester.run import CatalogState, Phase
 from harvester.sinks import disk_errors, fsync_dir, iter_lines, recover_tail
 from harvester.state import Checkpoint, Ledger
-from harvester.writer import ERRORS_KEY, FileKey, Writer
+from harvester.writer import ERRORS_KEY, FileKey, Writer, error_rows
 
 #: Error kinds whose catalog is listed again on a rerun.
 RELIST_KINDS: Final = frozenset({"catalog_failed", "page_failed", "gap"})
@@ -52,12 +54,25 @@ class Reopened:
     kept: int  #: error lines kept (not about failed work)
 
 
-def error_lines(out: Path) -> list[bytes]:
-    """The run's error lines so far: the ``.part`` of a session that was under way, else
-    the committed ``errors.ndjson``; complete, valid lines only (a torn tail is dropped)."""
+#: Set in the ledger of a run that records its error lines there (every run since).
+ERRORS_IN_LEDGER: Final = "errors_in_ledger"
+
+
+def error_lines(out: Path, ledger: Ledger) -> list[bytes]:
+    """The run's error lines so far: the ledger's, then the complete lines a killed session
+    wrote to ``errors.ndjson.part`` after its last checkpoint (never through a link).
+
+    A ledger older than error records has none: its run's lines are read from the
+    ``.part`` of a session that was under way, else from the committed file, as then.
+    """
     part, final = out / "errors.ndjson.part", out / "errors.ndjson"
-    src = part if part.exists() else final if final.exists() else None
-    return recover_tail(src, 0, compressed=False) if src is not None else []
+    if ledger.meta(ERRORS_IN_LEDGER) is None:
+        src = part if part.exists() else final if final.exists() else None
+        return recover_tail(src, 0, compressed=False) if src is not None else []
+    tracked = ledger.files().get(part.name)
+    tail = (recover_tail(part, tracked[0] if tracked else 0, compressed=False)
+            if os.path.lexists(part) else [])
+    return ledger.errors() + tail
 
 
 def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[CatalogState],
@@ -65,7 +80,7 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
     """Reopen everything that failed in earlier sessions, so this one retries it; except
     the ``settled`` catalogs, whose failure this run already answered (a sync carried
     their previous records forward)."""
-    lines = error_lines(out)
+    lines = error_lines(out, ledger)
     known = {cs.uuid for cs in catalogs} - settled
     relist = {cs.uuid for cs in catalogs if cs.phase == Phase.FAILED} - settled
     refetch: dict[str, set[int]] = {}
@@ -82,15 +97,24 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
         # An item with a line in the output (a record kept stale) stays as it is, and so
         # does its error line: fetching it again would write it twice.
         digests -= _written(writer, cat, digests)
-    errors_rel = str(writer.part_path(ERRORS_KEY).relative_to(out))
-    forget = [errors_rel]
+    errors_part = writer.part_path(ERRORS_KEY)
+    errors_rel = str(errors_part.relative_to(out))
+    forget: list[str] = []
     if details:  # an item is fetched again from its catalog's spool: without one, list again
         for cat in {c for c, ds in refetch.items() if ds} | relist:
             spool = writer.part_path(("spool", cat))
             if not spool.exists():
                 relist.add(cat)
                 forget.append(str(spool.relative_to(out)))
+    kept = _kept(lines, relist, refetch)
     cp = Checkpoint.empty()
+    cp.errors = [row for line in kept for row in error_rows(line)]
+    if errors_part.is_file() and not errors_part.is_symlink():
+        # All of it is in the ledger now: a session dying before the rewrite below must
+        # not read it again as a killed session's unrecorded tail.
+        cp.files[errors_rel] = (errors_part.stat().st_size, 0)
+    else:
+        forget.append(errors_rel)
     moves: list[tuple[Path, Path]] = []
     for cs in catalogs:
         if cs.uuid in relist or refetch.get(cs.uuid):
@@ -105,7 +129,7 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
         with disk_errors(final):
             os.replace(final, part)
             fsync_dir(part.parent)
-    kept = _kept(lines, relist, refetch)
+    ledger.set_meta(**{ERRORS_IN_LEDGER: "1"})
     size = _rewrite_errors(out, kept)
     # Tracked at its new size: the writer appends to it as to any resumed file.
     ledger.record(Checkpoint({errors_rel: (size, len(kept))}, [], [], [], {}, {}))

@@ -2,9 +2,11 @@
 
 ``OUT/.state/ledger.sqlite`` (SQLite, WAL) records, per run: the settings fingerprint, the
 catalog list, each catalog's phase, the pages each listing walk finished, the items
-whose final line is written, and for every file being written its committed byte size
-and line count. The writer only records a batch *after* flushing and fsyncing the files
-that hold it, so the ledger never runs ahead of the data. On resume, every ``.part``
+whose final line is written, every error line (the record of what failed, which a rerun
+retries: ``errors.ndjson`` is rendered from it, so losing that file loses nothing), and
+for every file being written its committed byte size and line count. The writer only
+records a batch *after* flushing and fsyncing the files that hold it, so the ledger
+never runs ahead of the data. On resume, every ``.part``
 file is cut back to its committed size: a torn last line, or lines written after the
 last checkpoint, disappear, and their items are fetched again, so nothing is written
 twice.
@@ -25,7 +27,7 @@ import os
 import sqlite3
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -52,6 +54,9 @@ CREATE TABLE IF NOT EXISTS done (
     catalog TEXT NOT NULL, digest INTEGER NOT NULL, PRIMARY KEY (catalog, digest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, lines INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS errors (
+    seq INTEGER PRIMARY KEY, catalog TEXT, kind TEXT, line BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS errors_by_catalog ON errors (catalog);
 """
 
 
@@ -74,6 +79,8 @@ class Checkpoint:
     done: list[tuple[str, int]]
     infos: dict[str, dict[str, Any]]
     phases: dict[str, str]
+    #: error lines as written to ``errors.ndjson``, with their catalog and kind
+    errors: list[tuple[str | None, str | None, bytes]] = field(default_factory=list)
 
     @classmethod
     def empty(cls) -> Checkpoint:
@@ -82,7 +89,7 @@ class Checkpoint:
 
     def __bool__(self) -> bool:
         return bool(self.files or self.pages or self.walks or self.done or self.infos
-                    or self.phases)
+                    or self.phases or self.errors)
 
 
 def state_dir(out: Path) -> Path:
@@ -181,7 +188,7 @@ class Ledger:
     def reset(self) -> None:
         """Forget everything (``--restart``)."""
         with self._tx():
-            for table in ("meta", "catalogs", "walks", "pages", "done", "files"):
+            for table in ("meta", "catalogs", "walks", "pages", "done", "files", "errors"):
                 self._db.execute(f"DELETE FROM {table}")
 
     # --- catalogs --------------------------------------------------------------------------
@@ -229,6 +236,21 @@ class Ledger:
         return {p: (s, n) for p, s, n in self._db.execute(
             "SELECT path, size, lines FROM files")}
 
+    def errors(self, catalog: str | None = None) -> list[bytes]:
+        """The run's error lines in the order written (of one ``catalog``, if given)."""
+        if catalog is None:
+            rows = self._db.execute("SELECT line FROM errors ORDER BY seq")
+        else:
+            rows = self._db.execute("SELECT line FROM errors WHERE catalog=? ORDER BY seq",
+                                    (catalog,))
+        return [bytes(r[0]) for r in rows]
+
+    def error_kinds(self, catalog: str | None = None) -> dict[str, int]:
+        """How many error lines of each kind the run holds (of one ``catalog``, if given)."""
+        where, args = ("WHERE catalog=?", (catalog,)) if catalog is not None else ("", ())
+        return {str(k): int(n) for k, n in self._db.execute(
+            f"SELECT kind, COUNT(*) FROM errors {where} GROUP BY kind", args)}
+
     def forget_file(self, rel: str) -> None:
         """Stop tracking a file (it was committed under its final name)."""
         with self._tx():
@@ -237,9 +259,9 @@ class Ledger:
     def reopen(self, *, relist: Iterable[str], undone: Iterable[tuple[str, int]],
                forget: Iterable[str], cp: Checkpoint) -> None:
         """Make failed work to do again, in one transaction: forget the walks and pages of
-        the catalogs to list again, the done marks of the items to fetch again and the
-        files in ``forget``, and record ``cp`` (new phases and counters, the files reopened
-        for appending).
+        the catalogs to list again, the done marks of the items to fetch again, the
+        files in ``forget`` and every error line, and record ``cp`` (new phases and
+        counters, the files reopened for appending, the error lines that stay).
 
         Call before anything that loses the record of those failures (the old error
         lines), so a crash in between only makes the next session do it again.
@@ -250,6 +272,7 @@ class Ledger:
                 self._db.execute("DELETE FROM pages WHERE catalog=?", (catalog,))
             self._db.executemany("DELETE FROM done WHERE catalog=? AND digest=?", undone)
             self._db.executemany("DELETE FROM files WHERE path=?", ((p,) for p in forget))
+            self._db.execute("DELETE FROM errors")
             self._record(cp)
 
     def record(self, cp: Checkpoint) -> None:
@@ -269,6 +292,8 @@ class Ledger:
                              [(orjson.dumps(i).decode(), c) for c, i in cp.infos.items()])
         self._db.executemany("UPDATE catalogs SET phase=? WHERE uuid=?",
                              [(p, c) for c, p in cp.phases.items()])
+        self._db.executemany("INSERT INTO errors (catalog, kind, line) VALUES (?, ?, ?)",
+                             cp.errors)
 
     def _tx(self) -> _Tx:
         return _Tx(self._db, self.path)

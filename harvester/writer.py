@@ -136,6 +136,21 @@ def leftovers(out: Path) -> list[str]:
     return [n for n in _TOP_NAMES if os.path.lexists(out / n)] + found
 
 
+def error_rows(data: bytes) -> list[tuple[str | None, str | None, bytes]]:
+    """``(catalog, kind, line)`` of each error line in ``data``, for the ledger."""
+    rows: list[tuple[str | None, str | None, bytes]] = []
+    for line in data.splitlines(keepends=True):
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            rec = None
+        rec = rec if isinstance(rec, dict) else {}
+        cat, kind = rec.get("catalog_uuid"), rec.get("kind")
+        rows.append((cat if isinstance(cat, str) else None,
+                     kind if isinstance(kind, str) else None, line))
+    return rows
+
+
 def _settle(done: asyncio.Future[T], work: Callable[[], T]) -> None:
     """Run ``work`` and hand its result, or its SinkError, to whoever awaits ``done``."""
     try:
@@ -313,8 +328,13 @@ class Writer:
         self._since += 1
         if isinstance(msg, Write):
             f = self._file(msg.key)
-            # Error records quote servers: the last line of redaction, whoever built them.
-            f.write(REDACTOR.scrub_line(msg.data) if msg.key == ERRORS_KEY else msg.data)
+            data = msg.data
+            if msg.key == ERRORS_KEY:
+                # Error records quote servers: the last line of redaction, whoever built
+                # them. The ledger gets them in the same checkpoint as the work they fail.
+                data = REDACTOR.scrub_line(data)
+                pending.errors.extend(error_rows(data))
+            f.write(data)
             if not f.compressed:
                 f.flush()  # to the OS at once: a kill -9 cannot take it (see reopen_tracked)
             pending.files[self._rel(f)] = (0, 0)  # filled in at checkpoint

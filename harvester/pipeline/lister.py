@@ -10,7 +10,7 @@ or write or parse spool lines itself (:class:`~harvester.spool.Spool` owns the f
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 
 import orjson
 
@@ -32,10 +32,10 @@ from harvester.pipeline.emit import Emitter
 from harvester.pipeline.syncing import DetailDecider
 from harvester.pipeline.walk import walk_pages, walk_until_complete
 from harvester.run import CatalogState, Phase
-from harvester.sinks import encode_record, iter_lines
+from harvester.sinks import encode_record
 from harvester.spool import Spool
 from harvester.state import Ledger, WalkRecord
-from harvester.writer import ERRORS_KEY, Writer
+from harvester.writer import Writer
 
 
 async def discover_catalogs(client: ApiClient, settings: Settings, ledger: Ledger,
@@ -128,7 +128,7 @@ class CatalogLister:
         for entry in self.writer.spool(cs.uuid).entries():
             seen.add(entry.digest, version_of(orjson.dumps(entry.record)))
         types: set[str] = set()
-        for line in self._errors():
+        for line in self.ledger.errors(cs.uuid):
             e = orjson.loads(line)
             ident = e.get("keyless_id", e.get("record_hash"))  # the latter: older runs
             if e.get("kind") == "no_key" and e.get("catalog_uuid") == cs.uuid \
@@ -138,10 +138,6 @@ class CatalogLister:
         cs.unique, cs.keyless = len(seen.ids), len(seen.keyless)
         cs.keyless_types = sorted(types)
         return seen
-
-    def _errors(self) -> Iterator[bytes]:
-        path = self.writer.part_path(ERRORS_KEY)
-        return iter_lines(path) if path.exists() else iter(())
 
     async def _walk(self, cs: CatalogState, walk: int, seen: Seen) -> bool:
         """One walk of a catalog's list; False when a page of it failed."""

@@ -13,7 +13,7 @@ import orjson
 from harvester.models import JSONDict
 from harvester.run import CatalogState
 from harvester.sinks import iter_lines
-from harvester.writer import ERRORS_KEY, Writer
+from harvester.writer import Writer
 
 #: Shapes of keys the detail endpoints can route (Django URL patterns of the LMS).
 _DETAIL_KEY_RE: Final = {
@@ -60,13 +60,7 @@ def recount(cs: CatalogState, writer: Writer, *, compressed: bool) -> None:
             else:
                 listing += 1
     cs.details_done, cs.listing_only = detail, listing
-    # Failures too: a session that died took its counts with it, and errors of work
-    # retried since are gone from the file.
-    kinds: dict[str, int] = {}
-    errors = writer.part_path(ERRORS_KEY)
-    if errors.exists():
-        for line in iter_lines(errors):
-            e = orjson.loads(line)
-            if e.get("catalog_uuid") == cs.uuid:
-                kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    # Failures too, from the ledger's record of them: a session that died took its counts
+    # with it, and errors of work retried since are gone from it.
+    kinds = writer.ledger.error_kinds(cs.uuid)
     cs.not_found, cs.failed = kinds.get("not_found", 0), kinds.get("detail_failed", 0)

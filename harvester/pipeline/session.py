@@ -22,7 +22,7 @@ from harvester.manifest import CatalogEntry, Manifest, Totals
 from harvester.models import Catalog
 from harvester.obs import event
 from harvester.pipeline.emit import NOT_FAILURES
-from harvester.reopen import reopen_failures
+from harvester.reopen import ERRORS_IN_LEDGER, reopen_failures
 from harvester.run import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -42,7 +42,6 @@ from harvester.sinks import (
     clear_outputs,
     disk_errors,
     encode_line,
-    iter_lines,
     write_json_atomic,
 )
 from harvester.state import STATE_DIR, Ledger, RunLock
@@ -121,7 +120,7 @@ class RunSession:
         parts = orjson.dumps(fingerprint_parts(self.settings, self._extra)).decode()
         self.ledger.set_meta(fingerprint=fp, fingerprint_parts=parts, run_id=self.run_id,
                              started_at=self.started_at, status="running",
-                             version=__version__)
+                             version=__version__, **{ERRORS_IN_LEDGER: "1"})
 
     def _resume(self) -> None:
         ledger = self.ledger
@@ -170,11 +169,9 @@ class RunSession:
         writer.reopen_tracked([*keys, ERRORS_KEY])
         if writer.recovered:
             event("harvest.recovered", lines=len(writer.recovered))
-        errors = writer.part_path(ERRORS_KEY)
         # A resumed run still reports the errors its earlier sessions recorded.
-        return (sum(1 for line in iter_lines(errors)
-                    if orjson.loads(line).get("kind") not in NOT_FAILURES)
-                if errors.exists() else 0)
+        return sum(n for kind, n in self.ledger.error_kinds().items()
+                   if kind not in NOT_FAILURES)
 
     def finish(self, listed: list[Catalog], catalogs: list[CatalogState], *,
                errors: int, errors_file: dict[str, Any], stats: dict[str, Any],

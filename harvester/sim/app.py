@@ -566,7 +566,7 @@ async def _set_config(request: web.Request) -> web.StreamResponse:
     if unknown:
         return _json(400, {"detail": f"not live knobs: {unknown}; live: {sorted(_LIVE_KNOBS)}"})
     try:
-        values = {k: _knob_value(k, v) for k, v in changes.items()}
+        values: dict[str, Any] = {k: _knob_value(k, v) for k, v in changes.items()}
         st.cfg = dataclasses.replace(st.cfg, **values)
     except (TypeError, ValueError, AttributeError) as exc:
         return _json(400, {"detail": str(exc)})
