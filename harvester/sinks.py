@@ -30,7 +30,7 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ from urllib.parse import quote
 import orjson
 
 from harvester.errors import NestedTooDeep, SinkError, UnsafePath
-from harvester.models import JSONDict, file_stem
+from harvester.models import CONTENT_TYPES, OTHER_STEM, JSONDict, file_stem
 
 _CANONICAL_UUID_RE: Final = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -349,21 +349,62 @@ def write_bytes_atomic(path: Path, payload: bytes, *, private: bool = False,
         fsync_dir(path.parent)
 
 
-def clear_outputs(out: Path) -> None:
-    """Remove a previous run's outputs from OUT (``--restart``): only files we create."""
+#: Every file a harvest writes in a catalog directory: the item files (plain or gzip) and
+#: the change feed, each also as its ``.part``. Nothing else there is ours.
+CATALOG_FILES: Final = frozenset(
+    f"{stem}{ext}{part}"
+    for stem in [*(s for s, _ in CONTENT_TYPES.values()), OTHER_STEM]
+    for ext in (".ndjson", ".ndjson.gz") for part in ("", PART)
+) | {"changes.ndjson", "changes.ndjson" + PART}
+#: What a harvest writes at the top of OUT (besides catalog directories and ``.state``).
+TOP_FILES: Final = ("manifest.json", ".manifest.json.tmp", "catalogs.ndjson",
+                    "errors.ndjson", "catalogs.ndjson.part", "errors.ndjson.part",
+                    ".errors.ndjson.part.tmp", "index.sqlite", "index.sqlite-wal",
+                    "index.sqlite-shm", "index.sqlite-journal")
+#: A catalog directory's name as :func:`catalog_dirname` makes it (either form).
+_CATALOG_DIR_RE: Final = re.compile(
+    f"catalog=(?:{_CANONICAL_UUID_RE.pattern}|x-[A-Za-z0-9%_-]{{0,80}}-[0-9a-f]{{12}})")
+
+
+def listed_catalogs(out: Path) -> set[str]:
+    """The catalogs a finished run in ``out`` names (``manifest.json``, ``catalogs.ndjson``;
+    never read through a link): whose directories it wrote."""
+    found: set[object] = set()
+    manifest, listed = out / "manifest.json", out / "catalogs.ndjson"
+    with contextlib.suppress(OSError, orjson.JSONDecodeError, SinkError):
+        if manifest.is_file() and not manifest.is_symlink():
+            data = orjson.loads(manifest.read_bytes())
+            if isinstance(data, dict) and isinstance(data.get("catalogs"), dict):
+                found |= set(data["catalogs"])
+        if listed.is_file() and not listed.is_symlink():
+            for line in iter_lines(listed):
+                rec = orjson.loads(line)
+                if isinstance(rec, dict):
+                    found.add(rec.get("uuid"))
+    return {u for u in found if isinstance(u, str) and u}
+
+
+def clear_outputs(out: Path, catalogs: Iterable[str] = ()) -> None:
+    """Remove a previous run's outputs from OUT (``--restart``): only the exact names a
+    harvest writes (:data:`TOP_FILES`, :data:`CATALOG_FILES`), in the directory of each
+    of ``catalogs`` and of each named as we name them; a catalog directory goes only if that
+    leaves it empty. Any other file, however named, stays; no link is followed."""
     with disk_errors(out):
-        for d in out.glob("catalog=*"):
-            if d.is_dir() and not d.is_symlink():
-                for f in d.iterdir():
-                    if f.is_file() and (f.name.endswith((".ndjson", ".ndjson.gz", PART))):
-                        f.unlink()
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-        for name in ("manifest.json", ".manifest.json.tmp", "catalogs.ndjson",
-                     "errors.ndjson", "catalogs.ndjson.part", "errors.ndjson.part",
-                     ".errors.ndjson.part.tmp", "index.sqlite", "index.sqlite-wal",
-                     "index.sqlite-shm"):
-            with contextlib.suppress(FileNotFoundError):
+        if not out.is_dir():
+            return
+        dirs = {catalog_dirname(c) for c in catalogs}
+        dirs |= {p.name for p in out.glob("catalog=*") if _CATALOG_DIR_RE.fullmatch(p.name)}
+        for name in sorted(dirs):
+            d = out / name
+            if d.is_symlink() or not d.is_dir():
+                continue
+            for f in CATALOG_FILES:
+                if (d / f).is_symlink() or (d / f).is_file():
+                    (d / f).unlink()
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if empty: a user's files keep their directory
+        for name in TOP_FILES:
+            if (out / name).is_symlink() or (out / name).is_file():
                 (out / name).unlink()
         clear_dir(out / ".state" / "spool")
 

@@ -12,13 +12,13 @@ print, or decide a run's status.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -27,11 +27,36 @@ from harvester.manifest import Manifest
 from harvester.run import Phase
 from harvester.sinks import (
     DIR_MODE,
+    clear_outputs,
+    disk_errors,
     ensure_dir,
     fsync_dir,
+    listed_catalogs,
     write_json_atomic,
 )
-from harvester.state import RunLock
+from harvester.state import STATE_DIR, RunLock
+
+#: What a run writes in a snapshot's ``.state`` (besides its ``spool`` directory).
+_STATE_FILES: Final = ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm",
+                "ledger.sqlite-journal", "lock", "previous", ".previous.tmp")
+
+
+def remove_snapshot(snap: Path) -> None:
+    """Remove what a sync wrote in ``snap``: its output by exact name (see
+    :func:`~harvester.sinks.clear_outputs`) and its ``.state``; then the directory, if
+    that leaves it empty. A file a person put there stays, and keeps its directory."""
+    clear_outputs(snap, listed_catalogs(snap))
+    state = snap / STATE_DIR
+    with disk_errors(snap):
+        if state.is_dir() and not state.is_symlink():
+            for name in _STATE_FILES:
+                if (state / name).is_symlink() or (state / name).is_file():
+                    (state / name).unlink()
+            for directory in (state / "spool", state):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+        with contextlib.suppress(OSError):
+            snap.rmdir()
 
 
 class StoreLock(RunLock):
@@ -94,15 +119,12 @@ class Store:
         return latest is not None and latest == snap.resolve()
 
     def abandon(self, snap: Path) -> None:
-        """Delete an unfinished snapshot that cannot be resumed. Never latest, never a
-        finished one: those are refused with StateError."""
+        """Delete an unfinished snapshot that cannot be resumed (what a sync wrote in it,
+        see :func:`remove_snapshot`). Never latest, never a finished one: those are
+        refused with StateError."""
         if self._is_latest(snap) or (snap / "manifest.json").exists() or snap.is_symlink():
             raise StateError(f"refusing to abandon {snap}: it is a finished snapshot")
-        try:
-            shutil.rmtree(snap)
-        except OSError as exc:
-            raise SinkError(f"cannot remove abandoned snapshot {snap}: {exc.strerror}"
-                            ) from None
+        remove_snapshot(snap)
         fsync_dir(self.snapshots)
 
     def _marker(self, snap: Path) -> Path:
@@ -163,7 +185,7 @@ class Store:
         finished = [s for s in self._dirs() if (s / "manifest.json").exists()]
         doomed = [s for s in finished[:-keep] if s.resolve() not in spared]
         for snap in doomed:
-            shutil.rmtree(snap)
+            remove_snapshot(snap)
         return [s.name for s in doomed]
 
 

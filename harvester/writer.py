@@ -46,6 +46,9 @@ T = TypeVar("T")
 #: The content types whose items a catalog's files hold (``other`` for the rest).
 ITEM_TYPES: Final = ("course", "courserun", "program", "learnerpathway", "other")
 ITEM_STEMS: Final = frozenset(stem for stem, _ in CONTENT_TYPES.values()) | {OTHER_STEM}
+#: The committed item files' exact names (plain or gzip).
+ITEM_NAMES: Final = frozenset(f"{stem}{ext}" for stem in ITEM_STEMS
+                              for ext in (".ndjson", ".ndjson.gz"))
 
 
 @dataclass(slots=True)
@@ -386,12 +389,12 @@ class Writer:
         cat_dir = self.path_for(("out", catalog, "course")).parent
         if cat_dir.is_dir():  # files an earlier session committed before it died
             for final in cat_dir.iterdir():
+                if final.name not in ITEM_NAMES:
+                    continue  # not an item file of ours (a user's file stays as it is)
                 if final.is_symlink():  # not ours: never describe (or leave) it as output
                     final.unlink(missing_ok=True)
                     continue
-                stem = final.name.split(".", 1)[0]
-                if stem in ITEM_STEMS and final.name.endswith((".ndjson", ".ndjson.gz")):
-                    infos[final.name] = describe(final)
+                infos[final.name] = describe(final)
         for key in [k for k in self._files if k[0] == "out" and k[1] == catalog]:
             part = self._files.pop(key)
             rel = self._rel(part)

@@ -42,6 +42,7 @@ from harvester.sinks import (
     clear_outputs,
     disk_errors,
     encode_line,
+    listed_catalogs,
     write_json_atomic,
 )
 from harvester.state import STATE_DIR, Ledger, RunLock
@@ -91,8 +92,9 @@ class RunSession:
         ledger = self.ledger
         fp = fingerprint(self.settings, self._extra)
         if self.restart:
+            known = self._known_catalogs()
             ledger.reset()
-            clear_outputs(self.out)
+            clear_outputs(self.out, known)
         elif ledger.is_empty():
             self._refuse_leftovers()
         elif ledger.meta("status") == "complete" and ledger.meta("fingerprint") == fp:
@@ -134,6 +136,11 @@ class RunSession:
         ledger.set_meta(status="running")
         with disk_errors(self.out):
             (self.out / "manifest.json").unlink(missing_ok=True)
+
+    def _known_catalogs(self) -> set[str]:
+        """The catalogs whose directories an earlier run may have written: the ledger's,
+        and those its manifest and ``catalogs.ndjson`` name."""
+        return {u for u, _, _, _ in self.ledger.catalogs()} | listed_catalogs(self.out)
 
     def _refuse_leftovers(self) -> None:
         """A run without a ledger never adopts output it did not write."""
