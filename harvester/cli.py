@@ -13,11 +13,14 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar, cast, overload
+
+import orjson
 
 from harvester import __version__
 from harvester.config import (
@@ -27,11 +30,13 @@ from harvester.config import (
     parse_duration,
     parse_path,
 )
+from harvester.deadline import TimeBudget, parse_time_budget, seconds_until
 from harvester.display import (
     export_summary,
     harvest_progress,
     learners_progress,
     learners_summary,
+    plan_summary,
     print_harvest_summary,
     show_progress,
     sync_summary,
@@ -50,7 +55,10 @@ from harvester.metrics import MetricsFile, Tenants, live_manifest, manifest_succ
 from harvester.nightly import SyncNight
 from harvester.obs import REDACTOR, event, setup_logging
 from harvester.pipeline import Harvest, with_ticks
+from harvester.planning import make_plan
 from harvester.run import (
+    EXIT_OK,
+    EXIT_PARTIAL,
     EXIT_UNEXPECTED,
     EXIT_USAGE,
     RunResult,
@@ -121,6 +129,18 @@ def _add_harvest_flags(h: argparse.ArgumentParser) -> None:
     h.add_argument("--shard", dest="harvest.shard", metavar="I/N",
                    help="only catalogs whose stable hash mod N is I (run N machines; give "
                         "each --rate-lms budget/N: they share the credential's budget)")
+
+
+def _add_plan(sub: Any) -> None:
+    """``harvester plan``'s flags (the harvest flags, and the sync's for ``--store``)."""
+    pl = sub.add_parser("plan", help="list every catalog (no detail request) and say what a "
+                        "harvest, or tonight's sync with --store, would request and how long "
+                        "it would take")
+    pl.add_argument("--store", type=_path, help="also plan tonight's sync of this store")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON (schema 1)")
+    _add_harvest_flags(pl)
+    pl.add_argument("--max-age", metavar="DURATION", help="as for sync (default 7d)")
+    pl.add_argument("--as-of", metavar="ISO-8601", help="as for sync")
 
 
 def _add_export(sub: Any) -> None:
@@ -199,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="finished snapshots kept (default 7, or [sync] keep)")
     sy.add_argument("--as-of", metavar="ISO-8601",
                     help="the run's date for refresh planning (backfills and tests)")
+    end = sy.add_mutually_exclusive_group()
+    end.add_argument("--deadline", metavar="HH:MM",
+                     help="finish by this local time (tomorrow if already past today); "
+                          "what is not fetched by then is deferred to the next night")
+    end.add_argument("--time-budget", metavar="DURATION",
+                     help="finish within this long (e.g. 3h, 90m), start-up and commit "
+                          "included; the rest is deferred to the next night")
+    _add_plan(sub)
 
     _add_export(sub)
     _add_learners(sub)
@@ -446,13 +474,27 @@ def _as_of(text: str | None) -> float | None:
     return when.timestamp()
 
 
+def _time_budget(ns: argparse.Namespace, started: float) -> TimeBudget | None:
+    """``--deadline`` / ``--time-budget`` as a deadline on the monotonic clock, counted
+    from ``started`` (the command's start: start-up is part of the budget)."""
+    if ns.deadline is not None:
+        seconds = seconds_until(ns.deadline, datetime.now().astimezone())
+    elif ns.time_budget is not None:
+        seconds = parse_time_budget(ns.time_budget)
+    else:
+        return None
+    return TimeBudget(started + seconds, time.monotonic)
+
+
 def cmd_sync(ns: argparse.Namespace) -> int:
     """``harvester sync``: the next snapshot of a store, fetching only what changed."""
+    started = time.monotonic()  # the budget counts start-up too
     with _metrics(ns, "sync") as metrics:
+        budget = _time_budget(ns, started)
         settings = _settings(ns)
         store_dir, max_age, keep = _sync_options(ns, settings)
         night = SyncNight(settings, store=store_dir, max_age=max_age, keep=keep,
-                          as_of=_as_of(ns.as_of))
+                          as_of=_as_of(ns.as_of), budget=budget)
         settings.api.require_credentials()  # before the store gets a lock or a snapshot
         setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
         with night.hold() as harvest:
@@ -474,6 +516,27 @@ def cmd_sync(ns: argparse.Namespace) -> int:
             print(done.notice)
         print("\n".join(sync_summary(done)))
     return result.exit_code
+
+
+def cmd_plan(ns: argparse.Namespace) -> int:
+    """``harvester plan``: list everything, request no detail, print the cost and ETA.
+    Exit 0, or 3 when a catalog or page could not be listed (the plan is then a lower
+    bound)."""
+    settings = _settings(ns)
+    store = ns.store or settings.sync.store
+    max_age = parse_max_age(ns.max_age) if ns.max_age is not None else settings.sync.max_age
+    as_of = _as_of(ns.as_of)
+    settings.api.require_credentials()
+    setup_logging(fmt=settings.output.log_format, quiet=True)
+    plan = run_job(lambda: make_plan(settings, store=Path(store) if store else None,
+                                     max_age=max_age, as_of=as_of),
+                   interrupted="nothing was written")
+    if ns.json:
+        sys.stdout.write(orjson.dumps(plan.as_dict(), option=orjson.OPT_INDENT_2).decode()
+                         + "\n")
+    else:
+        print("\n".join(plan_summary(plan)))
+    return EXIT_OK if plan.complete else EXIT_PARTIAL
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
@@ -565,8 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(args)
     except SystemExit as exc:  # argparse already printed usage
         return EXIT_USAGE if exc.code not in (0, None) else 0
-    handlers = {"harvest": cmd_harvest, "sync": cmd_sync, "export": cmd_export,
-                "learners": cmd_learners, "demo": cmd_demo, "verify": cmd_verify}
+    handlers = {"harvest": cmd_harvest, "sync": cmd_sync, "plan": cmd_plan,
+                "export": cmd_export, "learners": cmd_learners, "demo": cmd_demo,
+                "verify": cmd_verify}
     try:
         return handlers[ns.command](ns)
     except Interrupted as exc:

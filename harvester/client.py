@@ -39,6 +39,7 @@ from harvester.auth import Grant, TokenManager, parse_grant
 from harvester.config import Settings
 from harvester.errors import (
     REASONS,
+    ApiError,
     AuthError,
     ConnectError,
     ConnectionLost,
@@ -48,6 +49,7 @@ from harvester.errors import (
     InvalidPage,
     NestedTooDeep,
     NotFound,
+    OutOfTime,
     PayloadError,
     RateLimited,
     ReadTimeout,
@@ -64,6 +66,7 @@ from harvester.obs import REDACTOR, Stats, event
 from harvester.paginate import PageRequest, parse_page
 from harvester.policy import (
     Clock,
+    Cutoff,
     OpenGate,
     RateGate,
     RetryPolicy,
@@ -334,9 +337,13 @@ class ApiClient:
         query: Mapping[str, str] | None = None,
         *,
         etag: str | None = None,
+        cutoff: Cutoff | None = None,
     ) -> Response:
-        """GET ``path`` and decode its JSON, with throttling, auth and retries."""
-        return await self._with_retries(endpoint, path, query, etag, lambda r: r)
+        """GET ``path`` and decode its JSON, with throttling, auth and retries.
+
+        ``cutoff``: raise :class:`OutOfTime` rather than start the request too late, and
+        give up retrying (the last error) rather than wait past its ``end_by``."""
+        return await self._with_retries(endpoint, path, query, etag, lambda r: r, cutoff)
 
     async def get_page(self, endpoint: ThrottleClass, path: str, request: PageRequest) -> Page:
         """GET one page of a DRF list; a malformed page is retried like a bad body."""
@@ -357,23 +364,36 @@ class ApiClient:
         query: Mapping[str, str] | None,
         etag: str | None,
         parse: Callable[[Response], T],
+        cutoff: Cutoff | None = None,
     ) -> T:
         url = self._base + path + ("?" + urlencode(query) if query else "")
         story = _Story()
 
         async def attempt() -> T:
-            return parse(await self._attempt(endpoint, url, etag, story))
+            return parse(await self._attempt(endpoint, url, etag, story, cutoff))
 
-        return await self._retrying(attempt, str(endpoint), path, story)
+        return await self._retrying(attempt, str(endpoint), path, story, cutoff)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], endpoint: str, path: str,
-                        story: _Story) -> T:
+                        story: _Story, cutoff: Cutoff | None = None) -> T:
         """Run ``attempt`` in the one retry loop, each try bounded by what is left of
-        ``retry.max_time``; a host that never answered ends as :class:`Unreachable`."""
+        ``retry.max_time`` (and by ``cutoff``); a host that never answered ends as
+        :class:`Unreachable`."""
         policy = self.policy
+        start = self._clock()
+        cut: list[BaseException] = []  # the error whose retry the cutoff did not allow
+
+        def budget(exc: BaseException) -> float:
+            mine = self._budget(exc)
+            if cutoff is None or cutoff.end_by - start >= mine:
+                return mine
+            cut[:] = [exc]
+            return cutoff.end_by - start
 
         async def bounded(deadline: float) -> T:
             limit, name = policy.max_time, "retry.max_time"
+            if cutoff is not None and cutoff.end_by < deadline:
+                deadline, limit, name = cutoff.end_by, cutoff.end_by - start, "the deadline"
             if not self._answered and policy.first_contact_time < limit:
                 # Nothing has answered yet: even the attempt in flight gets only the short
                 # budget, so a silent host fails within it, not after one more read timeout.
@@ -386,6 +406,8 @@ class ApiClient:
             except TimeoutError:
                 if not timer.expired():
                     raise
+                if name == "the deadline":
+                    raise OutOfTime(f"{endpoint} {path}: cut at the deadline") from None
                 waiting = f" waiting for the {endpoint} rate limit" if story.gated else ""
                 raise ReadTimeout(f"{endpoint} {path}: the request ran past {limit:g} s "
                                   f"({name}){waiting}", endpoint=endpoint, url=path,
@@ -401,8 +423,13 @@ class ApiClient:
         try:
             return await call_with_retries(bounded, self.policy, clock=self._clock,
                                            sleep=self._sleep, rand=self._rand,
-                                           budget=self._budget, on_retry=on_retry)
-        except RequestError as exc:
+                                           budget=budget, on_retry=on_retry)
+        except (RequestError, ApiError) as exc:
+            if cut and cut[0] is exc:
+                raise OutOfTime(f"{endpoint} {path}: no time left to retry after "
+                                f"{type(exc).__name__}") from exc
+            if isinstance(exc, ApiError):
+                raise
             host = self._host(exc)
             if host in self._answered:
                 raise
@@ -430,14 +457,15 @@ class ApiClient:
         return self.policy.budget(exc, contacted=self._host(exc) in self._answered)
 
     async def _attempt(self, endpoint: ThrottleClass, url: str, etag: str | None,
-                       story: _Story) -> Response:
+                       story: _Story, cutoff: Cutoff | None = None) -> Response:
         gate = self.gates[endpoint]
         story.gated = True
-        ticket = await gate.acquire()
+        ticket = await gate.acquire(cutoff.admit_by if cutoff is not None else None)
         story.gated = False
         async with self._inflight:
             token = await self.tokens.token()
             ticket.stamp()
+            sent = self._clock()
             refused: RateLimited | None = None
             try:
                 try:
@@ -458,6 +486,7 @@ class ApiClient:
                     gate.refused(ticket, refused.retry_after)  # learn the server's budget
                 else:
                     ticket.counted = True
+                self.stats.observe(str(endpoint), self._clock() - sent)
 
     async def _exchange(self, endpoint: str, method: str, url: URL, cap: int, **kw: Any
                         ) -> tuple[int, CIMultiDictProxy[str], bytes]:

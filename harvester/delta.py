@@ -97,6 +97,10 @@ CREATE TABLE IF NOT EXISTS pending (
 """
 
 
+#: The index's ``stale`` column: 1 failed (kept stale), 2 deferred by a deadline.
+_DEFERRED: Final = 2
+
+
 @dataclass(frozen=True, slots=True)
 class Indexed:
     """One item as the previous snapshot holds it."""
@@ -107,7 +111,8 @@ class Indexed:
     etag: str | None
     line: bytes
     source: str | None = None  #: "detail", or "listing" for a listing-only record
-    stale: bool = False  #: kept from an earlier night because its fetch failed
+    stale: bool = False  #: kept from an earlier night (its fetch failed, or was deferred)
+    deferred: bool = False  #: kept because a deadline stopped the night before its fetch
 
     def record(self) -> JSONDict:
         """The stored line as an object (``_harvest`` included)."""
@@ -153,7 +158,7 @@ class SnapshotIndex:
         if row is None:
             return None
         return Indexed(row[0], row[1], row[2], row[3], zlib.decompress(row[4]), row[5],
-                       bool(row[6]))
+                       bool(row[6]), row[6] == _DEFERRED)
 
     def digests(self, catalog: str) -> Iterator[tuple[int, str, str]]:
         """``(digest, content_type, key)`` of every item of a catalog."""
@@ -205,11 +210,13 @@ class SnapshotIndex:
             f"SELECT digest FROM items WHERE catalog=? AND {self._stale}", (catalog,))}
 
     def stale_summary(self, catalog: str, *, limit: int = 100) -> tuple[int, list[str]]:
-        """How many items of a catalog are stale, and the keys of the first ``limit``."""
-        (n,) = self._db.execute(f"SELECT count(*) FROM items WHERE catalog=? AND {self._stale}",
-                                (catalog,)).fetchone()
+        """How many items of a catalog are stale (failed; deferred ones are not), and the
+        keys of the first ``limit``."""
+        (n,) = self._db.execute(
+            f"SELECT count(*) FROM items WHERE catalog=? AND {self._stale} = 1",
+            (catalog,)).fetchone()
         keys = [row[0] for row in self._db.execute(
-            f"SELECT key FROM items WHERE catalog=? AND {self._stale} ORDER BY key LIMIT ?",
+            f"SELECT key FROM items WHERE catalog=? AND {self._stale} = 1 ORDER BY key LIMIT ?",
             (catalog, limit))]
         return int(n), keys
 
@@ -247,7 +254,7 @@ def _row(catalog: str, line: bytes) -> tuple[Any, ...]:
     digest = key_digest(h["content_type"], h["key"])
     return (catalog, digest, h["content_type"], h["key"], catalog, digest, content_hash(rec),
             h.get("fetched_at"), h.get("source"), h.get("etag"), zlib.compress(line, 1),
-            1 if h.get("stale") else 0)
+            1 if h.get("stale") else _DEFERRED if h.get("deferred") else 0)
 
 
 # --- deciding what to fetch --------------------------------------------------------------
@@ -359,9 +366,24 @@ def stale_line(line: bytes, reason: str, at: str) -> bytes:
     why (``stale_reason``) and since when (``stale_since``, kept from the first failure)."""
     rec: JSONDict = orjson.loads(line)
     meta = dict(rec.get("_harvest") or {})
+    meta.pop("deferred", None)  # it was tried tonight: failed, no longer just deferred
+    meta.pop("deferred_since", None)
     meta["stale"] = True
     meta["stale_reason"] = reason
     meta.setdefault("stale_since", at)
+    rec["_harvest"] = meta
+    return orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def deferred_line(line: bytes, at: str) -> bytes:
+    """A record kept because a deadline stopped the night before its fetch: marked
+    ``deferred: true`` (and ``deferred_since``, kept from the first such night), so the
+    next night fetches it first. Not a failure: any ``stale`` marks it had stay as they
+    were."""
+    rec: JSONDict = orjson.loads(line)
+    meta = dict(rec.get("_harvest") or {})
+    meta["deferred"] = True
+    meta.setdefault("deferred_since", at)
     rec["_harvest"] = meta
     return orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
 

@@ -24,11 +24,12 @@ if TYPE_CHECKING:
 
     from harvester.config import Settings
     from harvester.learners.state import EnterpriseState
+    from harvester.planning import Plan
     from harvester.run import CatalogState, RunResult, SyncResult
 
 __all__ = ["CatalogBars", "ProgressSource", "export_summary", "harvest_progress", "harvest_summary",
            "harvest_table", "learners_progress", "learners_summary", "learners_table",
-           "live", "print_harvest_summary", "show_progress", "sync_summary"]
+           "live", "plan_summary", "print_harvest_summary", "show_progress", "sync_summary"]
 
 #: Rows a live table shows at most (a terminal is not a report).
 _ROWS = 20
@@ -313,6 +314,11 @@ def sync_summary(night: SyncResult) -> list[str]:
     if gone:
         lines.append(f"gone from the catalog list (all items deleted): "
                      f"{', '.join(u[:8] for u in gone)}")
+    deferred = m.sync.get("deferred") or {}
+    if deferred.get("items"):
+        lines.append(f"deferred by the deadline (first in line next night, not failures): "
+                     f"{deferred['items']} items ({deferred.get('new', 0)} new, written from "
+                     "the listing; the rest kept from the previous snapshot)")
     stale = m.sync.get("stale") or {}
     if stale.get("items") or stale.get("catalogs"):
         lines.append("kept stale from the previous snapshot (failed tonight, retried next "
@@ -323,6 +329,36 @@ def sync_summary(night: SyncResult) -> list[str]:
                  f"latest unchanged: {snap.name} is not a good snapshot (see errors.ndjson)")
     if night.pruned:
         lines.append(f"pruned: {', '.join(night.pruned)}")
+    return lines
+
+
+def _hms(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else \
+        f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{seconds:.1f}s"
+
+
+def plan_summary(plan: Plan) -> list[str]:
+    """``harvester plan``'s text: per catalog its items and requests, then the ETAs."""
+    lines = [f"plan at {plan.rate} (LMS budget); listing took {plan.listing_seconds:.1f}s, "
+             f"{plan.catalog_list_requests} catalog-list request(s)"]
+    for c in plan.catalogs:
+        types = ", ".join(f"{t} {n}" for t, n in sorted(c.items.items())) or "no items"
+        line = (f"  {c.uuid}  {c.status:<6}  {types}  -> {c.detail_requests} detail "
+                "requests")
+        if c.sync is not None:
+            line += ("; tonight: " + ", ".join(f"{k.replace('_', ' ')} {v}"
+                                               for k, v in c.sync.items()))
+        lines.append(line)
+    lines.append(f"full harvest: {plan.detail_requests} detail requests, ETA "
+                 f"{_hms(plan.harvest_eta_seconds)}")
+    if plan.store is not None:
+        lines.append(f"tonight's sync of {plan.store} (previous: {plan.previous or 'none'}): "
+                     f"{plan.sync_requests()} detail requests, ETA "
+                     f"{_hms(plan.sync_eta_seconds or 0.0)}")
+    if not plan.complete:
+        lines.append("some catalogs or pages could not be listed: these numbers are a lower "
+                     "bound")
     return lines
 
 

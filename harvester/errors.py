@@ -195,6 +195,12 @@ class UnexpectedXML(PayloadError):
     application/json``. Retried like any bad body; raised once the retries keep getting it."""
 
 
+class OutOfTime(HarvestError):
+    """A request could not be admitted and answered before the run's deadline
+    (``sync --deadline`` / ``--time-budget``). Not a failure: the item is deferred to the
+    next night, never recorded in ``errors.ndjson``."""
+
+
 class SinkError(HarvestError):
     """Output could not be written; what was already written and renamed stays valid."""
 

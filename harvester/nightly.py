@@ -9,8 +9,10 @@ and the Python API alike. Must not print, draw progress or handle signals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -19,10 +21,12 @@ from pathlib import Path
 import orjson
 
 from harvester.config import Settings
+from harvester.deadline import TimeBudget
 from harvester.delta import SyncOptions
 from harvester.errors import StateError
 from harvester.obs import event
 from harvester.pipeline import Harvest
+from harvester.policy import Clock, Sleep
 from harvester.run import (
     RunResult,
     SyncResult,
@@ -40,8 +44,10 @@ class SyncNight:
     """The next snapshot of one store; :meth:`hold` it, run its harvest, :meth:`settle`."""
 
     def __init__(self, settings: Settings, *, store: Path, max_age: float, keep: int,
-                 as_of: float | None = None) -> None:
-        self.settings = settings
+                 as_of: float | None = None, budget: TimeBudget | None = None,
+                 clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        self.settings, self.budget = settings, budget
+        self._clock, self._sleep = clock, sleep
         self.store = Store(store)
         self.options = SyncOptions(None, max_age, as_of)
         self.keep = keep
@@ -64,7 +70,8 @@ class SyncNight:
             snap = self.snapshot = self._choose()
             self.previous = self.store.previous_of(snap)
             settings = replace(self.settings, output=replace(self.settings.output, out=snap))
-            yield Harvest(settings, sync=replace(self.options, previous=self.previous))
+            yield Harvest(settings, sync=replace(self.options, previous=self.previous),
+                          budget=self.budget, clock=self._clock, sleep=self._sleep)
         finally:
             lock.release()
 

@@ -16,7 +16,7 @@ import re
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO, TypeVar
 
@@ -42,6 +42,18 @@ class Stats:
     items_written: int = 0
     pages: int = 0
     details: int = 0
+    latency: dict[str, deque[float]] = field(default_factory=dict)
+
+    def observe(self, endpoint: str, seconds: float) -> None:
+        """Record how long one request of ``endpoint`` took (send to answer)."""
+        recent = self.latency.setdefault(endpoint, deque(maxlen=64))
+        recent.append(max(0.0, seconds))
+
+    def typical(self, endpoint: str) -> float | None:
+        """A typical recent request time of ``endpoint`` (the 90th percentile of the last
+        64), or None before any: what a deadline keeps free for the next request."""
+        recent = sorted(self.latency.get(endpoint, ()))
+        return recent[min(len(recent) - 1, int(len(recent) * 0.9))] if recent else None
 
     def count_request(self, endpoint: str, status: int, nbytes: int) -> None:
         """Record one HTTP response."""

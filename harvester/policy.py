@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import heapq
 import math
 import re
 import time
@@ -34,6 +35,7 @@ from harvester.config import Rate, RetryConfig
 from harvester.errors import (
     ApiError,
     GatewayError,
+    OutOfTime,
     PayloadError,
     RateLimited,
     RequestError,
@@ -276,6 +278,47 @@ def window_budget(rate: Rate) -> tuple[int, float]:
     return 1, rate.period / rate.count
 
 
+@dataclass(frozen=True, slots=True)
+class Cutoff:
+    """A request's deadline (clock times): admitted by ``admit_by``, ended by ``end_by``."""
+
+    admit_by: float
+    end_by: float
+
+
+def gate_margin(period: float) -> float:
+    """Seconds a gate adds to its window (clock granularity and DRF's "<=" edge)."""
+    return min(0.25, 0.01 + 0.002 * period)
+
+
+def admission_schedule(requests: int, rate: Rate, *, concurrency: int, request_time: float,
+                       busy_until: list[float] | None = None) -> float:
+    """Seconds until ``requests`` requests through a :class:`RateGate` at ``rate`` have
+    all been answered, each taking ``request_time``, at most ``concurrency`` in flight.
+
+    The gate's real behaviour, replayed: the whole budget goes out at once when the
+    window is empty, and each slot is reused one window after its answer arrived (the
+    entry is stamped then). ``busy_until`` are slots already taken at time 0 (the
+    catalog list), free again at those times. Used by ``harvester plan`` and by the
+    deadline, so both predict the run the gate will really make.
+    """
+    if requests <= 0:
+        return 0.0
+    full, period = window_budget(rate)
+    window = period + gate_margin(period)
+    slots = sorted((busy_until or [])[:full]) + [0.0] * max(0, full - len(busy_until or []))
+    heapq.heapify(slots)
+    workers = [0.0] * max(1, concurrency)
+    end = 0.0
+    for _ in range(requests):
+        at = max(heapq.heappop(slots), heapq.heappop(workers))
+        done = at + request_time
+        heapq.heappush(slots, done + window)
+        heapq.heappush(workers, done)
+        end = done
+    return end
+
+
 class RateGate:
     """An endpoint class's request budget, shared by every worker of that class."""
 
@@ -296,7 +339,7 @@ class RateGate:
         self._full, self._period = window_budget(rate)
         # Entries are stamped at response time (see Ticket), so the margin only covers
         # clock granularity and DRF's "<=" edge: ~0.2% of throughput.
-        self.margin = margin if margin is not None else min(0.25, 0.01 + 0.002 * self._period)
+        self.margin = margin if margin is not None else gate_margin(self._period)
         self._window = self._period + self.margin
         self._capacity = self._full
         self._learned = 0  # the server's budget as seen in the current 429 episode
@@ -372,14 +415,20 @@ class RateGate:
             if self._spacer is not None:
                 self._spacer = AsyncLimiter(self._capacity, self._period)
 
-    async def acquire(self) -> Ticket:
-        """Wait until one more request fits the budget; return its ticket."""
+    async def acquire(self, admit_by: float | None = None) -> Ticket:
+        """Wait until one more request fits the budget; return its ticket.
+
+        ``admit_by`` (clock time): raise :class:`OutOfTime` at once, without waiting,
+        when the request could not be admitted by then (a run's deadline)."""
+        _in_time(self._clock(), admit_by)
         if self._spacer is not None:
             await self._spacer.acquire()
         async with self._lock:  # FIFO: one waiter computes its slot at a time
             while True:
                 now = self._clock()
+                _in_time(now, admit_by)
                 if now < self._pause_until:
+                    _in_time(self._pause_until, admit_by)
                     await self._sleep(self._pause_until - now)
                     continue
                 self._recover(now)
@@ -394,7 +443,13 @@ class RateGate:
                     self._log.append(ticket)
                     return ticket
                 oldest = min(t.at for t in self._log)
+                _in_time(oldest + self._window, admit_by)
                 await self._sleep(max(0.001, oldest + self._window - now))
+
+
+def _in_time(admission: float, admit_by: float | None) -> None:
+    if admit_by is not None and admission > admit_by:
+        raise OutOfTime("the next request would start too late for the deadline")
 
 
 class OpenGate:
@@ -414,9 +469,11 @@ class OpenGate:
     def refused(self, ticket: Ticket, wait: float | None = None) -> None:
         """Nothing to learn: this class has no budget of ours."""
 
-    async def acquire(self) -> Ticket:
-        """Grant at once unless a 429 pause is in force."""
+    async def acquire(self, admit_by: float | None = None) -> Ticket:
+        """Grant at once unless a 429 pause is in force (see :meth:`RateGate.acquire`
+        for ``admit_by``)."""
         now = self._clock()
+        _in_time(max(now, self._pause_until), admit_by)
         if now < self._pause_until:
             await self._sleep(self._pause_until - now)
         return Ticket(self._clock(), self._clock)

@@ -11,18 +11,20 @@ the :class:`~harvester.pipeline.syncing.DetailDecider`'s).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
 from harvester.client import ApiClient, ThrottleClass, detail_path
 from harvester.config import Settings
+from harvester.deadline import TimeBudget
 from harvester.errors import (
     ApiError,
     AuthError,
     Forbidden,
     HarvestError,
     NotFound,
+    OutOfTime,
     RequestError,
     SinkError,
     StateError,
@@ -34,7 +36,7 @@ from harvester.obs import event
 from harvester.pipeline.emit import Emitter
 from harvester.pipeline.records import meta, routable
 from harvester.pipeline.syncing import DetailDecider, DetailJob
-from harvester.policy import Clock, Sleep
+from harvester.policy import Clock, Cutoff, Sleep
 from harvester.run import CatalogState
 from harvester.sinks import encode_item
 from harvester.spool import SpoolEntry
@@ -57,10 +59,14 @@ class DetailScheduler:
 
     def __init__(self, client: ApiClient, settings: Settings, emit: Emitter,
                  decider: DetailDecider, *, clock: Clock, sleep: Sleep,
-                 detail_404_delay: float) -> None:
+                 detail_404_delay: float, budget: TimeBudget | None = None,
+                 items: Callable[[], int] = lambda: 0) -> None:
         self.client, self.settings, self.emit, self.decider = client, settings, emit, decider
         self._clock, self._sleep = clock, sleep
         self.detail_404_delay = detail_404_delay
+        self.budget, self._items = budget, items
+        #: set once the deadline left no time for another request: the rest is deferred
+        self.out_of_time = False
         self._queue: asyncio.Queue[DetailJob | None] = asyncio.Queue(
             maxsize=settings.limits.concurrency * 4)
         self._tg: asyncio.TaskGroup | None = None
@@ -114,9 +120,13 @@ class DetailScheduler:
             # Give the upstream outage time to pass: until the earliest of these 404s is
             # delay x attempt old. After a long pass (the real 1/s rate) that is no wait.
             ready_at = min(j.deferred_at for j in retry) + self.detail_404_delay * attempt
+            cutoff = self._cutoff()
+            if cutoff is not None and ready_at > cutoff.admit_by:
+                self._stop("a 404 retry pass would start past the deadline")
+            wait = 0.0 if self.out_of_time else max(0.0, ready_at - self._clock())
             event("harvest.detail_retry_pass", catalog=cs.uuid, items=len(retry),
-                  attempt=attempt, wait=round(max(0.0, ready_at - self._clock()), 1))
-            await self._sleep(max(0.0, ready_at - self._clock()))
+                  attempt=attempt, wait=round(wait, 1))
+            await self._sleep(wait)
             for job in retry:
                 job.attempt += 1
                 await self._queue_detail(job)
@@ -169,14 +179,35 @@ class DetailScheduler:
                 if pending.outstanding == 0:
                     pending.idle.set()
 
+    def _cutoff(self) -> Cutoff | None:
+        if self.budget is None:
+            return None
+        return self.budget.cutoff(self._items(), self.client.stats.typical(ThrottleClass.LMS))
+
+    def _stop(self, why: str) -> None:
+        if not self.out_of_time:
+            self.out_of_time = True
+            event("sync.deadline_reached", reason=why,
+                  left=round(self.budget.left(), 1) if self.budget is not None else None)
+
+    async def _defer(self, job: DetailJob) -> None:
+        """Not reached before the deadline: not a failure, first in line next night."""
+        line = self.decider.defer(job, self.emit.now())
+        await self.emit.item(job.cs.uuid, job.content_type, line, job.digest)
+
     async def _fetch(self, job: DetailJob) -> None:
         cs = job.cs
         path = detail_path(cs.uuid, job.content_type, job.key)
         assert path is not None
+        cutoff = self._cutoff()
+        if self.out_of_time:
+            await self._defer(job)
+            return
         try:
             prev = job.previous
             resp = await self.client.get_json(ThrottleClass.LMS, path,
-                                              etag=prev.etag if prev is not None else None)
+                                              etag=prev.etag if prev is not None else None,
+                                              cutoff=cutoff)
             if resp.status == 304 and prev is not None:
                 line = self.decider.revalidated(job, prev, resp.etag, self.emit.now())
                 await self.emit.item(cs.uuid, job.content_type, line, job.digest)
@@ -190,6 +221,10 @@ class DetailScheduler:
                 raise ApiError(f"detail for {job.key!r} answered for {got!r}",
                                status=resp.status)
             await self._write(job, resp.body, resp.etag)  # NestedTooDeep: this item's
+        except OutOfTime as exc:
+            self._stop(str(exc))
+            await self._defer(job)
+            return
         except NotFound as exc:
             if job.attempt < self.settings.harvest.detail_404_retries:
                 job.deferred_at = self._clock()

@@ -18,6 +18,7 @@ from typing import Any
 
 from harvester.client import ApiClient, ThrottleClass
 from harvester.config import Settings
+from harvester.deadline import TimeBudget
 from harvester.delta import SyncOptions
 from harvester.errors import (
     ApiError,
@@ -49,8 +50,9 @@ class Harvest:
     def __init__(self, settings: Settings, *, restart: bool = False,
                  clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
                  rand: Callable[[], float] = random.random, detail_404_delay: float = 15.0,
-                 stats: Stats | None = None, sync: SyncOptions | None = None) -> None:
-        self.settings, self.sync = settings, sync
+                 stats: Stats | None = None, sync: SyncOptions | None = None,
+                 budget: TimeBudget | None = None) -> None:
+        self.settings, self.sync, self.budget = settings, sync, budget
         self._clock, self._sleep, self._rand = clock, sleep, rand
         self.detail_404_delay = detail_404_delay
         self.stats = stats or Stats()
@@ -88,8 +90,9 @@ class Harvest:
         async with ApiClient(self.settings, stats=self.stats, clock=self._clock,
                              sleep=self._sleep, rand=self._rand) as client:
             self._client = client
-            decider: DetailDecider = (SyncDecider(self.settings, self.sync, out)
-                                      if self.sync is not None else FetchAll())
+            decider: DetailDecider = (
+                SyncDecider(self.settings, self.sync, out, prioritize=self.budget is not None)
+                if self.sync is not None else FetchAll())
             try:
                 listed, self.catalogs, gone = await discover_catalogs(
                     client, self.settings, self.session.ledger, decider)
@@ -114,7 +117,8 @@ class Harvest:
         emit.failures = failures
         details = self._details = DetailScheduler(
             client, self.settings, emit, decider, clock=self._clock, sleep=self._sleep,
-            detail_404_delay=self.detail_404_delay)
+            detail_404_delay=self.detail_404_delay, budget=self.budget,
+            items=lambda: sum(cs.unique for cs in self.catalogs))
         lister = CatalogLister(client, self.settings, emit, self.session.ledger, writer)
         async with asyncio.TaskGroup() as tg:
             writer_task = tg.create_task(writer.run(self._queue), name="writer")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from harvester.changes import changes_path, write_changes, write_gone
 from harvester.config import Settings
@@ -29,15 +29,17 @@ from harvester.delta import (
     SnapshotIndex,
     SyncOptions,
     carried_line,
+    deferred_line,
     stale_line,
 )
 from harvester.errors import HarvestError
 from harvester.listing import spool_winners
-from harvester.models import Catalog, JSONDict
+from harvester.models import Catalog, JSONDict, detail_segment
 from harvester.obs import event
 from harvester.pipeline.emit import Emitter
-from harvester.pipeline.records import describe
+from harvester.pipeline.records import describe, meta, routable
 from harvester.run import CatalogState, Phase
+from harvester.sinks import encode_item
 from harvester.spool import SpoolEntry
 from harvester.state import Ledger
 from harvester.writer import Writer
@@ -76,6 +78,9 @@ class DetailDecider(Protocol):
 
     def revalidated(self, job: DetailJob, prev: Indexed, etag: str | None, now: str) -> bytes:
         """The line for an item whose revalidation answered 304."""
+
+    def defer(self, job: DetailJob, now: str) -> bytes:
+        """The line for an item the deadline left no time to fetch (kept for next night)."""
 
     def keep(self, job: DetailJob, kind: str, exc: HarvestError, now: str) -> bytes | None:
         """A line keeping the item's previous record (stale) after its fetch failed."""
@@ -122,6 +127,9 @@ class FetchAll:
                     now: str) -> bytes:
         raise AssertionError("a harvest never revalidates")
 
+    def defer(self, job: DetailJob, now: str) -> bytes:
+        raise AssertionError("a harvest has no deadline")
+
     def keep(self, job: DetailJob, kind: str, exc: HarvestError,
              now: str) -> bytes | None:
         return None
@@ -150,6 +158,9 @@ class FetchAll:
         return None
 
 
+#: Under a deadline, the order of the requests a night makes (see SyncDecider.order).
+_RANK: Final = {RETRY: 0, FETCH_NEW: 1, FETCH_CHANGED: 2, REFRESH: 3}
+
 #: The sync block's names of the decisions (``not_modified``: a refresh answered 304).
 _COUNT_NAMES = {CARRY: "carried", FETCH_NEW: "fetched_new", FETCH_CHANGED: "fetched_changed",
                 REFRESH: "refreshed", RETRY: "retried_stale"}
@@ -161,10 +172,13 @@ class SyncDecider:
 
     keeps_etag = True
 
-    def __init__(self, settings: Settings, options: SyncOptions, out: Path) -> None:
+    def __init__(self, settings: Settings, options: SyncOptions, out: Path, *,
+                 prioritize: bool = False) -> None:
         self.settings, self.options, self.out = settings, options, out
         self.rules = RefreshRules(options)
         self.index = SnapshotIndex(out / "index.sqlite")
+        #: under a deadline: new, then changed, then refreshes oldest first (see order)
+        self.prioritize = prioritize
 
     @property
     def previous(self) -> SnapshotIndex | None:
@@ -176,12 +190,36 @@ class SyncDecider:
         return self.options.fingerprint_parts()
 
     def order(self, catalog: str, spool: Path) -> Iterator[SpoolEntry]:
-        """Items an earlier night kept stale (their fetch failed) first: they have
-        waited longest."""
+        """Items an earlier night kept stale (their fetch failed or was deferred) first:
+        they have waited longest. Under a deadline, then new items, then changed ones,
+        then refreshes oldest first, so what is cut is what matters least."""
+        if self.prioritize:
+            yield from self._by_priority(catalog, spool)
+            return
         first = self.previous.stale_digests(catalog) if self.previous is not None else set()
         if first:
             yield from (e for e in spool_winners(spool) if e.digest in first)
         yield from (e for e in spool_winners(spool) if e.digest not in first)
+
+    def _by_priority(self, catalog: str, spool: Path) -> Iterator[SpoolEntry]:
+        """Passes over the spool by rank (retries and items costing no request, new,
+        changed), then the refreshes sorted by when they were last fetched. Only the
+        refreshes (a night's share) are held in memory."""
+        ranks: dict[int, int] = {}
+        due: list[tuple[str, int]] = []
+        for e in spool_winners(spool):
+            if detail_segment(e.content_type) is None or not routable(e.content_type, e.key):
+                continue
+            decision, prev = self.rules.decide(catalog, e.digest, e.record)
+            if decision in _RANK:
+                ranks[e.digest] = _RANK[decision]
+                if decision == REFRESH and prev is not None:
+                    due.append((prev.fetched_at or "", e.digest))
+        for rank in (0, 1, 2):
+            yield from (e for e in spool_winners(spool) if ranks.get(e.digest, 0) == rank)
+        held = {e.digest: e for e in spool_winners(spool) if ranks.get(e.digest) == 3}
+        for _, digest in sorted(due):
+            yield held.pop(digest)
 
     def decide(self, job: DetailJob) -> bytes | None:
         """Carry an unchanged record forward; otherwise fetch (revalidating if due)."""
@@ -198,6 +236,16 @@ class SyncDecider:
         """Unchanged since we last fetched it: the stored record, revalidated now."""
         self._count(job.cs, "not_modified")
         return carried_line(prev, job.listing, fetched_at=now, etag=etag or prev.etag)
+
+    def defer(self, job: DetailJob, now: str) -> bytes:
+        """Not reached before the deadline: the previous record stays, marked deferred;
+        a new item gets its listing record (``source: "listing"``), marked too. Either
+        way the next night fetches it first; neither is a failure."""
+        self._count(job.cs, "deferred")
+        if job.fallback is not None:
+            return deferred_line(job.fallback.line, now)
+        m = meta(job.cs.uuid, job.content_type, job.key, job.listing, now, "listing")
+        return deferred_line(encode_item(job.listing, m), now)
 
     def keep(self, job: DetailJob, kind: str, exc: HarvestError, now: str) -> bytes | None:
         """A listed item whose detail failed is not gone: its previous record stays,
@@ -267,6 +315,8 @@ class SyncDecider:
                 feeds[uuid] = write_gone(self.previous, uuid, changes_path(out, uuid))
                 event("sync.catalog_gone", catalog=uuid, deletes=feeds[uuid]["deletes"])
         return {
+            "deferred": {"items": sum(int(cs.sync.get("deferred", 0)) for cs in catalogs),
+                         "new": sum(int(cs.sync.get("deferred_new", 0)) for cs in catalogs)},
             "stale": {"items": sum(int(cs.sync.get("stale", 0)) for cs in catalogs),
                       "catalogs": [cs.uuid for cs in catalogs
                                    if cs.sync.get("carried_forward")]},
@@ -313,9 +363,14 @@ class SyncDecider:
         is counted as ``stale``). ``not_modified`` is a refresh that found the record
         unchanged (a 304 keeps it)."""
         counts = dict.fromkeys(("carried", "fetched_new", "fetched_changed", "refreshed",
-                                "retried_stale", "not_modified"), 0)
+                                "retried_stale", "not_modified", "deferred",
+                                "deferred_new"), 0)
         for digest, _, _ in self.index.digests(cs.uuid):
             now = self.index.get(cs.uuid, digest)
+            if now is not None and now.deferred:
+                counts["deferred"] += 1
+                counts["deferred_new"] += now.source != "detail" and (
+                    self.previous is None or self.previous.get(cs.uuid, digest) is None)
             if now is None or now.source != "detail" or now.stale:
                 continue
             prev = self.previous.get(cs.uuid, digest) if self.previous is not None else None
