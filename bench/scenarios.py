@@ -359,7 +359,9 @@ def _eta(small: dict[str, Any], n: int) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-ALL: Final = (throttled, unthrottled, memory_and_cpu)
+from bench.plan_eta import plan_eta  # noqa: E402  (it imports Context from here)
+
+ALL: Final = (throttled, unthrottled, memory_and_cpu, plan_eta)
 
 
 def run_all(ctx: Context, only: set[str] | None = None) -> None:

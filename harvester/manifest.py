@@ -124,7 +124,7 @@ class Manifest:
     files: Mapping[str, Any]
     totals: Totals
     version: str = __version__
-    #: a sync's extras (``stale``, ``gone_catalogs``); empty for a harvest
+    #: a sync's extras (``stale``, ``deferred``, ``gone_catalogs``); empty for a harvest
     sync: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -145,4 +145,4 @@ class Manifest:
             config=data["config"],
             catalogs={u: CatalogEntry.from_json(c) for u, c in data["catalogs"].items()},
             files=data["files"], totals=Totals.from_json(data["totals"]),
-            sync={k: data[k] for k in ("stale", "gone_catalogs") if k in data})
+            sync={k: data[k] for k in ("stale", "deferred", "gone_catalogs") if k in data})

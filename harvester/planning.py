@@ -13,6 +13,7 @@ listing time this plan measured. Must not write outside its scratch directory.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -83,6 +84,7 @@ class Plan:
     previous: str | None = None
     sync_eta_seconds: float | None = None
     complete: bool = True
+    startup_seconds: float = 0.0  #: the process's start-up (the run pays it too)
 
     @property
     def detail_requests(self) -> int:
@@ -115,6 +117,7 @@ class Plan:
                     "detail_requests": self.sync_requests(),
                     "eta_seconds": round(self.sync_eta_seconds or 0.0, 1)}
         return {"schema": SCHEMA_VERSION, "complete": self.complete, "rate_lms": self.rate,
+                "startup_seconds": round(self.startup_seconds, 3),
                 "listing_seconds": round(self.listing_seconds, 3),
                 "request_seconds": round(self.request_seconds, 4),
                 "catalogs": [c.as_dict() for c in self.catalogs], "totals": totals,
@@ -129,6 +132,7 @@ async def make_plan(settings: Settings, *, store: Path | None = None,
                     max_age: float = 7 * 86400.0, as_of: float | None = None,
                     clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> Plan:
     """List every catalog (no detail request) and work out what a run would cost."""
+    startup = process_age()
     scratch = Path(tempfile.mkdtemp(prefix="harvester-plan-"))
     try:
         out = scratch / "listing"
@@ -154,13 +158,24 @@ async def make_plan(settings: Settings, *, store: Path | None = None,
         rate = settings.limits.lms
         plan = Plan(catalogs, f"{rate.count:g}/{rate.period:g}s", took, cat_requests, typical, 0.0,
                     store=store, previous=previous.name if previous else None,
-                    complete=result.status == "complete")
+                    complete=result.status == "complete", startup_seconds=startup)
         plan.harvest_eta_seconds = eta(settings, plan, plan.detail_requests)
         if store is not None:
             plan.sync_eta_seconds = eta(settings, plan, plan.sync_requests() or 0)
         return plan
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def process_age() -> float:
+    """Seconds since this process started (0 where ``/proc`` cannot tell): the plan's
+    own start-up, which the run it plans pays too."""
+    try:
+        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(stat[19]) / os.sysconf("SC_CLK_TCK")
+        return max(0.0, float(Path("/proc/uptime").read_text().split()[0]) - started)
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def eta(settings: Settings, plan: Plan, requests: int) -> float:
@@ -171,7 +186,7 @@ def eta(settings: Settings, plan: Plan, requests: int) -> float:
     _, period = window_budget(rate)
     window = period + gate_margin(period)
     busy = [max(0.0, window - plan.listing_seconds)] * plan.catalog_list_requests
-    return plan.listing_seconds + admission_schedule(
+    return plan.startup_seconds + plan.listing_seconds + admission_schedule(
         requests, rate, concurrency=settings.limits.concurrency,
         request_time=plan.request_seconds, busy_until=busy)
 

@@ -67,8 +67,18 @@ class DetailScheduler:
         self.budget, self._items = budget, items
         #: set once the deadline left no time for another request: the rest is deferred
         self.out_of_time = False
-        self._queue: asyncio.Queue[DetailJob | None] = asyncio.Queue(
-            maxsize=settings.limits.concurrency * 4)
+        # Lowest first: (priority, arrival). Without a deadline every priority is equal,
+        # so this is FIFO and bounded (flat memory). Under a deadline it holds the night's
+        # whole fetch list, so the most wanted requests go first across all catalogs.
+        self._queue: asyncio.PriorityQueue[tuple[tuple[int, str], int, DetailJob | None]] = (
+            asyncio.PriorityQueue(maxsize=0 if budget else settings.limits.concurrency * 4))
+        self._seq = 0
+        #: under a deadline, workers wait until every catalog has queued its items
+        self._expected: set[str] = set()
+        self._queued: set[str] = set()
+        self._all_queued = asyncio.Event()
+        if budget is None:
+            self._all_queued.set()
         self._tg: asyncio.TaskGroup | None = None
         self._max_workers = 0
         self._idle_workers = 0
@@ -83,8 +93,27 @@ class DetailScheduler:
 
     async def stop(self) -> None:
         """End every worker once the queue is drained."""
+        self._all_queued.set()
         for _ in range(self.workers_started):
-            await self._queue.put(None)
+            self._seq += 1
+            await self._queue.put(((99, ""), self._seq, None))
+
+    def expect(self, catalogs: Iterable[str]) -> None:
+        """The catalogs whose items are still to be queued (under a deadline, the first
+        request waits for all of them, so it is the most wanted of the whole night)."""
+        self._expected.update(catalogs)
+        self._release(None)
+
+    def _release(self, catalog: str | None) -> None:
+        """``catalog`` queued all its items (or will queue none: it failed)."""
+        if catalog is not None:
+            self._queued.add(catalog)
+        if self._expected <= self._queued:
+            self._all_queued.set()
+
+    def release(self, catalog: str) -> None:
+        """``catalog`` will queue nothing more (done, or failed before its details)."""
+        self._release(catalog)
 
     async def run_catalog(self, cs: CatalogState, entries: Iterable[SpoolEntry],
                           done: set[int]) -> None:
@@ -104,6 +133,7 @@ class DetailScheduler:
                     burst = 0
                     await self.emit.barrier()
         cs.details_total = total
+        self._release(cs.uuid)
         await self._passes(cs, pending)
         del self._pending[cs.uuid]
 
@@ -160,13 +190,15 @@ class DetailScheduler:
                 and self.workers_started < self._max_workers and self._tg is not None):
             self._tg.create_task(self._worker(), name=f"detail-{self.workers_started}")
             self.workers_started += 1
-        await self._queue.put(job)
+        self._seq += 1
+        await self._queue.put((job.priority, self._seq, job))
 
     async def _worker(self) -> None:
         while True:
             self._idle_workers += 1
             try:
-                job = await self._queue.get()
+                await self._all_queued.wait()
+                _, _, job = await self._queue.get()
             finally:
                 self._idle_workers -= 1
             if job is None:

@@ -90,9 +90,8 @@ class Harvest:
         async with ApiClient(self.settings, stats=self.stats, clock=self._clock,
                              sleep=self._sleep, rand=self._rand) as client:
             self._client = client
-            decider: DetailDecider = (
-                SyncDecider(self.settings, self.sync, out, prioritize=self.budget is not None)
-                if self.sync is not None else FetchAll())
+            decider: DetailDecider = (SyncDecider(self.settings, self.sync, out)
+                                      if self.sync is not None else FetchAll())
             try:
                 listed, self.catalogs, gone = await discover_catalogs(
                     client, self.settings, self.session.ledger, decider)
@@ -125,6 +124,8 @@ class Harvest:
             details.start(tg, self.settings.limits.concurrency
                           if self.settings.harvest.details else 0)
             ticker = tg.create_task(self._ticker(), name="ticker")
+            details.expect(cs.uuid for cs in self.catalogs
+                           if cs.phase not in (Phase.DONE, Phase.FAILED))
             slots = asyncio.Semaphore(self.settings.limits.catalog_concurrency)
             async with asyncio.TaskGroup() as jobs:
                 for cs in self.catalogs:
@@ -144,6 +145,7 @@ class Harvest:
         if cs.phase == Phase.FAILED:
             return  # settled (see RunSession.prepare): never committed as done
         emit = self._emit
+        assert self._details is not None
         try:
             if cs.phase in (Phase.NEW, Phase.LISTING):
                 async with slots:
@@ -160,6 +162,8 @@ class Harvest:
             await emit.advance(cs, Phase.FAILED)
             event("harvest.catalog_failed", catalog=cs.uuid, error=str(exc))
             await decider.catalog_failed(cs, exc, emit, self.session.ledger, writer)
+        finally:
+            self._details.release(cs.uuid)  # queues nothing more, whatever happened
 
     async def _details_phase(self, cs: CatalogState, writer: Writer,
                              decider: DetailDecider) -> None:
@@ -189,7 +193,9 @@ class Harvest:
 
     async def _ticker(self, every: float = 10.0) -> None:
         while True:
-            await self._sleep(every)
+            # Wall time, not the injected clock: a progress line every 10 s of real time,
+            # and a fake clock must not spin here (nor move for the rest of the run).
+            await asyncio.sleep(every)
             event("harvest.progress", **self.progress())
 
     def progress(self) -> dict[str, Any]:

@@ -34,10 +34,10 @@ from harvester.delta import (
 )
 from harvester.errors import HarvestError
 from harvester.listing import spool_winners
-from harvester.models import Catalog, JSONDict, detail_segment
+from harvester.models import Catalog, JSONDict
 from harvester.obs import event
 from harvester.pipeline.emit import Emitter
-from harvester.pipeline.records import describe, meta, routable
+from harvester.pipeline.records import describe, meta
 from harvester.run import CatalogState, Phase
 from harvester.sinks import encode_item
 from harvester.spool import SpoolEntry
@@ -58,6 +58,7 @@ class DetailJob:
     previous: Indexed | None = None  #: sync: the record to revalidate (If-None-Match)
     fallback: Indexed | None = None  #: sync: the record kept (stale) if this fetch fails
     deferred_at: float = 0.0  #: clock time of its last 404 (retried once that is old enough)
+    priority: tuple[int, str] = (0, "")  #: its place in a deadline's queue (lowest first)
 
 
 class DetailDecider(Protocol):
@@ -158,7 +159,7 @@ class FetchAll:
         return None
 
 
-#: Under a deadline, the order of the requests a night makes (see SyncDecider.order).
+#: Under a deadline, the order of the requests a night makes (see DetailJob.priority).
 _RANK: Final = {RETRY: 0, FETCH_NEW: 1, FETCH_CHANGED: 2, REFRESH: 3}
 
 #: The sync block's names of the decisions (``not_modified``: a refresh answered 304).
@@ -172,13 +173,10 @@ class SyncDecider:
 
     keeps_etag = True
 
-    def __init__(self, settings: Settings, options: SyncOptions, out: Path, *,
-                 prioritize: bool = False) -> None:
+    def __init__(self, settings: Settings, options: SyncOptions, out: Path) -> None:
         self.settings, self.options, self.out = settings, options, out
         self.rules = RefreshRules(options)
         self.index = SnapshotIndex(out / "index.sqlite")
-        #: under a deadline: new, then changed, then refreshes oldest first (see order)
-        self.prioritize = prioritize
 
     @property
     def previous(self) -> SnapshotIndex | None:
@@ -190,36 +188,13 @@ class SyncDecider:
         return self.options.fingerprint_parts()
 
     def order(self, catalog: str, spool: Path) -> Iterator[SpoolEntry]:
-        """Items an earlier night kept stale (their fetch failed or was deferred) first:
-        they have waited longest. Under a deadline, then new items, then changed ones,
-        then refreshes oldest first, so what is cut is what matters least."""
-        if self.prioritize:
-            yield from self._by_priority(catalog, spool)
-            return
+        """Items an earlier night kept stale (their fetch failed, or a deadline deferred
+        it) first: they have waited longest. (Under a deadline the detail queue also
+        orders by :attr:`DetailJob.priority`, across catalogs.)"""
         first = self.previous.stale_digests(catalog) if self.previous is not None else set()
         if first:
             yield from (e for e in spool_winners(spool) if e.digest in first)
         yield from (e for e in spool_winners(spool) if e.digest not in first)
-
-    def _by_priority(self, catalog: str, spool: Path) -> Iterator[SpoolEntry]:
-        """Passes over the spool by rank (retries and items costing no request, new,
-        changed), then the refreshes sorted by when they were last fetched. Only the
-        refreshes (a night's share) are held in memory."""
-        ranks: dict[int, int] = {}
-        due: list[tuple[str, int]] = []
-        for e in spool_winners(spool):
-            if detail_segment(e.content_type) is None or not routable(e.content_type, e.key):
-                continue
-            decision, prev = self.rules.decide(catalog, e.digest, e.record)
-            if decision in _RANK:
-                ranks[e.digest] = _RANK[decision]
-                if decision == REFRESH and prev is not None:
-                    due.append((prev.fetched_at or "", e.digest))
-        for rank in (0, 1, 2):
-            yield from (e for e in spool_winners(spool) if ranks.get(e.digest, 0) == rank)
-        held = {e.digest: e for e in spool_winners(spool) if ranks.get(e.digest) == 3}
-        for _, digest in sorted(due):
-            yield held.pop(digest)
 
     def decide(self, job: DetailJob) -> bytes | None:
         """Carry an unchanged record forward; otherwise fetch (revalidating if due)."""
@@ -228,6 +203,9 @@ class SyncDecider:
         if decision == CARRY and prev is not None:
             return carried_line(prev, job.listing)
         job.fallback = prev  # listed, so never gone: kept (stale) if the fetch fails
+        # Stale retries, new, changed, then refreshes oldest first (used under a deadline).
+        job.priority = (_RANK.get(decision, 0),
+                        (prev.fetched_at or "") if decision == REFRESH and prev else "")
         if decision == REFRESH:
             job.previous = prev
         return None

@@ -16,6 +16,7 @@ from harvester.errors import HarvestError, InvalidPage
 from harvester.models import JSONDict, Page, Response
 from harvester.obs import Stats
 from harvester.paginate import PageRequest
+from harvester.policy import Cutoff
 from harvester.pipeline.emit import Emitter
 from harvester.state import Ledger
 from harvester.writer import Message, Writer
@@ -51,7 +52,7 @@ class ScriptedClient:
         return Page(req.page, count, chunk, f"page={req.page + 1}" if more else None)
 
     async def get_json(self, throttle: ThrottleClass, path: str,
-                       etag: str | None = None) -> Response:
+                       etag: str | None = None, cutoff: Cutoff | None = None) -> Response:
         key = path.rstrip("/").rsplit("/", 1)[-1]
         self.asked.append(key)
         await asyncio.sleep(0)  # let other workers run, as a real request would
