@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from bench.procs import HARVESTER, Simulator, harvester_argv, run_child, scratch
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
     from bench.scenarios import Context
 
 CFG: Final[dict[str, Any]] = {"catalogs": 2, "items": 250, "rate": "20/s", "latency_ms": 3,
-                              "jitter_ms": 1, "concurrency": 8, "mutation_rate": 0.2}
+                              "jitter_ms": 1, "concurrency": 8, "mutation_rate": 0.2,
+                              "deadline_budget_s": 6}
 DAY1, DAY2 = "2026-11-20", "2026-11-21"
 
 
@@ -74,3 +76,26 @@ def plan_eta(ctx: Context) -> None:
         _row(ctx, "sync ETA / wall", s["eta_seconds"], run.wall,
              f"{s['new']} new + {s['changed']} changed + {s['refresh']} refresh planned "
              f"= {s['detail_requests']}, {served} served")
+        _deadline(ctx, sim, sync)
+
+
+def _deadline(ctx: Context, sim: Simulator, sync: list[str]) -> None:
+    """A night whose backlog does not fit its --time-budget: wall time of the whole
+    process (start-up and commit included) against the budget."""
+    req = urllib.request.Request(sim.info.base_url + "/__epoch", method="POST",
+                                 data=b'{"epoch": 2}',
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.read()
+    sim.reset()
+    budget = CFG["deadline_budget_s"]
+    run = run_child([*sync, "--as-of", "2026-11-28", "--time-budget", f"{budget}s"],
+                    env=sim.env(), workdir=ctx.work / "plan_eta" / "night3")
+    store = Path(sync[sync.index("--store") + 1])
+    manifest = json.loads(((store / "latest").resolve() / "manifest.json").read_text())
+    deferred = manifest["deferred"]["items"]
+    ctx.add("plan_eta", "sync --time-budget: wall / budget",
+            f"{run.wall / budget:.3f} (wall {run.wall:.1f} s / {budget} s)", "<= 1.00",
+            run.wall <= budget and deferred > 0,
+            f"{sim.stats()['detail_requests']} fetched, {deferred} deferred, exit "
+            f"{run.returncode}, status {manifest['status']}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 
 from harvester import cli
 from harvester.deadline import TimeBudget
+from harvester.display import sync_summary
 from harvester.delta import SyncOptions
 from harvester.nightly import SyncNight
 from harvester.run import SyncResult
@@ -111,6 +113,9 @@ def test_deadline_stops_in_time_promotes_and_defers_first_in_line(
     now = records(snap)
     marked = {k: h for k, h in now.items() if h.get("deferred")}
     assert len(marked) == deferred["items"]
+    said = "\n".join(sync_summary(done))
+    assert f"deferred by the deadline (first in line next night, not failures): " \
+           f"{deferred['items']} items ({deferred['new']} new" in said
     assert sum(1 for k in marked if k not in before) == deferred["new"]
     for k, h in marked.items():
         if k in before:  # kept as it was: the previous record, marked
@@ -176,3 +181,23 @@ def test_sync_options_unchanged_by_a_budget() -> None:
     # A deadline is not part of what a snapshot means: a resumed night may change it.
     assert SyncOptions(None).fingerprint_parts() == {"as_of": None, "max_age": 7 * 86400.0}
     assert asyncio.iscoroutinefunction(SyncNight.run)
+
+
+def test_cli_time_budget_that_fits_changes_nothing(
+        monkeypatch: pytest.MonkeyPatch, loop: LoopThread, sim: SimServer, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("EDX_CLIENT_ID", sim.client_id)
+    monkeypatch.setenv("EDX_CLIENT_SECRET", sim.client_secret)
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text("[retry]\nbackoff_base = 0\nbackoff_cap = 0\n")
+    store = tmp_path / "store"
+    in_two_hours = (datetime.now() + timedelta(hours=2)).strftime("%H:%M")
+    for day, extra in (("2026-11-20", ["--time-budget", "2h"]),
+                       ("2026-11-21", ["--deadline", in_two_hours])):
+        code = cli.main(["sync", "--store", str(store), "--api-base", sim.base_url,
+                         "--rate-lms", "2000/s", "--progress", "off", "--config", str(cfg),
+                         "--as-of", day, *extra])
+        assert code == 0
+        m = orjson.loads(((store / "latest").resolve() / "manifest.json").read_bytes())
+        assert m["deferred"] == {"items": 0, "new": 0} and m["status"] == "complete"
+    assert "deferred" not in capsys.readouterr().out
