@@ -20,8 +20,8 @@ import pytest
 
 from harvester import cli
 from harvester.deadline import TimeBudget
-from harvester.display import sync_summary
 from harvester.delta import SyncOptions
+from harvester.display import sync_summary
 from harvester.nightly import SyncNight
 from harvester.run import SyncResult
 from harvester.sim import SimConfig, SimServer
@@ -155,7 +155,7 @@ def test_no_deadline_trouble_when_everything_fits(
     assert not any(h.get("deferred") for h in records(done.snapshot).values())
 
 
-@pytest.mark.parametrize("args, word", [
+@pytest.mark.parametrize(("args", "word"), [
     (["--deadline", "25:00"], "--deadline"),
     (["--deadline", "7pm"], "--deadline"),
     (["--time-budget", "-1h"], "--time-budget"),

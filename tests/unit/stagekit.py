@@ -16,8 +16,8 @@ from harvester.errors import HarvestError, InvalidPage
 from harvester.models import JSONDict, Page, Response
 from harvester.obs import Stats
 from harvester.paginate import PageRequest
-from harvester.policy import Cutoff
 from harvester.pipeline.emit import Emitter
+from harvester.policy import Cutoff
 from harvester.state import Ledger
 from harvester.writer import Message, Writer
 

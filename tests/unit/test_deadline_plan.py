@@ -17,7 +17,7 @@ from harvester.policy import RateGate, admission_schedule
 from tests.conftest import FakeTime
 
 
-@pytest.mark.parametrize("n, rate, request_time", [
+@pytest.mark.parametrize(("n", "rate", "request_time"), [
     (1, "20/s", 0.0), (20, "20/s", 0.0), (21, "20/s", 0.0), (95, "20/s", 0.05),
     (130, "60/min", 0.4), (7, "0.5/s", 0.1), (33, "7.5/min", 0.2)])
 async def test_admission_schedule_replays_the_real_gate(n: int, rate: str,
