@@ -524,6 +524,8 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     bound)."""
     settings = _settings(ns)
     store = ns.store or settings.sync.store
+    if store is not None and Path(store).exists() and not Path(store).is_dir():
+        raise ConfigError(f"plan: --store {store} is not a directory")
     max_age = parse_max_age(ns.max_age) if ns.max_age is not None else settings.sync.max_age
     as_of = _as_of(ns.as_of)
     settings.api.require_credentials()

@@ -169,5 +169,10 @@ def test_plan_text_output_and_bad_input(
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "--max-age" in err
         assert call(loop, srv, "GET", "/__stats")["requests"] == {}
+        not_a_store = tmp_path / "file"
+        not_a_store.write_text("x")
+        assert run(monkeypatch, srv, tmp_path, "plan", "--store", str(not_a_store)) == 2
+        assert "not a directory" in capsys.readouterr().err
+        assert call(loop, srv, "GET", "/__stats")["requests"] == {}
     finally:
         loop.run(srv.close())
