@@ -136,7 +136,8 @@ def _add_plan(sub: Any) -> None:
     pl = sub.add_parser("plan", help="list every catalog (no detail request) and say what a "
                         "harvest, or tonight's sync with --store, would request and how long "
                         "it would take")
-    pl.add_argument("--store", type=_path, help="also plan tonight's sync of this store")
+    pl.add_argument("--store", type=_path, metavar="DIR",
+                    help="also plan tonight's sync of this store")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON (schema 1)")
     _add_harvest_flags(pl)
     pl.add_argument("--max-age", metavar="DURATION", help="as for sync (default 7d)")
@@ -522,17 +523,21 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     """``harvester plan``: list everything, request no detail, print the cost and ETA.
     Exit 0, or 3 when a catalog or page could not be listed (the plan is then a lower
     bound)."""
-    settings = _settings(ns)
-    store = ns.store or settings.sync.store
-    if store is not None and Path(store).exists() and not Path(store).is_dir():
-        raise ConfigError(f"plan: --store {store} is not a directory")
-    max_age = parse_max_age(ns.max_age) if ns.max_age is not None else settings.sync.max_age
-    as_of = _as_of(ns.as_of)
-    settings.api.require_credentials()
-    setup_logging(fmt=settings.output.log_format, quiet=True)
-    plan = run_job(lambda: make_plan(settings, store=Path(store) if store else None,
-                                     max_age=max_age, as_of=as_of),
-                   interrupted="nothing was written")
+    with _metrics(ns, "plan") as metrics:
+        settings = _settings(ns)
+        store = ns.store or settings.sync.store
+        if store is not None and Path(store).exists() and not Path(store).is_dir():
+            raise ConfigError(f"plan: --store {store} is not a directory")
+        max_age = (parse_max_age(ns.max_age) if ns.max_age is not None
+                   else settings.sync.max_age)
+        as_of = _as_of(ns.as_of)
+        settings.api.require_credentials()
+        setup_logging(fmt=settings.output.log_format, quiet=True)
+        plan = run_job(lambda: make_plan(settings, store=Path(store) if store else None,
+                                         max_age=max_age, as_of=as_of),
+                       interrupted="nothing was written")
+        if metrics is not None:
+            metrics.outcome = ("complete" if plan.complete else "partial", None)
     if ns.json:
         sys.stdout.write(orjson.dumps(plan.as_dict(), option=orjson.OPT_INDENT_2).decode()
                          + "\n")

@@ -148,7 +148,8 @@ async def make_plan(settings: Settings, *, store: Path | None = None,
         if store is not None:
             rules = RefreshRules(SyncOptions(previous, max_age, as_of))
         try:
-            catalogs = [_catalog(out, uuid, entry, rules, compressed=settings.output.gzip)
+            catalogs = [_catalog(out, uuid, entry, rules, compressed=settings.output.gzip,
+                                 details=settings.harvest.details)
                         for uuid, entry in result.manifest["catalogs"].items()]
         finally:
             if rules is not None:
@@ -192,7 +193,7 @@ def eta(settings: Settings, plan: Plan, requests: int) -> float:
 
 
 def _catalog(out: Path, uuid: str, entry: dict[str, Any], rules: RefreshRules | None, *,
-             compressed: bool) -> CatalogPlan:
+             compressed: bool, details: bool) -> CatalogPlan:
     """Count one listed catalog's items from the scratch listing records."""
     plan = CatalogPlan(uuid, str(entry.get("title") or ""),
                        "listed" if entry.get("status") == "done" else "failed",
@@ -207,8 +208,8 @@ def _catalog(out: Path, uuid: str, entry: dict[str, Any], rules: RefreshRules | 
             h = rec.pop("_harvest")
             ctype, key = str(h["content_type"]), str(h["key"])
             plan.items[ctype] = plan.items.get(ctype, 0) + 1
-            if detail_segment(ctype) is None or not routable(ctype, key):
-                continue  # written from the listing by the harvest too: no request
+            if not details or detail_segment(ctype) is None or not routable(ctype, key):
+                continue  # written from the listing by the run too: no request
             plan.detail_requests += 1
             if rules is not None:
                 decision, _ = rules.decide(uuid, key_digest(ctype, key), rec)
