@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -64,13 +65,27 @@ PII_KINDS: Final[dict[str, str]] = {
 }
 PII_FIELDS: Final[tuple[str, ...]] = tuple(PII_KINDS)
 _PII: Final = frozenset(PII_FIELDS)
-#: In a field the serializer does not list, any of these parts of its name makes it
-#: personal (failing closed): ``lms_user_id``, ``learner_uuid``, ``manager_email``...
-_PII_NAME_PARTS: Final = ("user", "email", "learner", "student", "employee", "person", "sso",
-                          "phone", "address", "birth")
-_PII_NAME_TOKENS: Final = frozenset({"uid", "lms", "ip", "dob"})
+#: In a field the serializer does not list, any of these inside its normalised name (words
+#: lower-cased and run together: ``firstName``, ``first-name`` and ``firstname`` are all
+#: ``firstname``) makes it personal, failing closed: ``lms_user_id``, ``managerEmail``...
+_PII_NAME_PARTS: Final = (
+    "user", "mail", "learner", "student", "employee", "person", "phone", "mobile", "address",
+    "birth", "login", "surname", "firstname", "lastname", "fullname", "givenname",
+    "middlename", "familyname", "displayname", "legalname", "preferredname", "nickname",
+    "maidenname", "realname", "passport", "nationalid", "clientip", "remoteip", "ipaddr",
+    "ipv4", "ipv6")
+#: Whole words that make a field personal (too short to match inside other words).
+_PII_NAME_TOKENS: Final = frozenset({"uid", "guid", "ip", "dob", "lms", "sso", "ssn", "gender"})
+#: With the word ``name``, these make a person's name; ``name`` alone is one too.
 _PERSON_NAME_TOKENS: Final = frozenset({"first", "last", "full", "middle", "given", "family",
-                                        "display", "legal", "preferred"})
+                                        "display", "legal", "preferred", "sur", "nick",
+                                        "maiden", "real", "contact", "owner"})
+_CAMEL: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_SEPARATORS: Final = re.compile(r"[^a-z0-9]+")
+
+#: Nesting levels inside a row that ``--pii hash|drop`` inspects (rows are flat; the
+#: serializer nests nothing).
+_MAX_DEPTH: Final = 32
 
 PII_KEY_ENV: Final = "HARVESTER_PII_KEY"
 PII_KEY_MIN: Final = 16
@@ -80,22 +95,25 @@ PII_HELP: Final = (
     "personal-data fields: keep them (default), hash them (HMAC-SHA256 hex, key of at "
     f"least {PII_KEY_MIN} characters in env {PII_KEY_ENV}) or drop them. Fields: "
     f"{', '.join(PII_FIELDS)}, and any unlisted field whose name looks like a person's "
-    "(user, email, learner, sso, ...). Files are 0600 and directories 0700 in every mode")
+    "in any spelling (user, email, firstName, fullname, uid, ip, ...), at any depth. Files "
+    "are 0600 and directories 0700 in every mode")
 
 
 def is_pii(name: str) -> bool:
     """Whether a field identifies a person: listed in :data:`PII_KINDS`, or a field the
-    serializer does not list whose name looks like a person's (fails closed)."""
+    serializer does not list whose name looks like a person's (fails closed), whatever
+    its spelling: ``firstName``, ``first-name``, ``FIRST_NAME``, ``firstname``."""
     if name in _PII:
         return True
     if name in KNOWN_FIELDS:
         return False
-    lowered = name.lower()
-    if any(part in lowered for part in _PII_NAME_PARTS):
+    words = [w for w in _SEPARATORS.split(_CAMEL.sub("_", name).lower()) if w]
+    joined, tokens = "".join(words), set(words)
+    if any(part in joined for part in _PII_NAME_PARTS) or tokens & _PII_NAME_TOKENS:
         return True
-    tokens = set(lowered.replace("-", "_").split("_"))
-    return bool(tokens & _PII_NAME_TOKENS) or ("name" in tokens and bool(
-        tokens & _PERSON_NAME_TOKENS))
+    if joined.startswith("sso") or (joined.endswith("uid") and not joined.endswith("uuid")):
+        return True  # ssoSubject, externaluid, idpGuid (a catalog_uuid is not a person's)
+    return "name" in tokens and (len(tokens) == 1 or bool(tokens & _PERSON_NAME_TOKENS))
 
 
 class PiiPolicy:
@@ -136,13 +154,28 @@ class PiiPolicy:
         return hmac.new(self._key, text.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def apply(self, row: JSONDict) -> JSONDict:
-        """The row as it is written: a new dict in the row's key order."""
+        """The row as it is written: a new dict in the row's key order. Objects nested in
+        a kept field (``{"manager": {"email": ...}}``, a list of them) get the same rule
+        at every depth; a personal field's whole value is hashed or dropped. A value
+        nested deeper than :data:`_MAX_DEPTH` is not inspected: it is written as null."""
         if self.mode is PiiMode.KEEP:
             return dict(row)
+        return self._object(row, 0)
+
+    def _object(self, obj: JSONDict, depth: int) -> JSONDict:
         if self.mode is PiiMode.DROP:
-            return {k: v for k, v in row.items() if not is_pii(k)}
-        return {k: (self.hash_value(v) if v is not None and is_pii(k) else v)
-                for k, v in row.items()}
+            return {k: self._nested(v, depth) for k, v in obj.items() if not is_pii(k)}
+        return {k: (self.hash_value(v) if v is not None and is_pii(k)
+                    else self._nested(v, depth)) for k, v in obj.items()}
+
+    def _nested(self, value: object, depth: int) -> Any:
+        if not isinstance(value, dict | list):
+            return value
+        if depth >= _MAX_DEPTH:
+            return None  # fails closed: what was not inspected is not written
+        if isinstance(value, dict):
+            return self._object(value, depth + 1)
+        return [self._nested(v, depth + 1) for v in value]
 
     def columns(self, extra: Iterable[str]) -> list[str]:
         """CSV columns: the serializer's order, then unlisted fields sorted."""
