@@ -44,6 +44,8 @@ from harvester.learners.files import (
     NDJSON_NAME,
     STAGING_DIR,
     check_out,
+    files_intact,
+    previous_manifest,
     private_dir,
     publish,
     remove_staging,
@@ -74,6 +76,9 @@ __all__ = ["PAGE_SIZE", "LearnerExport"]
 PAGE_SIZE: Final = 1000  #: the endpoint's max_page_size
 _PROGRESS_EVERY: Final = 10.0
 #: Request statistics copied into the manifest's totals.
+#: PII modes from most to least revealing: a failed enterprise keeps its previous files
+#: only if they were written under a mode at least as strict as this run's.
+_STRICTNESS: Final = {"keep": 0, "hash": 1, "drop": 2}
 _STAT_TOTALS: Final = ("requests", "requests_total", "retries", "retries_by_cause",
                        "throttled_429", "transport_errors", "bytes_in", "tokens_issued", "pages")
 
@@ -108,6 +113,7 @@ class LearnerExport:
         self.enterprises = [EnterpriseState(u) for u in options.enterprises]
         self.run_id = ""
         self.started_at = ""
+        self._previous: dict[str, Any] | None = None
         self._last_progress = 0.0
 
     def pii_notice(self) -> str | None:
@@ -131,6 +137,7 @@ class LearnerExport:
             lock.path.chmod(0o600)
         try:
             remove_staging(self.staging)  # what a killed run left: never published
+            self._previous = previous_manifest(self.root)
             private_dir(self.staging)
             self.run_id = new_run_id()
             self.started_at = now_iso()
@@ -333,21 +340,58 @@ class LearnerExport:
 
     def _finish(self, wall: float) -> RunResult:
         status, code, done = self._outcome()
+        kept = {es.dirname: list(es.files) for es in self.enterprises if self._carry(es)}
         totals = self._totals(done, wall)
         manifest = self._manifest(status, totals)
-        publish(self.root, self.staging,
-                [(es.dirname, es.files) for es in self.enterprises],
-                [es.dirname for es in self.enterprises])
-        write_json_atomic(self.root / MANIFEST_NAME, manifest, private=True)
+        # Nothing exported: the previous export and its manifest stay byte for byte.
+        unchanged = not done and self._previous is not None
+        if not unchanged:
+            publish(self.root, self.staging,
+                    [(es.dirname, es.files) for es in self.enterprises],
+                    [es.dirname for es in self.enterprises], kept)
+            write_json_atomic(self.root / MANIFEST_NAME, manifest, private=True)
         event("learners.done", run_id=self.run_id, status=status,
-              rows=totals["rows_written"], gaps=totals["gaps"])
+              rows=totals["rows_written"], gaps=totals["gaps"], published=not unchanged)
         message = ""
         if code == EXIT_USAGE:
             first, more = self.enterprises[0], len(self.enterprises) - 1
             message = (f"no enterprise could be exported: these credentials may not read "
                        f"the learner summary of {first.uuid}"
                        + (f" and {more} more" if more else "") + f" ({first.error})")
+        elif not done:
+            message = "no enterprise could be exported (see the errors above)"
+        if unchanged:
+            message += f"; the previous export in {self.root} and its manifest are unchanged"
         return RunResult(status, code, self.root, manifest, message)
+
+    def _carry(self, es: EnterpriseState) -> bool:
+        """Whether a failed enterprise keeps the previous run's files (recorded in
+        ``es``): only files its manifest vouches for (sha256), written under a PII mode
+        and consent filter at least as strict as this run's; else they go."""
+        prev = self._previous
+        entry = (prev or {}).get("enterprises", {}).get(es.uuid) if es.status == "failed" else None
+        if prev is None or not isinstance(entry, dict) or not entry.get("files"):
+            return False
+        origin = entry.get("previous_files") or {}
+        pii = origin.get("pii") or (prev.get("pii") or {}).get("mode")
+        consented = origin.get("consented_only", prev.get("consented_only"))
+        why = None
+        if _STRICTNESS.get(str(pii), -1) < _STRICTNESS[self.pii.mode.value]:
+            why = f"written under --pii {pii}, less strict than this run's {self.pii.mode}"
+        elif self.options.consented_only and consented is not True:
+            why = "written without --consented-only, which this run asks for"
+        elif not files_intact(self.root / es.dirname, entry["files"]):
+            why = "not as the previous manifest describes them"
+        if why is not None:
+            es.previous_files = {"carried": False, "removed": True, "reason": why}
+            return False
+        es.files = dict(entry["files"])
+        es.previous_files = {
+            "carried": True, "stale": True,
+            "from_run": origin.get("from_run") or prev.get("run_id"), "pii": pii,
+            "key_id": origin.get("key_id", (prev.get("pii") or {}).get("key_id")),
+            "consented_only": consented}
+        return True
 
     def progress(self) -> dict[str, Any]:
         """A snapshot for progress displays and the periodic log event."""

@@ -12,16 +12,18 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+
+import orjson
 
 from harvester.errors import ConfigError, SinkError
-from harvester.sinks import PART, disk_errors, fsync_dir
+from harvester.sinks import PART, disk_errors, fsync_dir, sha256_file
 
 __all__ = ["CSV_NAME", "LEARNERS_DIR", "MANIFEST_NAME", "NDJSON_NAME", "STAGING_DIR",
-           "check_out", "clear_enterprise", "private_dir", "publish", "remove_staging",
-           "unlink"]
+           "check_out", "clear_enterprise", "files_intact", "previous_manifest", "private_dir",
+           "publish", "remove_staging", "unlink"]
 
 LEARNERS_DIR: Final = "learners"
 NDJSON_NAME: Final = "learner_summary.ndjson"
@@ -86,6 +88,34 @@ def clear_enterprise(directory: Path) -> None:
         directory.rmdir()  # only if empty
 
 
+def previous_manifest(root: Path) -> dict[str, Any] | None:
+    """The published export's manifest, or None (none, unreadable, or not ours: then
+    nothing of the previous export can be vouched for)."""
+    path = root / MANIFEST_NAME
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    ok = isinstance(data, dict) and isinstance(data.get("enterprises"), dict)
+    return data if ok else None
+
+
+def files_intact(directory: Path, files: Mapping[str, Any]) -> bool:
+    """Whether ``directory`` holds exactly these files of ours (real files, not links),
+    each with the sha256 the previous manifest recorded."""
+    if not files or directory.is_symlink() or not set(files) <= set(_OURS):
+        return False
+    for name, info in files.items():
+        path = directory / name
+        if path.is_symlink() or not path.is_file() or not isinstance(info, dict):
+            return False
+        if sha256_file(path) != info.get("sha256"):
+            return False
+    return True
+
+
 def remove_staging(staging: Path) -> None:
     """Remove a staging tree (this run's unfinished files, or a killed run's)."""
     if staging.is_symlink() or not staging.is_dir():
@@ -100,28 +130,33 @@ def remove_staging(staging: Path) -> None:
 
 
 def publish(root: Path, staging: Path, done: Iterable[tuple[str, Iterable[str]]],
-            listed: Iterable[str]) -> None:
+            listed: Iterable[str], kept: Mapping[str, Iterable[str]] | None = None) -> None:
     """Replace the previous export in ``root`` with the files staged in ``staging``.
 
     ``done``: per enterprise directory this run exported, the names of its files (none
-    for one that failed); ``listed``: every directory this run lists. The old manifest
-    goes first (a crash from here on leaves no manifest rather than one describing files
-    it did not write); then each enterprise's files move in, or its old files go if it
-    failed; then enterprises this run does not list go. Synchronous on purpose: a signal
-    cannot stop it halfway.
+    for one that failed); ``listed``: every directory this run lists; ``kept``: per
+    directory of a failed enterprise whose previous files stay, their names (other files
+    of ours there go). The old manifest goes first (a crash from here on leaves no
+    manifest rather than one describing files it did not write); then each enterprise's
+    files move in, or its old files stay or go if it failed; then enterprises this run
+    does not list go. Synchronous on purpose: a signal cannot stop it halfway.
     """
     unlink(root / MANIFEST_NAME)
     fsync_dir(root)
+    carried = dict(kept or {})
     for dirname, names in done:
         staged, final = staging / dirname, root / dirname
-        files = set(names)
+        stays = dirname in carried
+        files = set(carried[dirname] if stays else names)
         if not files:
             clear_enterprise(final)
             continue
         private_dir(final)
         for name in _OURS:
             with disk_errors(final / name):
-                if name in files:
+                if stays and name in files:
+                    pass  # the previous run's file, as its manifest entry is carried
+                elif name in files:
                     os.replace(staged / name, final / name)  # replaces a link, never follows
                 else:
                     unlink(final / name)

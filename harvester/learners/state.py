@@ -81,6 +81,9 @@ class EnterpriseState(WalkCounters):
     files: dict[str, Any] = field(default_factory=dict)
     tally: Tally = field(default_factory=Tally)
     extra_fields: set[str] = field(default_factory=set)
+    #: For a failed enterprise: what became of the previous run's files (carried, stale,
+    #: with the run and PII mode that wrote them; or removed, and why). None otherwise.
+    previous_files: dict[str, Any] | None = None
 
     @property
     def dirname(self) -> str:
@@ -113,6 +116,7 @@ class EnterpriseState(WalkCounters):
             "errors": self.errors,
             "summary": self.tally.as_dict(),
             "files": self.files,
+            **({"previous_files": self.previous_files} if self.previous_files else {}),
         }
 
     def record_error(self, kind: str, exc: BaseException, page: int | None = None) -> None:

@@ -107,3 +107,116 @@ def test_adversary_person_fields_never_reach_the_files(world: World, run_cli: An
             assert row["manager"]["email"] == mac("boss@corp.example")
     assert ("firstName" in header) is (mode == "hash")
     assert "manager" in header
+
+
+# --- a failed enterprise keeps the previous good export ----------------------------------
+
+def _maintenance_for(failing: set[str]) -> Any:
+    from aiohttp import web
+
+    from tests.faults.test_learners_faults import MAINTENANCE
+
+    def fault(ent: str, page: int, n: int) -> web.Response | None:
+        if ent in failing:
+            return web.Response(status=200, body=MAINTENANCE, content_type="text/html")
+        return None
+
+    return fault
+
+
+def _forbidden_for(failing: set[str]) -> Any:
+    from aiohttp import web
+
+    def fault(ent: str, page: int, n: int) -> web.Response | None:
+        return web.json_response({"detail": "no"}, status=403) if ent in failing else None
+
+    return fault
+
+
+@pytest.mark.parametrize("fault", [_maintenance_for, _forbidden_for])
+def test_a_failed_enterprise_keeps_its_previous_files_marked_stale(
+        world: World, run_cli: Any, tmp_path: Path, fault: Any) -> None:
+    """A complete drop export of two enterprises, then a drop rerun in which the second's
+    page 1 keeps answering a maintenance page (or a 403): its files stay byte for byte,
+    the new manifest lists them with their sha256 as carried from the first run, stale."""
+    import uuid
+
+    from tests.faults.test_learners_faults import assert_manifest_matches_files, sha
+
+    srv = world.sim(learners=60)
+    second = str(uuid.UUID(int=31))
+    failing: set[str] = set()
+    proxy = start_proxy(world, srv, aliases=(second,), fault=fault(failing))
+    out = tmp_path / "out"
+    args = ("--enterprise", srv.enterprise_uuid, "--enterprise", second, "--pii", "drop")
+    first = run_cli(srv, *args, base=proxy.base_url, out=out)
+    assert first.code == 0, first.err
+    before = {p: sha(p) for p in learner_files(first.root) if second in str(p)}
+    first_manifest = first.manifest
+    assert before
+    failing.add(second)
+    res = run_cli(srv, *args, base=proxy.base_url, out=out)
+    assert res.code in (2, 3), res.err
+    assert "Traceback" not in res.err
+    assert {p: sha(p) for p in learner_files(res.root) if second in str(p)} == before
+    m = assert_manifest_matches_files(res.root)
+    entry = m["enterprises"][second]
+    assert entry["status"] == "failed" and m["status"] == "partial"
+    assert entry["files"] == first_manifest["enterprises"][second]["files"]
+    prev = entry["previous_files"]
+    assert prev["carried"] and prev["stale"] and prev["pii"] == "drop"
+    assert prev["from_run"] == first_manifest["run_id"]
+    assert m["enterprises"][srv.enterprise_uuid]["status"] == "complete"
+
+
+@pytest.mark.parametrize(("before_mode", "after_mode", "carried"),
+                         [("hash", "drop", False), ("drop", "hash", True),
+                          ("keep", "hash", False), ("hash", "hash", True)])
+def test_previous_files_less_strict_than_the_run_are_removed(
+        world: World, run_cli: Any, tmp_path: Path, before_mode: str, after_mode: str,
+        carried: bool) -> None:
+    """The failed enterprise's previous files stay only if their PII mode is at least as
+    strict as this run's (keep < hash < drop); the manifest records which happened."""
+    import uuid
+
+    from tests.faults.test_learners_faults import assert_manifest_matches_files
+
+    srv = world.sim(learners=30)
+    second = str(uuid.UUID(int=32))
+    failing: set[str] = set()
+    proxy = start_proxy(world, srv, aliases=(second,), fault=_maintenance_for(failing))
+    out = tmp_path / "out"
+    ents = ("--enterprise", srv.enterprise_uuid, "--enterprise", second)
+    first = run_cli(srv, *ents, "--pii", before_mode, key=KEY, base=proxy.base_url, out=out)
+    assert first.code == 0, first.err
+    failing.add(second)
+    res = run_cli(srv, *ents, "--pii", after_mode, key=KEY, base=proxy.base_url, out=out)
+    assert res.code == 3, res.err
+    m = assert_manifest_matches_files(res.root)
+    entry = m["enterprises"][second]
+    assert entry["previous_files"]["carried"] is carried
+    assert bool(entry["files"]) is carried
+    assert res.edir(second).exists() is carried
+
+
+def test_a_run_that_exports_nothing_leaves_the_previous_export_byte_identical(
+        world: World, run_cli: Any, tmp_path: Path) -> None:
+    """Every enterprise fails (maintenance pages on page 1): the previous files and the
+    previous manifest are byte-identical, and stderr says so in one line."""
+    from tests.faults.test_learners_faults import sha
+
+    srv = world.sim(learners=30)
+    failing: set[str] = set()
+    proxy = start_proxy(world, srv, fault=_maintenance_for(failing))
+    out = tmp_path / "out"
+    first = run_cli(srv, "--enterprise", srv.enterprise_uuid, "--pii", "drop",
+                    base=proxy.base_url, out=out)
+    assert first.code == 0, first.err
+    before = {p: sha(p) for p in first.root.rglob("*") if p.is_file()}
+    failing.add(srv.enterprise_uuid)
+    res = run_cli(srv, "--enterprise", srv.enterprise_uuid, "--pii", "drop",
+                  base=proxy.base_url, out=out)
+    assert res.code == 3, res.err
+    assert {p: sha(p) for p in res.root.rglob("*") if p.is_file()} == before
+    lines = [ln for ln in res.err.splitlines() if "unchanged" in ln]
+    assert len(lines) == 1 and "previous export" in lines[0]
