@@ -40,6 +40,7 @@ from harvester.display import (
     print_harvest_summary,
     show_progress,
     sync_summary,
+    term_text,
 )
 from harvester.errors import (
     AuthError,
@@ -74,6 +75,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"harvester: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _say(message: str) -> None:
+    """One ``harvester: ...`` line on stderr: redacted, and without control characters
+    (server text in an error must not drive the terminal)."""
+    print(f"harvester: {term_text(REDACTOR.scrub(message))}", file=sys.stderr)
 
 
 def _path(text: str) -> Path:
@@ -377,8 +384,7 @@ def _metrics(ns: argparse.Namespace, command: str) -> Iterator[MetricsFile | Non
         try:
             mf.finish(status, manifest)
         except HarvestError as exc:  # the run's own result stands
-            print(f"harvester: --metrics-file not written: {REDACTOR.scrub(str(exc))}",
-                  file=sys.stderr)
+            _say(f"--metrics-file not written: {exc}")
 
 
 def _harvest_view(harvest: Harvest) -> Callable[[], Tenants]:
@@ -403,7 +409,7 @@ def cmd_harvest(ns: argparse.Namespace) -> int:
         if metrics is not None:
             metrics.outcome = (result.status, single(result.manifest))
     if result.message:
-        print(result.message, file=sys.stderr)
+        print(term_text(result.message), file=sys.stderr)
     elif not settings.output.quiet:
         print_harvest_summary(result)
     return result.exit_code
@@ -430,13 +436,13 @@ def cmd_learners(ns: argparse.Namespace) -> int:
                                          "and this run's unfinished files were removed "
                                          "(rerun the command).", metrics=metrics)
         except SinkError as exc:  # no resume here: say what is left instead
-            print(f"harvester: {REDACTOR.scrub(str(exc))} (the previous export in "
-                  f"{export.root} is unchanged; rerun the command)", file=sys.stderr)
+            _say(f"{exc} (the previous export in {export.root} is unchanged; rerun the "
+                 "command)")
             return EXIT_UNEXPECTED
         if metrics is not None:
             metrics.outcome = (result.status, single(result.manifest))
     if result.message:
-        print(f"harvester: {result.message}", file=sys.stderr)
+        _say(result.message)
     if not settings.output.quiet and result.exit_code != EXIT_USAGE:
         print(learners_summary(result))
     return result.exit_code
@@ -514,7 +520,7 @@ def cmd_sync(ns: argparse.Namespace) -> int:
     if not settings.output.quiet:
         print_harvest_summary(result)
         if done.notice:
-            print(done.notice)
+            print(term_text(done.notice))
         print("\n".join(sync_summary(done)))
     return result.exit_code
 
@@ -586,7 +592,7 @@ def cmd_verify(ns: argparse.Namespace) -> int:
             metrics.outcome = ("complete" if report.clean else "failed",
                                single({"totals": {"errors": len(report.problems)}}))
     for line in report.problems:
-        print(REDACTOR.scrub(line))
+        print(term_text(REDACTOR.scrub(line)))
     if not ns.quiet:
         for note in report.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -643,12 +649,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as exc:
         return exc.code
     except (ConfigError, AuthError, StateError, UnsafePath) as exc:
-        print(f"harvester: {REDACTOR.scrub(str(exc))}", file=sys.stderr)
+        _say(str(exc))
         return EXIT_USAGE
     except SinkError as exc:
-        print(f"harvester: {REDACTOR.scrub(str(exc))} (everything committed so far is kept; "
-              "rerun to resume)", file=sys.stderr)
+        _say(f"{exc} (everything committed so far is kept; rerun to resume)")
         return EXIT_UNEXPECTED
     except HarvestError as exc:
-        print(f"harvester: {REDACTOR.scrub(str(exc))}", file=sys.stderr)
+        _say(str(exc))
         return EXIT_UNEXPECTED

@@ -10,6 +10,7 @@ drawn, never at import time. Must not change a run, decide an exit code or log.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.progress import Progress, ProgressColumn, Task
     from rich.table import Table
+    from rich.text import Text
 
     from harvester.config import Settings
     from harvester.learners.state import EnterpriseState
@@ -29,10 +31,28 @@ if TYPE_CHECKING:
 
 __all__ = ["CatalogBars", "ProgressSource", "export_summary", "harvest_progress", "harvest_summary",
            "harvest_table", "learners_progress", "learners_summary", "learners_table",
-           "live", "plan_summary", "print_harvest_summary", "show_progress", "sync_summary"]
+           "live", "plan_summary", "print_harvest_summary", "show_progress", "sync_summary",
+           "term_text"]
 
 #: Rows a live table shows at most (a terminal is not a report).
 _ROWS = 20
+#: What a terminal would act on rather than show: C0/C1 controls (escape sequences, bells,
+#: carriage returns), DEL, and the zero-width and bidi controls that hide or reorder text.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def term_text(value: object) -> str:
+    """A value as it may reach a terminal: every control character removed. The one
+    gate for what a server sends (titles, ids, types, error text) on its way to a screen;
+    rich cells also go through :func:`_cell`, so ``[bold]`` stays text, not markup."""
+    return _CONTROLS.sub("", str(value))
+
+
+def _cell(value: object) -> Text:
+    """A table cell: :func:`term_text`, never read as rich markup."""
+    from rich.text import Text
+
+    return Text(term_text(value))
 
 
 class ProgressSource(Protocol):
@@ -77,8 +97,8 @@ def harvest_table(p: Mapping[str, Any], catalogs: Iterable[CatalogState],
     for col in ("catalog", "phase", "pages", "items", "details", "not found"):
         t.add_column(col)
     for cs in list(catalogs)[:_ROWS]:
-        t.add_row(cs.uuid[:13], cs.phase, f"{cs.pages}/{cs.pages_planned or '?'}",
-                  str(cs.unique), f"{cs.details_done}", str(cs.not_found))
+        t.add_row(*map(_cell, (cs.uuid[:13], cs.phase, f"{cs.pages}/{cs.pages_planned or '?'}",
+                               cs.unique, cs.details_done, cs.not_found)))
     return t
 
 
@@ -123,8 +143,10 @@ class CatalogBars:
              eta: float | None, visible: bool) -> None:
         key = (cs.uuid, phase)
         if key not in self._tasks:
-            self._tasks[key] = self.progress.add_task(f"{cs.uuid[:13]} {phase:<8}",
-                                                      total=None, eta=None)
+            from rich.markup import escape  # a description is read as markup
+
+            self._tasks[key] = self.progress.add_task(
+                escape(term_text(f"{cs.uuid[:13]} {phase:<8}")), total=None, eta=None)
         task = self._tasks[key]
         self.progress.update(task, completed=completed, visible=visible, eta=eta)
         if total:  # unknown until page 1 (listing) or the listing's end (details)
@@ -222,9 +244,9 @@ def learners_table(p: Mapping[str, Any], enterprises: Iterable[EnterpriseState])
     for col in ("enterprise", "status", "walk", "pages", "rows", "dupes"):
         t.add_column(col)
     for es in list(enterprises)[:_ROWS]:
-        t.add_row(es.uuid[:13], es.status, str(es.walks),
-                  f"{es.pages}/{es.pages_planned or '?'}", str(es.rows_written),
-                  str(es.duplicates))
+        t.add_row(*map(_cell, (es.uuid[:13], es.status, es.walks,
+                               f"{es.pages}/{es.pages_planned or '?'}", es.rows_written,
+                               es.duplicates)))
     return t
 
 
@@ -242,15 +264,15 @@ def harvest_summary(result: RunResult) -> Table:
     from rich.table import Table
 
     manifest = result.manifest or {}
-    table = Table(title=f"harvest {manifest.get('run_id', '')}: {result.status}")
+    table = Table(title=_cell(f"harvest {manifest.get('run_id', '')}: {result.status}"))
     for col in ("catalog", "title", "count", "unique", "dupes", "details", "not found",
                 "gaps", "status"):
         table.add_column(col, justify="right" if col not in ("catalog", "title") else "left")
     for uuid, c in (manifest.get("catalogs") or {}).items():
-        table.add_row(uuid[:8], str(c.get("title", ""))[:28], str(c.get("count_reported")),
-                      str(c.get("unique_found")), str(c.get("duplicates_dropped")),
-                      str(c.get("details_fetched")), str(c.get("not_found")),
-                      str(c.get("gaps")), str(c.get("status")))
+        table.add_row(*map(_cell, (
+            uuid[:8], term_text(c.get("title", ""))[:28], c.get("count_reported"),
+            c.get("unique_found"), c.get("duplicates_dropped"), c.get("details_fetched"),
+            c.get("not_found"), c.get("gaps"), c.get("status"))))
     return table
 
 
@@ -262,10 +284,11 @@ def print_harvest_summary(result: RunResult, *, stream: TextIO | None = None) ->
     console = Console(file=out, width=None if out.isatty() else 110)
     console.print(harvest_summary(result))
     totals = (result.manifest or {}).get("totals") or {}
-    console.print(f"requests {totals.get('requests_total')}  retries {totals.get('retries')}  "
-                  f"429s {totals.get('throttled_429')}  wall {totals.get('wall_seconds')} s")
-    console.print(f"output: {result.out.resolve()}  (manifest.json, catalogs.ndjson, "
-                  "catalog=<uuid>/*.ndjson, errors.ndjson)")
+    console.print(_cell(f"requests {totals.get('requests_total')}  retries "
+                        f"{totals.get('retries')}  429s {totals.get('throttled_429')}  wall "
+                        f"{totals.get('wall_seconds')} s"))
+    console.print(_cell(f"output: {result.out.resolve()}  (manifest.json, catalogs.ndjson, "
+                        "catalog=<uuid>/*.ndjson, errors.ndjson)"))
 
 
 def learners_summary(result: RunResult) -> str:
@@ -289,7 +312,7 @@ def learners_summary(result: RunResult) -> str:
         f"429s {t.get('throttled_429')}  wall {t.get('wall_seconds')} s",
         f"output: {result.out.resolve()} ({MANIFEST_NAME}, enterprise=<uuid>/{NDJSON_NAME})",
     ]
-    return "\n".join(lines)
+    return "\n".join(term_text(line) for line in lines)
 
 
 def sync_summary(night: SyncResult) -> list[str]:
@@ -329,7 +352,7 @@ def sync_summary(night: SyncResult) -> list[str]:
                  f"latest unchanged: {snap.name} is not a good snapshot (see errors.ndjson)")
     if night.pruned:
         lines.append(f"pruned: {', '.join(night.pruned)}")
-    return lines
+    return [term_text(line) for line in lines]
 
 
 def _hms(seconds: float) -> str:
@@ -359,9 +382,9 @@ def plan_summary(plan: Plan) -> list[str]:
     if not plan.complete:
         lines.append("some catalogs or pages could not be listed: these numbers are a lower "
                      "bound")
-    return lines
+    return [term_text(line) for line in lines]
 
 
 def export_summary(out: Path, upserts: int, deletes: int, fmt: str) -> str:
     """The one line ``harvester export`` prints."""
-    return f"{out}: {upserts} upserts, {deletes} deletes ({fmt})"
+    return term_text(f"{out}: {upserts} upserts, {deletes} deletes ({fmt})")
