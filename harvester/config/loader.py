@@ -97,6 +97,11 @@ def read_config_file(path: Path) -> dict[str, object]:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is not a config: its values are nested too "
+                          "deeply") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     known = list(SCHEMA)
@@ -168,8 +173,13 @@ _SECTION_TYPES: Final[dict[str, Callable[..., Any]]] = {
 
 
 def env_layer(environ: Mapping[str, str]) -> dict[str, object]:
-    """The settings the environment provides (empty values are ignored)."""
-    return {name: environ[var] for var, name in ENV.items() if environ.get(var)}
+    """The settings the environment provides. A variable that is set but empty (or
+    blank) is an error, like an empty flag: ``EDX_API_BASE=`` must not mean production."""
+    for var in ENV:
+        if var in environ and not environ[var].strip():
+            raise ConfigError(f"{var} is set but empty (an unset shell variable?); unset it "
+                              "or give it a value")
+    return {name: environ[var] for var, name in ENV.items() if var in environ}
 
 
 def load_settings(
@@ -183,4 +193,12 @@ def load_settings(
     Returns the settings and the raw file layer.
     """
     file_layer = read_config_file(config_file) if config_file else {}
-    return build_settings(file_layer, env_layer(environ), cli), file_layer
+    env = env_layer(environ)
+    # Every layer is checked on its own: a bad value in the file stays an error when a
+    # flag or the environment overrides it (it would break the next run without them).
+    for where, layer in ((f"config file {config_file}", file_layer), ("environment", env)):
+        try:
+            build_settings(layer)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (in the {where})") from None
+    return build_settings(file_layer, env, cli), file_layer

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from yarl import URL
+
 from harvester.config.values import MAX_AGE_LIMIT, Rate, Secret
 from harvester.errors import ConfigError
 
@@ -31,8 +33,19 @@ MAX_CONCURRENCY: Final = 1000
 
 
 def _check_url(name: str, value: str) -> None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    """An http(s) URL the client can use: parsed in full (host, brackets, port range)
+    by both the standard library and yarl (which the client uses), here, before any
+    file or request."""
+    try:
+        parts = urlsplit(value)
+        port, host = parts.port, parts.hostname  # raise on a bad port or an unclosed [
+        url = URL(value)
+        raw_host = url.raw_host or ""
+        ok = (url.port is not None and bool(host)
+              and (":" in raw_host or re.fullmatch(r"[A-Za-z0-9._-]+", raw_host) is not None))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: not a valid URL ({exc}), got {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc or not ok or port == 0:
         raise ConfigError(f"{name}: expected an http(s) URL such as {DEFAULT_API_BASE}, "
                           f"got {value!r}")
     if parts.username or parts.password:

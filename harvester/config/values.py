@@ -8,6 +8,7 @@ prefixes with the setting's name. Must not know sections, files or the environme
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,12 +166,23 @@ def parse_str_tuple(v: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))  # keep order, drop repeats
 
 
+#: Longest name of one path component, in bytes (Linux, macOS and Windows filesystems).
+NAME_MAX: Final = 255
+
+
 def parse_path(v: object) -> Path:
-    """A path; an empty one is an error (it would silently mean the current directory)."""
+    """A path; an empty one is an error (it would silently mean the current directory), so
+    is one no filesystem could hold (a NUL, a name over :data:`NAME_MAX` bytes)."""
     text = parse_str(v)
     if not text.strip():
         raise ValueError("expected a path, got an empty value (an unset shell variable?)")
-    return Path(text)
+    if "\0" in text:
+        raise ValueError("a path cannot contain a NUL character")
+    path = Path(text)
+    if any(len(os.fsencode(part)) > NAME_MAX for part in path.parts):
+        raise ValueError(f"a file or directory name in this path is longer than {NAME_MAX} "
+                         "bytes")
+    return path
 
 
 _DURATION_RE: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhdw]?)\s*")
