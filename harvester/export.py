@@ -26,9 +26,12 @@ and the commit finishes, so "was it written?" always has one true answer.
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
 import signal
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,18 +117,79 @@ def events(source: Path, *, changes: bool) -> Iterator[Event]:
             continue
         for f in sorted(cat_dir.iterdir()):
             if f.name.endswith(ITEM_SUFFIXES) and not f.name.startswith("changes."):
-                for line in iter_lines(f, compressed=f.name.endswith(".gz")):
-                    rec = orjson.loads(line)
-                    h = rec["_harvest"]
-                    yield Event("upsert", h["catalog_uuid"], h["content_type"], h["key"], rec)
+                for n, rec in _objects(f, compressed=f.name.endswith(".gz")):
+                    h = rec.get("_harvest")
+                    ids = _ids(h) if isinstance(h, dict) else None
+                    if ids is None:
+                        raise ConfigError(f"{f}: line {n} is not a harvested record (no "
+                                          "_harvest catalog_uuid, content_type and key)")
+                    yield Event("upsert", *ids, rec)
 
 
 def _feed(path: Path) -> Iterator[Event]:
-    for line in iter_lines(path):
-        c = orjson.loads(line)
-        if c.get("op") not in ("upsert", "delete"):
-            raise ConfigError(f"{path} is not a change feed (a line has op={c.get('op')!r})")
-        yield Event(c["op"], c["catalog_uuid"], c["content_type"], c["key"], c.get("record"))
+    for n, c in _objects(path):
+        op, record = c.get("op"), c.get("record")
+        if op not in ("upsert", "delete"):
+            raise ConfigError(f"{path} is not a change feed (line {n} has op={op!r})")
+        ids = _ids(c)
+        if ids is None or (op == "upsert" and not isinstance(record, dict)):
+            raise ConfigError(f"{path}: line {n} is not a change (it needs catalog_uuid, "
+                              "content_type, key and, for an upsert, a record)")
+        yield Event(op, *ids, record if isinstance(record, dict) else None)
+
+
+def _ids(obj: JSONDict) -> tuple[str, str, str] | None:
+    """``(catalog_uuid, content_type, key)`` of a record or change, if all are text."""
+    cat, ctype, key = obj.get("catalog_uuid"), obj.get("content_type"), obj.get("key")
+    if isinstance(cat, str) and isinstance(ctype, str) and isinstance(key, str):
+        return (cat, ctype, key) if cat and ctype and key else None
+    return None
+
+
+def _objects(path: Path, *, compressed: bool = False) -> Iterator[tuple[int, JSONDict]]:
+    """``(line number, object)`` per line of an export source. A line that is not a JSON
+    object, or a last line cut short (no newline), is bad input: an export never skips
+    what it cannot read, since a missing delete or upsert would go unnoticed."""
+    lines = enumerate(iter_lines(path, compressed=compressed, torn=True), 1)
+    while True:
+        try:
+            n, line = next(lines)
+        except StopIteration:
+            return
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise ConfigError(f"{path}: not a complete gzip file ({exc})") from None
+        if not line.endswith(b"\n"):
+            raise ConfigError(f"{path}: line {n} is cut short (no newline at the end of the "
+                              "file: truncated?)")
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: line {n} is not JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{path}: line {n} is not a JSON object")
+        yield n, obj
+
+
+#: What an Elasticsearch / OpenSearch index name may not contain or start with.
+_INDEX_FORBIDDEN: Final = re.compile(r'[\\/*?"<>|,#: A-Z]|[^\x21-\x7e]')
+
+
+def check_index(index: str) -> None:
+    """Refuse an index name Elasticsearch would reject (or that would break the bulk
+    file): empty, over 255 bytes, upper case, whitespace or control characters,
+    ``\\ / * ? " < > | , # :``, a leading ``-``, ``_`` or ``+``, ``.`` or ``..``."""
+    if (not index or len(index.encode()) > 255 or _INDEX_FORBIDDEN.search(index)
+            or index.startswith(("-", "_", "+")) or index in (".", "..")):
+        raise ConfigError(f"--index: {index!r} is not a valid index name (lower-case "
+                          "letters, digits, '-', '_', '.'; e.g. edx-catalog)")
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be the export file: no file name (``/``, ``.``,
+    ``..``) or an existing directory."""
+    if out.name in ("", ".", "..") or out.is_dir():
+        raise ConfigError(f"--out: {out} is a directory; expected a file to write, e.g. "
+                          f"{out / 'export.ndjson'}")
 
 
 def document(ev: Event) -> dict[str, Any]:
@@ -150,6 +214,8 @@ def export(source: Path, fmt: str, out: Path, *, index: str = "edx-catalog",
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_index(index)
+    check_out(out)
     parts: list[PartFile] = []
     try:
         if fmt == "meili":  # opened first: if it cannot be written, nothing is replaced

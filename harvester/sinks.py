@@ -419,12 +419,14 @@ def clear_dir(directory: Path) -> None:
             f.unlink(missing_ok=True)
 
 
-def iter_lines(path: Path, *, compressed: bool = False) -> Iterator[bytes]:
-    """Complete lines of an NDJSON file (``.gz`` multi-member aware)."""
+def iter_lines(path: Path, *, compressed: bool = False, torn: bool = False
+               ) -> Iterator[bytes]:
+    """Complete lines of an NDJSON file (``.gz`` multi-member aware); with ``torn``, a
+    last line without its newline too (for a reader that must not skip it)."""
     opener: Any = gzip.open if compressed else open
     with disk_errors(path), opener(path, "rb") as fh:
         for line in fh:
-            if line.endswith(b"\n"):
+            if torn or line.endswith(b"\n"):
                 yield line
 
 
