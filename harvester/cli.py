@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypeVar, cast, overload
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 
@@ -313,50 +313,21 @@ async def _cancel_on_signal(work: Callable[[], Awaitable[T]],
             loop.remove_signal_handler(sig)
 
 
-def _interrupt_on_signal(work: Callable[[], T], caught: list[int]) -> T:
-    def on_signal(signum: int, _frame: object) -> None:
-        if not caught:  # a second signal must not interrupt the clean-up of the first
-            caught.append(signum)
-            raise KeyboardInterrupt
-
-    saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return work()
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
-@overload
-def run_job(work: Callable[[], Awaitable[T]], *, blocking: Literal[False] = False,
-            display: AbstractContextManager[Any] | None = None,
-            interrupted: str | None = None, metrics: MetricsFile | None = None) -> T: ...
-
-
-@overload
-def run_job(work: Callable[[], T], *, blocking: Literal[True],
-            display: None = None, interrupted: str | None = None) -> T: ...
-
-
-def run_job(work: Callable[[], Awaitable[T]] | Callable[[], T], *, blocking: bool = False,
+def run_job(work: Callable[[], Awaitable[T]], *,
             display: AbstractContextManager[Any] | None = None,
             interrupted: str | None = None, metrics: MetricsFile | None = None) -> T:
-    """Run one command's work under SIGINT/SIGTERM handling, with its live display.
+    """Run one command's coroutine under SIGINT/SIGTERM handling, with its live display.
 
-    ``work`` is a coroutine function, cancelled cleanly on a signal, or, with
-    ``blocking``, a plain function that the signal interrupts (``KeyboardInterrupt``,
-    once: a second signal must not break the first one's clean-up). After a signal
-    ``harvester: interrupted; <interrupted>`` goes to stderr (when given) and
-    :class:`Interrupted` carries 130 (SIGINT) or 143 (SIGTERM) to :func:`main`: no
-    traceback, and each command's own clean-up has already run. With ``metrics`` (an
-    async job), its textfile is written every ``metrics.every`` seconds meanwhile.
+    A signal cancels ``work`` cleanly; then ``harvester: interrupted; <interrupted>``
+    goes to stderr (when given) and :class:`Interrupted` carries 130 (SIGINT) or 143
+    (SIGTERM) to :func:`main`: no traceback, and each command's own clean-up has already
+    run. (``export`` has its own :class:`~harvester.export.SignalGuard`: a started commit
+    must finish.) With ``metrics``, its textfile is written every ``metrics.every``
+    seconds meanwhile.
     """
     caught: list[int] = []
     try:
-        if blocking:
-            return _interrupt_on_signal(cast("Callable[[], T]", work), caught)
-        coro = cast("Callable[[], Awaitable[T]]", work)
-        return asyncio.run(_cancel_on_signal(coro, display or contextlib.nullcontext(),
+        return asyncio.run(_cancel_on_signal(work, display or contextlib.nullcontext(),
                                              caught, metrics))
     except (asyncio.CancelledError, KeyboardInterrupt):
         if interrupted is not None:
@@ -478,7 +449,11 @@ def _as_of(text: str | None) -> float | None:
         raise ConfigError(f"--as-of: expected an ISO-8601 date or time, got {text!r}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+    try:  # 9999-12-31T23:59:59-14:00 is in year 10000 in UTC
+        return when.astimezone(UTC).timestamp()
+    except (ValueError, OverflowError):
+        raise ConfigError(f"--as-of: {text!r} is out of range (years 1..9999 in UTC)"
+                          ) from None
 
 
 def _time_budget(ns: argparse.Namespace, started: float) -> TimeBudget | None:

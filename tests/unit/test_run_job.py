@@ -65,24 +65,6 @@ def test_a_signal_cancels_async_work(sig: signal.Signals, code: int,
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_signal_interrupts_blocking_work_once(capsys: pytest.CaptureFixture[str]) -> None:
-    cleaned: list[str] = []
-    before = signal.getsignal(signal.SIGTERM)
-
-    def work() -> None:
-        try:
-            signal.raise_signal(signal.SIGTERM)
-        finally:
-            signal.raise_signal(signal.SIGTERM)  # a second signal: the clean-up goes on
-            cleaned.append("done")
-
-    with pytest.raises(Interrupted) as info:
-        run_job(work, blocking=True, interrupted="out.json was not written")
-    assert info.value.code == EXIT_SIGTERM and cleaned == ["done"]
-    assert capsys.readouterr().err.startswith("harvester: interrupted; out.json")
-    assert signal.getsignal(signal.SIGTERM) == before
-
-
 def test_walk_counters_are_shared_by_catalogs_and_enterprises() -> None:
     """One WalkCounters type: page 1 of a walk fills both the same way."""
     plan = ListingPlan(1000, count=2500, page_size=500, total_pages=5, clamped=True)
