@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import ipaddress
+import re
 import signal
 import sys
 import typing
@@ -23,6 +25,13 @@ from harvester.sim.config import SimConfig
 from harvester.sim.server import SimServer
 
 __all__ = ["build_parser", "config_from_args", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), as in ``harvester``."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -44,14 +53,40 @@ def _metavar(name: str, hint: object) -> str:
         else "TEXT"
 
 
+def _port(text: str) -> int:
+    """A TCP port to bind: 0 (any free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535 (0 = any free port), got {port}")
+    return port
+
+
+_HOSTNAME: typing.Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _host(text: str) -> str:
+    """An interface to bind: an IP address or a host name (checked before binding, so a
+    typo is a usage error, not a failure to serve)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if len(text) > 253 or not _HOSTNAME.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"expected an IP address or a host name, got "
+                                             f"{text!r}") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """An argparse parser with one flag per ``SimConfig`` field plus ``--host``/``--port``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="harvester sim", description="Local simulator of the edX Enterprise API."
     )
-    parser.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+    parser.add_argument("--host", type=_host, default="127.0.0.1", metavar="ADDR",
                         help="interface to bind")
-    parser.add_argument("--port", type=int, default=0, metavar="N",
+    parser.add_argument("--port", type=_port, default=0, metavar="N",
                         help="port to bind (0 = any free)")
     hints = typing.get_type_hints(SimConfig)
     for field in dataclasses.fields(SimConfig):

@@ -7,7 +7,7 @@ Every field is also a CLI flag (``harvester/sim/__main__.py`` builds the parser 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 __all__ = ["FAULT_KINDS", "OMIT", "Rate", "SimConfig", "parse_rate"]
@@ -235,6 +235,10 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         """Reject impossible settings early, with the field name in the message."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):  # inf passes >= 0
+                raise ValueError(f"{f.name}: must be a finite number, got {value!r}")
         _check(0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)")
         _check(1 <= self.catalogs <= 1000, "catalogs", "must be in [1, 1000]")
         _check(0 <= self.items <= 10_000_000, "items", "must be in [0, 10_000_000]")
