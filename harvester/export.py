@@ -142,7 +142,7 @@ def _ids(obj: JSONDict) -> tuple[str, str, str] | None:
     """``(catalog_uuid, content_type, key)`` of a record or change, if all are text."""
     cat, ctype, key = obj.get("catalog_uuid"), obj.get("content_type"), obj.get("key")
     if isinstance(cat, str) and isinstance(ctype, str) and isinstance(key, str):
-        return (cat, ctype, key) if cat and ctype and key else None
+        return cat, ctype, key  # may be empty: the ids are built to hold any text
     return None
 
 
