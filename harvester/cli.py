@@ -570,7 +570,7 @@ def cmd_verify(ns: argparse.Namespace) -> int:
         print(term_text(REDACTOR.scrub(line)))
     if not ns.quiet:
         for note in report.notes:
-            print(f"note: {note}", file=sys.stderr)
+            print(f"note: {term_text(note)}", file=sys.stderr)
         print(report.summary(), file=sys.stderr)
     return 0 if report.clean else 1
 

@@ -346,3 +346,14 @@ def test_a_manifest_naming_paths_outside_its_output_is_not_followed(
     assert any(line.startswith(f"{manifest}: catalog ") and "has no usable dir" in line
                for line in lines)
     assert not any("passwd:" in line for line in lines)  # never opened
+
+
+def test_names_planted_on_disk_reach_the_terminal_inert(
+        outs: Outputs, capsys: pytest.CaptureFixture[str]) -> None:
+    (outs.harvest / "evil\x1b]0;pwned\x07.ndjson").write_bytes(b"{}\n")
+    (outs.store / "snapshots" / "x\x1b[2J").mkdir()  # an unfinished "snapshot": a note
+    code, lines, err = run_verify(capsys, outs.harvest)
+    assert code == 1 and len(lines) == 1 and "\x1b" not in lines[0] and "\x07" not in lines[0]
+    assert lines[0].endswith("evil]0;pwned.ndjson: not named in the manifest")
+    code, lines, err = run_verify(capsys, outs.store)
+    assert (code, lines) == (0, []) and "note: " in err and "\x1b" not in err
