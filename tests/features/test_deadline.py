@@ -201,3 +201,47 @@ def test_cli_time_budget_that_fits_changes_nothing(
         m = orjson.loads(((store / "latest").resolve() / "manifest.json").read_bytes())
         assert m["deferred"] == {"items": 0, "new": 0} and m["status"] == "complete"
     assert "deferred" not in capsys.readouterr().out
+
+
+def test_a_deadline_night_interrupted_then_resumed_finishes_the_same_snapshot(
+        loop: LoopThread, sim: SimServer, tmp_path: Path) -> None:
+    """Ctrl-C in the middle of a deadline night, then the same command again: it resumes
+    the same snapshot, keeps what the first session fetched, and still ends in time with
+    a complete snapshot whose deferred marks and counts agree."""
+    store = tmp_path / "store"
+    night(loop, sim, store, DAY1, None)
+    night1 = (store / "latest").resolve()
+    call(loop, sim, "POST", "/__epoch", json={"epoch": 1})
+    call(loop, sim, "POST", "/__reset")
+
+    fake = FakeTime()
+    settings = settings_for(sim, store / "unused", **{"rates.lms": "10/s"})
+    first = SyncNight(settings, store=store, max_age=7 * 86400, keep=7, as_of=DAY2,
+                      budget=TimeBudget(fake.now + 3.0, fake, base_reserve=0.5,
+                                        per_item_reserve=0.001),
+                      clock=fake, sleep=fake.sleep)
+
+    async def interrupted() -> None:
+        task = asyncio.ensure_future(first.run())
+        while sim.state.stats.detail_requests < 12 and not task.done():
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    loop.run(interrupted())
+    assert (store / "latest").resolve() == night1  # an interrupted night is never latest
+    assert first.snapshot is not None and not (first.snapshot / "manifest.json").exists()
+    done, fake2 = night(loop, sim, store, DAY2, 3.0)
+    assert done.snapshot == first.snapshot  # resumed, not abandoned
+    assert done.run.exit_code == 0 and done.promoted and fake2.now <= 1000.0 + 3.0
+    m = orjson.loads((done.snapshot / "manifest.json").read_bytes())
+    assert (done.snapshot / "errors.ndjson").read_bytes() == b""
+    now = records(done.snapshot)
+    marked = [k for k, h in now.items() if h.get("deferred")]
+    assert len(marked) == m["deferred"]["items"] > 0
+    # Every listed item is in the snapshot, once (deferred ones included): nothing lost.
+    data = sim.state.data
+    for c in range(sim.state.cfg.catalogs):
+        uuid = data.catalog_uuids[c]
+        assert sum(1 for k in now if k[0] == uuid) == len(data.membership(c, 1))
