@@ -15,12 +15,13 @@ __version__ = "0.1.0"
 
 from harvester.api import export_learners, harvest, sync
 from harvester.config import Settings
-from harvester.errors import ConfigError, HarvestError
+from harvester.errors import ConfigError, HarvestError, PublishError
 from harvester.run import RunResult, SyncResult
 
 __all__ = [
     "ConfigError",
     "HarvestError",
+    "PublishError",
     "RunResult",
     "Settings",
     "SyncResult",

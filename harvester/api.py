@@ -26,10 +26,17 @@ __all__ = ["export_learners", "harvest", "sync"]
 
 def harvest(settings: Settings, *, restart: bool = False) -> RunResult:
     """Harvest every catalog into ``settings.output.out`` (resuming an unfinished run
-    there unless ``restart``). ``result.status`` is ``complete`` or ``partial``."""
+    there unless ``restart``). ``result.status`` is ``complete`` or ``partial``. With
+    ``publish.url`` set, the output is then published there (a failed upload raises
+    :class:`~harvester.errors.PublishError`, its ``result`` the run's; call again to
+    resume it)."""
     from harvester.pipeline import Harvest
+    from harvester.publish import check_target, publish_result
 
-    return asyncio.run(Harvest(settings, restart=restart).run())
+    target = check_target(settings.publish, settings.output.out)
+    result = asyncio.run(Harvest(settings, restart=restart).run())
+    publish_result(target, result)
+    return result
 
 
 def sync(settings: Settings, *, store: Path | str | None = None,
@@ -37,8 +44,10 @@ def sync(settings: Settings, *, store: Path | str | None = None,
          as_of: float | None = None) -> SyncResult:
     """The next snapshot of a sync store. ``store``, ``max_age`` (seconds) and ``keep``
     default to the ``[sync]`` section of the settings; ``as_of`` (epoch seconds) dates
-    the night for backfills. ``result.promoted`` says whether it became ``latest``."""
+    the night for backfills. ``result.promoted`` says whether it became ``latest``; a
+    promoted snapshot is published to ``publish.url`` when set, ``latest.json`` last."""
     from harvester.nightly import SyncNight
+    from harvester.publish import check_target, publish_night
 
     where = store if store is not None else settings.sync.store
     if where is None:
@@ -47,7 +56,12 @@ def sync(settings: Settings, *, store: Path | str | None = None,
     night = SyncNight(settings, store=Path(where),
                       max_age=settings.sync.max_age if max_age is None else max_age,
                       keep=settings.sync.keep if keep is None else keep, as_of=as_of)
-    return asyncio.run(night.run())
+    settings.api.require_credentials()
+    target = check_target(settings.publish, Path(where))
+    with night.hold() as run:
+        done = night.settle(asyncio.run(run.run()))
+        publish_night(target, done)  # under the store's lock, like the CLI
+    return done
 
 
 def export_learners(settings: Settings, *,
@@ -57,7 +71,11 @@ def export_learners(settings: Settings, *,
     ``environ`` (default ``os.environ``). ``result.status`` is ``complete``, ``partial``
     or ``failed``."""
     from harvester.learners import LearnerExport, LearnerOptions, PiiPolicy
+    from harvester.publish import check_target, publish_result
 
     options = LearnerOptions.from_settings(settings)
     pii = PiiPolicy.from_env(options.pii, os.environ if environ is None else environ)
-    return asyncio.run(LearnerExport(settings, options, pii).run())
+    target = check_target(settings.publish, settings.output.out)
+    result = asyncio.run(LearnerExport(settings, options, pii).run())
+    publish_result(target, result, learners=True)
+    return result

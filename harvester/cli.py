@@ -46,6 +46,7 @@ from harvester.errors import (
     AuthError,
     ConfigError,
     HarvestError,
+    PublishError,
     SinkError,
     StateError,
     UnsafePath,
@@ -57,6 +58,7 @@ from harvester.nightly import SyncNight
 from harvester.obs import REDACTOR, event, setup_logging
 from harvester.pipeline import Harvest, with_ticks
 from harvester.planning import make_plan
+from harvester.publish import PublishReport, check_target, publish_night, publish_result
 from harvester.run import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -117,6 +119,12 @@ def _add_metrics(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-file", type=_path, metavar="FILE",
                    help="write Prometheus metrics (node_exporter textfile) here during the "
                         "run and at its end, e.g. /var/lib/node_exporter/edx_harvester.prom")
+
+
+def _add_publish(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--publish", dest="publish.url", metavar="URL",
+                   help="after the run, upload the output to s3://bucket/prefix, gs://, az:// "
+                        "or file:///path (or [publish] url; see README)")
 
 
 def _add_harvest_flags(h: argparse.ArgumentParser) -> None:
@@ -181,6 +189,7 @@ def _add_learners(sub: Any) -> None:
     lr.add_argument("--csv", dest="learners.csv", action="store_const", const=True,
                     help="also write learner_summary.csv (serializer column order)")
     _add_common(lr)
+    _add_publish(lr)
 
 
 def _version() -> str:
@@ -209,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--out", dest="output.out", metavar="DIR",
                    help="output directory (default ./out)")
     _add_harvest_flags(h)
+    _add_publish(h)
     mode = h.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
                       help="continue the unfinished run in --out (the default)")
@@ -220,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--store", type=_path, metavar="DIR",
                     help="store directory: snapshots/<id>/ and latest (or [sync] store)")
     _add_harvest_flags(sy)
+    _add_publish(sy)
     sy.add_argument("--max-age", metavar="DURATION",
                     help="refresh details older than this, spread over the nights "
                          "(e.g. 7d, 36h; default 7d, or [sync] max_age)")
@@ -369,6 +380,7 @@ def cmd_harvest(ns: argparse.Namespace) -> int:
         settings = _settings(ns)
         setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
         harvest = Harvest(settings, restart=ns.restart)
+        target = check_target(settings.publish, settings.output.out)  # before any request
         if metrics is not None:
             metrics.live = _harvest_view(harvest)
         bars = harvest_progress(harvest, show_progress(settings),
@@ -383,7 +395,35 @@ def cmd_harvest(ns: argparse.Namespace) -> int:
         print(term_text(result.message), file=sys.stderr)
     elif not settings.output.quiet:
         print_harvest_summary(result)
+    _say_published(settings, _publish(lambda: publish_result(target, result), metrics))
     return result.exit_code
+
+
+def _publish(work: Callable[[], PublishReport | None],
+             metrics: MetricsFile | None) -> PublishReport | None:
+    """A publish step: a signal stops it (the uploads in flight finish; 130/143, rerun to
+    resume it). A failed publish is no success for ``--metrics-file`` either: the data
+    did not reach its readers."""
+    guard = SignalGuard()
+    try:
+        with guard:
+            return work()
+    except KeyboardInterrupt:
+        print("harvester: interrupted; the local output is intact; rerun the same command "
+              "to resume the publish", file=sys.stderr)
+        raise Interrupted(_signal_exit([guard.signal] if guard.signal else [])) from None
+    except PublishError:
+        if metrics is not None and metrics.outcome is not None:
+            metrics.outcome = ("partial", metrics.outcome[1])
+            metrics.finish(*metrics.outcome)  # the run's own write came first
+        raise
+
+
+def _say_published(settings: Settings, report: PublishReport | None) -> None:
+    if report is not None and not settings.output.quiet:
+        print(f"published to {report.url}: {report.uploaded} uploaded "
+              f"({report.bytes:,} bytes), {report.skipped} unchanged, {report.deleted} "
+              "removed" + (f"; latest.json -> {report.latest}" if report.latest else ""))
 
 
 def cmd_learners(ns: argparse.Namespace) -> int:
@@ -394,6 +434,7 @@ def cmd_learners(ns: argparse.Namespace) -> int:
         export = LearnerExport(settings, options, PiiPolicy.from_env(options.pii, os.environ))
         check_out(settings.output.out)  # a bad --out is one line, before the PII notice
         settings.api.require_credentials()  # one line, before the notice
+        target = check_target(settings.publish, settings.output.out)
         setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
         if (notice := export.pii_notice()) is not None:
             print(notice, file=sys.stderr)
@@ -416,6 +457,8 @@ def cmd_learners(ns: argparse.Namespace) -> int:
         _say(result.message)
     if not settings.output.quiet and result.exit_code != EXIT_USAGE:
         print(learners_summary(result))
+    _say_published(settings, _publish(lambda: publish_result(target, result, learners=True),
+                                      metrics))
     return result.exit_code
 
 
@@ -478,6 +521,7 @@ def cmd_sync(ns: argparse.Namespace) -> int:
         night = SyncNight(settings, store=store_dir, max_age=max_age, keep=keep,
                           as_of=_as_of(ns.as_of), budget=budget)
         settings.api.require_credentials()  # before the store gets a lock or a snapshot
+        target = check_target(settings.publish, store_dir)
         setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
         with night.hold() as harvest:
             if metrics is not None:
@@ -490,13 +534,16 @@ def cmd_sync(ns: argparse.Namespace) -> int:
                                          "(a changed command abandons it and starts a new "
                                          "snapshot)", metrics=metrics)
             done = night.settle(result)
-        if metrics is not None:
-            metrics.outcome = (done.status, single(done.manifest.to_json()))
+            if metrics is not None:
+                metrics.outcome = (done.status, single(done.manifest.to_json()))
+            # Under the store's lock: two nights never race to write latest.json.
+            published = _publish(lambda: publish_night(target, done), metrics)
     if not settings.output.quiet:
         print_harvest_summary(result)
         if done.notice:
             print(term_text(done.notice))
         print("\n".join(sync_summary(done)))
+    _say_published(settings, published)
     return result.exit_code
 
 
@@ -626,6 +673,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, AuthError, StateError, UnsafePath) as exc:
         _say(str(exc))
         return EXIT_USAGE
+    except PublishError as exc:
+        print(f"harvester: {REDACTOR.scrub(str(exc))} (the local output is intact; rerun the "
+              "same command to resume the publish)", file=sys.stderr)
+        return EXIT_PARTIAL
     except SinkError as exc:
         _say(f"{exc} (everything committed so far is kept; rerun to resume)")
         return EXIT_UNEXPECTED

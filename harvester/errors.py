@@ -30,6 +30,7 @@ name what failed and never contain a secret, a token or learner data: every mess
     │       └── UnexpectedXML    XML or HTML although we asked for JSON (after retries)
     ├── SinkError                the output could not be written (disk full, permissions)
     │   └── UnsafePath           a link (or a stranger's directory) where we would write (exit 2)
+    ├── PublishError             --publish: the upload to object storage failed (exit 3)
     └── StateError               resume ledger unusable, incompatible or locked
         └── IllegalPhase         a catalog phase move the run contract forbids (a bug)
 """
@@ -207,6 +208,16 @@ class SinkError(HarvestError):
 
 class UnsafePath(SinkError):
     """A symlink, or a directory writable by another user, where we would write: refused."""
+
+
+class PublishError(HarvestError):
+    """Uploading finished output to object storage failed (exit 3): the local output is
+    intact, and rerunning the command resumes the publish. ``result`` is the run's own
+    outcome (a :class:`~harvester.run.RunResult` or ``SyncResult``), when there was one."""
+
+    def __init__(self, message: str, *, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class StateError(HarvestError):

@@ -366,6 +366,11 @@ _CATALOG_DIR_RE: Final = re.compile(
     f"catalog=(?:{_CANONICAL_UUID_RE.pattern}|x-[A-Za-z0-9%_-]{{0,80}}-[0-9a-f]{{12}})")
 
 
+def is_catalog_dirname(name: str) -> bool:
+    """Whether ``name`` is a catalog directory's name as :func:`catalog_dirname` makes it."""
+    return _CATALOG_DIR_RE.fullmatch(name) is not None
+
+
 def listed_catalogs(out: Path) -> set[str]:
     """The catalogs a finished run in ``out`` names (``manifest.json``, ``catalogs.ndjson``;
     never read through a link): whose directories it wrote."""

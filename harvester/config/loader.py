@@ -20,6 +20,7 @@ from harvester.config.sections import (
     LearnersConfig,
     LimitsConfig,
     OutputOptions,
+    PublishConfig,
     RetryConfig,
     Settings,
     SyncConfig,
@@ -31,6 +32,7 @@ from harvester.config.values import (
     parse_float,
     parse_int,
     parse_keep,
+    parse_options,
     parse_path,
     parse_rate,
     parse_str,
@@ -78,6 +80,8 @@ SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
     "sync.store": ("sync", "store", parse_path),
     "sync.max_age": ("sync", "max_age", parse_duration),
     "sync.keep": ("sync", "keep", parse_keep),
+    "publish.url": ("publish", "url", parse_str),
+    "publish.storage_options": ("publish", "storage_options", parse_options),
 }
 
 #: Environment variables and the settings they feed.
@@ -86,6 +90,8 @@ ENV: Final[dict[str, str]] = {
     "EDX_CLIENT_SECRET": "api.client_secret",
     "EDX_API_BASE": "api.base",
     "EDX_TOKEN_URL": "api.token_url",
+    "HARVESTER_PUBLISH_URL": "publish.url",
+    "HARVESTER_PUBLISH_STORAGE_OPTIONS": "publish.storage_options",
 }
 
 def read_config_file(path: Path) -> dict[str, object]:
@@ -127,7 +133,7 @@ def _parse_setting(name: str, parse: Callable[[object], Any], raw: object) -> An
     try:
         return parse(raw)
     except (ValueError, TypeError, ConfigError) as exc:  # ConfigError: e.g. Rate's checks
-        shown = "***" if name.endswith("client_secret") else repr(raw)
+        shown = "***" if name.endswith(("client_secret", "storage_options")) else repr(raw)
         raise ConfigError(f"{name}: {exc} (got {shown})") from None
 
 
@@ -168,7 +174,7 @@ def _spec(name: str) -> tuple[str, str, Callable[[object], Any]]:
 _SECTION_TYPES: Final[dict[str, Callable[..., Any]]] = {
     "api": ApiConfig, "limits": LimitsConfig, "retry": RetryConfig,
     "harvest": HarvestOptions, "output": OutputOptions, "learners": LearnersConfig,
-    "sync": SyncConfig,
+    "sync": SyncConfig, "publish": PublishConfig,
 }
 
 

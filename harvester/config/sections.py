@@ -254,6 +254,51 @@ class SyncConfig:
             raise ConfigError(f"sync.keep: must be >= 1, got {self.keep!r}")
 
 
+#: ``--publish`` URL schemes, and the fsspec package (and our extra) each one needs.
+PUBLISH_SCHEMES: Final[Mapping[str, tuple[str, str]]] = {
+    "s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
+    "az": ("adlfs", "azure"), "abfs": ("adlfs", "azure"), "abfss": ("adlfs", "azure"),
+    "file": ("", ""),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PublishConfig:
+    """``[publish]``: where ``--publish`` uploads finished output (empty: nowhere).
+
+    ``storage_options`` go to the fsspec filesystem as they are (``endpoint_url``,
+    ``profile``...); they may hold keys, so they never reach a repr or a manifest.
+    """
+
+    url: str = ""
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        url = self.url.strip()
+        if "://" in url:  # a trailing slash is dropped from the path, never from "s3://"
+            scheme, rest = url.split("://", 1)
+            url = f"{scheme}://{rest.rstrip('/') or rest}"
+        object.__setattr__(self, "url", url)
+        if not self.url:
+            return
+        parts = urlsplit(self.url)
+        if "://" not in self.url or parts.scheme not in PUBLISH_SCHEMES:
+            raise ConfigError(f"--publish {self.url}: unknown URL scheme "
+                              f"{parts.scheme + '://' if '://' in self.url else '(none)'}; "
+                              "use s3://bucket/prefix, gs://, az:// or file:///path")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ConfigError(f"--publish {parts.scheme}://{parts.hostname or ''}...: "
+                              "credentials, queries and fragments do not belong in the URL "
+                              "(credentials come from the provider chain or "
+                              "publish.storage_options)")
+        if parts.scheme != "file" and not parts.netloc:
+            raise ConfigError(f"--publish {self.url}: no bucket in the URL "
+                              f"(expected {parts.scheme}://bucket/prefix)")
+        if parts.scheme == "file" and (parts.netloc or not parts.path.startswith("/")):
+            raise ConfigError(f"--publish {self.url}: a file URL needs an absolute path "
+                              "(file:///data/edx-published)")
+
+
 #: The sections of a run's own settings, as recorded in a harvest's manifest.
 RUN_SECTIONS: Final = ("api", "limits", "retry", "harvest", "output")
 
@@ -269,6 +314,7 @@ class Settings:
     output: OutputOptions = field(default_factory=OutputOptions)
     learners: LearnersConfig = field(default_factory=LearnersConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
     @classmethod
     def load(cls, config_file: Path | str | None = None, *,

@@ -10,9 +10,12 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+
+import orjson
 
 from harvester.errors import ConfigError
 
@@ -140,6 +143,18 @@ def parse_str(v: object) -> str:
     if not isinstance(v, str):
         raise ValueError("expected a string")
     return v
+
+
+def parse_options(v: object) -> dict[str, Any]:
+    """A table of options: a TOML table, or a JSON object (from the environment)."""
+    if isinstance(v, str):
+        try:
+            v = orjson.loads(v)
+        except orjson.JSONDecodeError:
+            raise ValueError("expected a JSON object") from None
+    if not isinstance(v, Mapping) or not all(isinstance(k, str) for k in v):
+        raise ValueError("expected a table (a JSON object from the environment)")
+    return dict(v)
 
 
 def parse_rate(v: object) -> Rate:
