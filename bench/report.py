@@ -19,6 +19,7 @@ from typing import Any, Final
 import psutil  # type: ignore[import-untyped]
 
 from bench.procs import ROOT
+from bench.publish import PUBLISH
 from bench.scenarios import MB, SIZES, UNLIMITED, Context, Row
 
 DOC: Final = ROOT / "docs" / "benchmarks.md"
@@ -385,6 +386,7 @@ def render(ctx: Context, info: dict[str, str], bench_wall: float, argv: list[str
                "a few bytes. `make bench BENCH_ARGS=--full` runs the real 1,000,000."),
             "",
         ]
+    parts += _publish_section(f)
     parts += [
         "## Reproduce",
         "",
@@ -408,6 +410,27 @@ def render(ctx: Context, info: dict[str, str], bench_wall: float, argv: list[str
     ]
     return "\n".join(parts)
 
+
+
+def _publish_section(f: dict[str, Any]) -> list[str]:
+    """Scenario 6: how the cost of ``--publish`` is measured."""
+    if "publish" not in f:
+        return []
+    c, p = PUBLISH, f["publish"]
+    return [
+        "### 6. Publish to object storage (issue #13)", "",
+        (f"A listing-only harvest of {c['catalogs']} x {c['items']:,} items "
+         f"({p['files']} files, {p['bytes'] / 1e6:.0f} MB) is published to moto's S3 "
+         "server (`moto_server`, its own process on loopback) through s3fs. Baseline: "
+         "`s3fs.S3FileSystem().put(files, keys)` of exactly the files a publish uploads, "
+         "timed around the call in a fresh interpreter. Publish: `harvester harvest "
+         "--publish s3://...` on the already complete output, its own `seconds` from the "
+         "`publish.done` log event: listing the prefix, reading the index, a sha256 of "
+         "every file, the uploads (16 at a time), index checkpoints and the manifest last. "
+         f"Each to a fresh prefix, alternating, best of {c['rounds']}: baseline "
+         f"{_walls(p['base'])} s, publish {_walls(p['pub'])} s. An unchanged re-publish "
+         f"(hash everything, upload nothing) took {p['again']:.2f} s."), "",
+    ]
 
 
 def _walls(walls: list[float]) -> str:

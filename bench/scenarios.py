@@ -26,6 +26,7 @@ from bench.procs import (
     run_child,
     scratch,
 )
+from bench.publish import publish_cost
 
 #: Dataset sizes and knobs per scenario (all in one place, all echoed in the report).
 SIZES: Final[dict[str, Any]] = {
@@ -361,7 +362,7 @@ def _eta(small: dict[str, Any], n: int) -> str:
 
 from bench.plan_eta import plan_eta  # noqa: E402  (it imports Context from here)
 
-ALL: Final = (throttled, unthrottled, memory_and_cpu, plan_eta)
+ALL: Final = (throttled, unthrottled, memory_and_cpu, plan_eta, publish_cost)
 
 
 def run_all(ctx: Context, only: set[str] | None = None) -> None:
