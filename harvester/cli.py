@@ -391,19 +391,21 @@ def cmd_harvest(ns: argparse.Namespace) -> int:
                          metrics=metrics)
         if metrics is not None:
             metrics.outcome = (result.status, single(result.manifest))
+        published = _publish(lambda: publish_result(target, result), metrics)
     if result.message:
         print(term_text(result.message), file=sys.stderr)
     elif not settings.output.quiet:
         print_harvest_summary(result)
-    _say_published(settings, _publish(lambda: publish_result(target, result), metrics))
+    _say_published(settings, published)
     return result.exit_code
 
 
 def _publish(work: Callable[[], PublishReport | None],
-             metrics: MetricsFile | None) -> PublishReport | None:
-    """A publish step: a signal stops it (the uploads in flight finish; 130/143, rerun to
-    resume it). A failed publish is no success for ``--metrics-file`` either: the data
-    did not reach its readers."""
+             metrics: MetricsFile | None) -> PublishReport | PublishError | None:
+    """A publish step, inside the ``--metrics-file`` block: a failed publish is no
+    success there either (the data did not reach its readers). Its error is returned, to
+    be raised by :func:`_say_published` once the run's summary is out. A signal stops it
+    (the uploads in flight finish; 130/143, rerun to resume it)."""
     guard = SignalGuard()
     try:
         with guard:
@@ -412,14 +414,15 @@ def _publish(work: Callable[[], PublishReport | None],
         print("harvester: interrupted; the local output is intact; rerun the same command "
               "to resume the publish", file=sys.stderr)
         raise Interrupted(_signal_exit([guard.signal] if guard.signal else [])) from None
-    except PublishError:
+    except PublishError as exc:
         if metrics is not None and metrics.outcome is not None:
             metrics.outcome = ("partial", metrics.outcome[1])
-            metrics.finish(*metrics.outcome)  # the run's own write came first
-        raise
+        return exc
 
 
-def _say_published(settings: Settings, report: PublishReport | None) -> None:
+def _say_published(settings: Settings, report: PublishReport | PublishError | None) -> None:
+    if isinstance(report, PublishError):
+        raise report
     if report is not None and not settings.output.quiet:
         print(f"published to {report.url}: {report.uploaded} uploaded "
               f"({report.bytes:,} bytes), {report.skipped} unchanged, {report.deleted} "
@@ -453,12 +456,12 @@ def cmd_learners(ns: argparse.Namespace) -> int:
             return EXIT_UNEXPECTED
         if metrics is not None:
             metrics.outcome = (result.status, single(result.manifest))
+        published = _publish(lambda: publish_result(target, result, learners=True), metrics)
     if result.message:
         _say(result.message)
     if not settings.output.quiet and result.exit_code != EXIT_USAGE:
         print(learners_summary(result))
-    _say_published(settings, _publish(lambda: publish_result(target, result, learners=True),
-                                      metrics))
+    _say_published(settings, published)
     return result.exit_code
 
 
