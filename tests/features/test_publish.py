@@ -189,6 +189,32 @@ def test_killed_publish_resumes_where_it_stopped(
     assert remote == local
 
 
+def test_sigterm_mid_publish_is_143_and_a_rerun_finishes_it(
+        sim: SimServer, proxy: S3Proxy, moto: Moto, bucket: str, tmp_path: Path) -> None:
+    out, url = tmp_path / "out", f"s3://{bucket}/edx"
+    cmd = command(sim, tmp_path, "harvest", "--out", str(out), "--publish", url)
+    env = env_for(sim, proxy.url)
+    proxy.hold_after = 2
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_until(lambda: proxy.held >= 1, proc, "held a data upload")
+    proc.send_signal(signal.SIGTERM)
+    proxy.hold_after = None
+    proxy.release("forward")  # the uploads in flight finish; no new one starts
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == ("harvester: interrupted; the local output is "
+                                            "intact; rerun the same command to resume the "
+                                            "publish"), err
+    assert not moto.fs().exists(f"{bucket}/edx/manifest.json"), "a stopped publish "\
+        "must not write the manifest"
+    again = run(cmd, env)
+    assert again.returncode == 0, again.stderr
+    remote = objects(moto.fs(), f"{bucket}/edx")
+    remote.pop(INDEX_NAME)
+    assert remote == published_locally(out)
+
+
 def test_failed_publish_is_exit_3_with_the_local_output_intact(
         sim: SimServer, proxy: S3Proxy, moto: Moto, bucket: str, tmp_path: Path) -> None:
     out, url = tmp_path / "out", f"s3://{bucket}/edx"
