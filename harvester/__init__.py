@@ -13,7 +13,7 @@ Importing it loads no HTTP client and no terminal library.
 
 __version__ = "0.1.0"
 
-from harvester.api import export_learners, harvest, sync
+from harvester.api import export_learners, harvest, sync, sync_tenants
 from harvester.config import Settings
 from harvester.errors import ConfigError, HarvestError, PublishError
 from harvester.run import RunResult, SyncResult
@@ -29,4 +29,5 @@ __all__ = [
     "export_learners",
     "harvest",
     "sync",
+    "sync_tenants",
 ]

@@ -14,22 +14,44 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harvester.config import Settings
 from harvester.errors import ConfigError
 from harvester.run import RunResult, SyncResult
 
-__all__ = ["export_learners", "harvest", "sync"]
+if TYPE_CHECKING:
+    from harvester.pipeline import TenantRun
+
+__all__ = ["export_learners", "harvest", "sync", "sync_tenants"]
 
 
-def harvest(settings: Settings, *, restart: bool = False) -> RunResult:
+def _tenants_result(run: TenantRun) -> RunResult:
+    """A run of many tenants as one RunResult: the worst exit code, and the run summary
+    (every tenant's status, ``ROOT/manifest.json``) as its manifest."""
+    done = asyncio.run(run.run())
+    return RunResult(done.status, done.exit_code, run.root, done.manifest)
+
+
+def harvest(settings: Settings, *, restart: bool = False, tenants: Sequence[str] = (),
+            environ: Mapping[str, str] | None = None) -> RunResult:
     """Harvest every catalog into ``settings.output.out`` (resuming an unfinished run
     there unless ``restart``). ``result.status`` is ``complete`` or ``partial``. With
     ``publish.url`` set, the output is then published there (a failed upload raises
     :class:`~harvester.errors.PublishError`, its ``result`` the run's; call again to
-    resume it)."""
+    resume it).
+
+    With ``[[tenants]]`` in the settings, every tenant (or those named in ``tenants``;
+    their secrets read from ``environ``, default ``os.environ``) is harvested at once into
+    ``OUT/tenant=<name>/``; ``result.manifest`` is then the run summary, ``status`` is
+    ``failed`` when a tenant could not run at all, and ``exit_code`` the worst tenant's."""
+    if settings.tenants:
+        from harvester.fleet import harvest_run
+
+        return _tenants_result(harvest_run(settings, restart=restart, only=tenants,
+                                           environ=environ))
     from harvester.pipeline import Harvest
     from harvester.publish import check_target, publish_result
 
@@ -45,10 +67,13 @@ def sync(settings: Settings, *, store: Path | str | None = None,
     """The next snapshot of a sync store. ``store``, ``max_age`` (seconds) and ``keep``
     default to the ``[sync]`` section of the settings; ``as_of`` (epoch seconds) dates
     the night for backfills. ``result.promoted`` says whether it became ``latest``; a
-    promoted snapshot is published to ``publish.url`` when set, ``latest.json`` last."""
+    promoted snapshot is published to ``publish.url`` when set, ``latest.json`` last.
+    With ``[[tenants]]``, use :func:`sync_tenants`."""
     from harvester.nightly import SyncNight
     from harvester.publish import check_target, publish_night
 
+    if settings.tenants:
+        raise ConfigError("sync: the settings hold [[tenants]]; call harvester.sync_tenants")
     where = store if store is not None else settings.sync.store
     if where is None:
         raise ConfigError("sync: no store given; pass store=... or set store under [sync] "
@@ -64,15 +89,40 @@ def sync(settings: Settings, *, store: Path | str | None = None,
     return done
 
 
+def sync_tenants(settings: Settings, *, store: Path | str | None = None,
+                 max_age: float | None = None, keep: int | None = None,
+                 as_of: float | None = None, tenants: Sequence[str] = (),
+                 environ: Mapping[str, str] | None = None) -> RunResult:
+    """Every ``[[tenants]]`` entry's next snapshot, each in its own store
+    ``STORE/tenant=<name>/``, at once; the result's manifest is the run summary
+    (``STORE/manifest.json``: each tenant's status, snapshot and whether it was promoted)."""
+    from harvester.fleet import sync_run
+
+    where = store if store is not None else settings.sync.store
+    if where is None:
+        raise ConfigError("sync: no store given; pass store=... or set store under [sync] "
+                          "in the config file")
+    return _tenants_result(sync_run(
+        settings, store=Path(where), max_age=settings.sync.max_age if max_age is None
+        else max_age, keep=settings.sync.keep if keep is None else keep, as_of=as_of,
+        only=tenants, environ=environ))
+
+
 def export_learners(settings: Settings, *,
-                    environ: Mapping[str, str] | None = None) -> RunResult:
+                    environ: Mapping[str, str] | None = None,
+                    tenants: Sequence[str] = ()) -> RunResult:
     """Export the learner summaries of ``settings.learners.enterprises`` into
     ``OUT/learners``. ``--pii hash`` reads its key from ``HARVESTER_PII_KEY`` in
     ``environ`` (default ``os.environ``). ``result.status`` is ``complete``, ``partial``
-    or ``failed``."""
+    or ``failed``. With ``[[tenants]]``, each tenant's export goes to
+    ``OUT/tenant=<name>/learners`` and the result is the run summary."""
     from harvester.learners import LearnerExport, LearnerOptions, PiiPolicy
     from harvester.publish import check_target, publish_result
 
+    if settings.tenants:
+        from harvester.fleet import learners_run
+
+        return _tenants_result(learners_run(settings, only=tenants, environ=environ))
     options = LearnerOptions.from_settings(settings)
     pii = PiiPolicy.from_env(options.pii, os.environ if environ is None else environ)
     target = check_target(settings.publish, settings.output.out)

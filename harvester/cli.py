@@ -40,6 +40,8 @@ from harvester.display import (
     print_harvest_summary,
     show_progress,
     sync_summary,
+    tenants_progress,
+    tenants_summary,
     term_text,
 )
 from harvester.errors import (
@@ -56,7 +58,7 @@ from harvester.learners import PII_HELP, LearnerExport, LearnerOptions, PiiPolic
 from harvester.metrics import MetricsFile, Tenants, live_manifest, manifest_success, single
 from harvester.nightly import SyncNight
 from harvester.obs import REDACTOR, event, setup_logging
-from harvester.pipeline import Harvest, with_ticks
+from harvester.pipeline import Harvest, TenantRun, with_ticks
 from harvester.planning import make_plan
 from harvester.publish import PublishReport, check_target, publish_night, publish_result
 from harvester.run import (
@@ -65,6 +67,7 @@ from harvester.run import (
     EXIT_UNEXPECTED,
     EXIT_USAGE,
     RunResult,
+    SyncResult,
 )
 
 T = TypeVar("T")
@@ -112,6 +115,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="log lines as text or one JSON object each (default text)")
     p.add_argument("--progress", dest="output.progress", choices=("auto", "on", "off"),
                    help="live progress display (auto: on a TTY)")
+    p.add_argument("--tenant", dest="tenant_names", action="append", metavar="NAME",
+                   help="only this [[tenants]] entry of the config (repeatable)")
     _add_metrics(p)
 
 
@@ -143,7 +148,9 @@ def _add_harvest_flags(h: argparse.ArgumentParser) -> None:
                    help="write .ndjson.gz")
     h.add_argument("--shard", dest="harvest.shard", metavar="I/N",
                    help="only catalogs whose stable hash mod N is I (run N machines; give "
-                        "each --rate-lms budget/N: they share the credential's budget)")
+                        "each --rate-lms budget/N: they share the credential's budget); with "
+                        "[[tenants]], only those tenants; auto/N takes I from "
+                        "JOB_COMPLETION_INDEX")
 
 
 def _add_plan(sub: Any) -> None:
@@ -374,10 +381,63 @@ def _harvest_view(harvest: Harvest) -> Callable[[], Tenants]:
                                         errors=harvest.failures))
 
 
+def _only(ns: argparse.Namespace, settings: Settings) -> list[str]:
+    names: list[str] = ns.tenant_names or []
+    if names and not settings.tenants:
+        raise ConfigError("--tenant: the config file has no [[tenants]] tables")
+    if any(not n.strip() for n in names):
+        raise ConfigError("--tenant: an empty value was given (an unset shell variable?)")
+    return names
+
+
+def _tenants_view(run: TenantRun) -> Callable[[], Tenants]:
+    """Each tenant's live numbers for --metrics-file (a harvest's or a sync's)."""
+    def view() -> Tenants:
+        out: dict[str, Any] = {}
+        for name, unit in run.units.items():
+            harvest = getattr(unit, "harvest", unit)
+            out[name] = (live_manifest(harvest.catalogs, harvest.stats,
+                                       errors=harvest.failures)
+                         if isinstance(harvest, Harvest) else {})
+        return out
+    return view
+
+
+def _run_tenants(run: TenantRun, settings: Settings, interrupted: str,
+                 metrics: MetricsFile | None) -> int:
+    """Run every tenant's unit under the signal handling, print the per-tenant summary."""
+    if metrics is not None:
+        metrics.live = _tenants_view(run)
+    result = run_job(run.run, display=tenants_progress(run, show_progress(settings)),
+                     interrupted=interrupted, metrics=metrics)
+    if metrics is not None:
+        metrics.outcome = (result.status, {o.name: _manifest_of(o.result)
+                                           for o in result.outcomes})
+    if not settings.output.quiet or result.exit_code:
+        print("\n".join(tenants_summary(result.manifest)),
+              file=sys.stderr if settings.output.quiet else sys.stdout)
+    return result.exit_code
+
+
+def _manifest_of(result: RunResult | SyncResult | None) -> dict[str, Any]:
+    if isinstance(result, SyncResult):
+        return result.manifest.to_json()
+    return (result.manifest or {}) if result is not None else {}
+
+
 def cmd_harvest(ns: argparse.Namespace) -> int:
     """``harvester harvest``."""
     with _metrics(ns, "harvest") as metrics:
         settings = _settings(ns)
+        only = _only(ns, settings)
+        if settings.tenants:
+            from harvester.fleet import harvest_run
+
+            run = harvest_run(settings, restart=ns.restart, only=only)
+            setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
+            return _run_tenants(run, settings, "each tenant's partial files stay as .part. "
+                                f"Rerun the same command to resume {settings.output.out}.",
+                                metrics)
         setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
         harvest = Harvest(settings, restart=ns.restart)
         target = check_target(settings.publish, settings.output.out)  # before any request
@@ -433,6 +493,14 @@ def cmd_learners(ns: argparse.Namespace) -> int:
     """``harvester learners``."""
     with _metrics(ns, "learners") as metrics:
         settings = _settings(ns)
+        only = _only(ns, settings)
+        if settings.tenants:
+            from harvester.fleet import learners_run
+
+            run = learners_run(settings, only=only)
+            setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
+            return _run_tenants(run, settings, "each tenant's previous export is unchanged "
+                                "(rerun the command).", metrics)
         options = LearnerOptions.from_settings(settings)
         export = LearnerExport(settings, options, PiiPolicy.from_env(options.pii, os.environ))
         check_out(settings.output.out)  # a bad --out is one line, before the PII notice
@@ -520,7 +588,16 @@ def cmd_sync(ns: argparse.Namespace) -> int:
     with _metrics(ns, "sync") as metrics:
         budget = _time_budget(ns, started)
         settings = _settings(ns)
+        only = _only(ns, settings)
         store_dir, max_age, keep = _sync_options(ns, settings)
+        if settings.tenants:
+            from harvester.fleet import sync_run
+
+            run = sync_run(settings, store=store_dir, max_age=max_age, keep=keep,
+                           as_of=_as_of(ns.as_of), only=only, budget=budget)
+            setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
+            return _run_tenants(run, settings, "rerun the same command to resume each "
+                                "tenant's snapshot.", metrics)
         night = SyncNight(settings, store=store_dir, max_age=max_age, keep=keep,
                           as_of=_as_of(ns.as_of), budget=budget)
         settings.api.require_credentials()  # before the store gets a lock or a snapshot

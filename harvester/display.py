@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["CatalogBars", "ProgressSource", "export_summary", "harvest_progress", "harvest_summary",
            "harvest_table", "learners_progress", "learners_summary", "learners_table",
            "live", "plan_summary", "print_harvest_summary", "show_progress", "sync_summary",
-           "term_text"]
+           "tenants_progress", "tenants_summary", "tenants_table", "term_text"]
 
 #: Rows a live table shows at most (a terminal is not a report).
 _ROWS = 20
@@ -388,3 +388,47 @@ def plan_summary(plan: Plan) -> list[str]:
 def export_summary(out: Path, upserts: int, deletes: int, fmt: str) -> str:
     """The one line ``harvester export`` prints."""
     return term_text(f"{out}: {upserts} upserts, {deletes} deletes ({fmt})")
+
+
+# --- many tenants ---------------------------------------------------------------------------
+
+class _Tenants(Protocol):
+    def progress(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+
+def tenants_table(progress: Mapping[str, Mapping[str, Any]]) -> Table:
+    """The live table of a run of many tenants: one row per tenant (the busiest 20)."""
+    from rich.table import Table
+
+    rows = sorted(progress.items(), key=lambda kv: (kv[1]["status"] != "running", kv[0]))
+    done = sum(p["status"] not in ("pending", "running") for p in progress.values())
+    requests = sum(int(p.get("requests") or 0) for p in progress.values())
+    throttled = sum(int(p.get("throttled") or 0) for p in progress.values())
+    t = Table(title=f"tenants {done}/{len(progress)} done  requests {requests}  "
+                    f"429s {throttled}")
+    for col in ("tenant", "status", "items", "written", "requests", "429s", "ETA"):
+        t.add_column(col)
+    for name, p in rows[:_ROWS]:
+        items = p.get("items", p.get("rows", ""))
+        t.add_row(name, str(p["status"]), str(items), str(p.get("written", "")),
+                  str(p.get("requests", "")), str(p.get("throttled", "")),
+                  _eta(p.get("eta_s")) if "eta_s" in p else "-")
+    return t
+
+
+def tenants_progress(run: _Tenants, enabled: bool) -> AbstractContextManager[Any]:
+    """The live per-tenant display of a run of many tenants, or a no-op context."""
+    return live(lambda: tenants_table(run.progress()), enabled)
+
+
+def tenants_summary(manifest: Mapping[str, Any]) -> list[str]:
+    """The end-of-run lines of a run of many tenants: one per tenant, then the total."""
+    tenants: Mapping[str, Mapping[str, Any]] = manifest.get("tenants") or {}
+    lines = []
+    for name, row in tenants.items():
+        tail = f"  {row['message']}" if row.get("message") else ""
+        lines.append(f"tenant {name}: {row['status']} (exit {row['exit_code']}){tail}")
+    shard = f" (shard {manifest['shard']})" if manifest.get("shard") else ""
+    lines.append(f"{manifest.get('kind', 'run')} of {len(tenants)} tenant(s){shard}: "
+                 f"{manifest.get('status')} (exit {manifest.get('exit_code')})")
+    return lines

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -54,6 +55,11 @@ class SyncNight:
         self.snapshot: Path | None = None
         self.previous: Path | None = None
         self.notice: str | None = None
+        self.harvest: Harvest | None = None
+
+    def progress(self) -> dict[str, Any]:
+        """The night's harvest counters, once it has one (a live display of tenants)."""
+        return self.harvest.progress() if self.harvest is not None else {}
 
     async def run(self) -> SyncResult:
         """The whole night: hold the store, run the harvest, settle."""
@@ -70,8 +76,9 @@ class SyncNight:
             snap = self.snapshot = self._choose()
             self.previous = self.store.previous_of(snap)
             settings = replace(self.settings, output=replace(self.settings.output, out=snap))
-            yield Harvest(settings, sync=replace(self.options, previous=self.previous),
-                          budget=self.budget, clock=self._clock, sleep=self._sleep)
+            self.harvest = Harvest(settings, sync=replace(self.options, previous=self.previous),
+                                   budget=self.budget, clock=self._clock, sleep=self._sleep)
+            yield self.harvest
         finally:
             lock.release()
 

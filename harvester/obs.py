@@ -11,6 +11,7 @@ changes control flow.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import sys
@@ -212,9 +213,19 @@ class Redactor(logging.Filter):
 REDACTOR = Redactor()
 
 
+#: The tenant whose work is running in this task (and every task it creates): each
+#: event names it, so the log of many tenants in one process can be told apart.
+TENANT: Final[contextvars.ContextVar[str | None]] = contextvars.ContextVar(
+    "harvester_tenant", default=None)
+
+
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log a structured event: a stable name and flat fields."""
+    """Log a structured event: a stable name and flat fields (``tenant`` first, when the
+    event happens inside a tenant's work)."""
     if log.isEnabledFor(level):
+        tenant = TENANT.get()
+        if tenant is not None:
+            fields = {"tenant": tenant, **fields}
         log.log(level, name, extra={"fields": fields})
 
 

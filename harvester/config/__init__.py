@@ -16,6 +16,7 @@ read files other than the config file.
     values.py    Secret, Rate and the parsers of raw values
     sections.py  one frozen dataclass per section, and Settings
     loader.py    SCHEMA, ENV, the config file, load_settings
+    tenants.py   [[tenants]] tables (TenantSpec) and --shard auto/N
 """
 
 from harvester.config.loader import (
@@ -46,6 +47,7 @@ from harvester.config.sections import (
     Settings,
     SyncConfig,
 )
+from harvester.config.tenants import JOB_INDEX_ENV, TenantSpec, parse_tenants, resolve_shard
 from harvester.config.values import (
     MAX_AGE_LIMIT,
     Rate,
@@ -66,6 +68,7 @@ __all__ = [
     "DEFAULT_MAX_AGE",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "ENV",
+    "JOB_INDEX_ENV",
     "MAX_AGE_LIMIT",
     "MAX_CONCURRENCY",
     "PUBLISH_SCHEMES",
@@ -84,6 +87,7 @@ __all__ = [
     "Secret",
     "Settings",
     "SyncConfig",
+    "TenantSpec",
     "build_settings",
     "env_layer",
     "load_settings",
@@ -97,5 +101,7 @@ __all__ = [
     "parse_section",
     "parse_str",
     "parse_str_tuple",
+    "parse_tenants",
     "read_config_file",
+    "resolve_shard",
 ]

@@ -25,6 +25,7 @@ from harvester.config.sections import (
     Settings,
     SyncConfig,
 )
+from harvester.config.tenants import parse_tenants, resolve_shard
 from harvester.config.values import (
     Secret,
     parse_bool,
@@ -114,6 +115,12 @@ def read_config_file(path: Path) -> dict[str, object]:
     sections = sorted(dict.fromkeys(k.split(".")[0] for k in known))
     flat: dict[str, object] = {}
     for section, body in data.items():
+        if section == "tenants":  # [[tenants]]: a list of tables, checked by parse_tenants
+            if not isinstance(body, list):
+                raise ConfigError(f"{path}: tenants must be [[tenants]] tables (one per "
+                                  "tenant), not a [tenants] section")
+            flat["tenants"] = body
+            continue
         if section not in sections:
             raise ConfigError(f"{path}: unknown section [{section}]; sections are "
                               f"{', '.join(sections)}")
@@ -142,12 +149,14 @@ def build_settings(*layers: Mapping[str, object]) -> Settings:
     merged: dict[str, object] = {}
     for layer in layers:
         merged.update({k: v for k, v in layer.items() if v is not None})
-    sections: dict[str, dict[str, Any]] = {f.name: {} for f in fields(Settings)}
+    tenants = parse_tenants(merged.pop("tenants", []))
+    sections: dict[str, dict[str, Any]] = {f.name: {} for f in fields(Settings)
+                                           if f.name in _SECTION_TYPES}
     for name, raw in merged.items():
         section, attr, parse = _spec(name)
         sections[section][attr] = _parse_setting(name, parse, raw)
-    return Settings(**{f.name: _SECTION_TYPES[f.name](**sections[f.name])
-                       for f in fields(Settings)})
+    return Settings(**{name: _SECTION_TYPES[name](**values)
+                       for name, values in sections.items()}, tenants=tenants)
 
 
 def parse_section(section: str, *layers: Mapping[str, object]) -> dict[str, Any]:
@@ -207,4 +216,9 @@ def load_settings(
             build_settings(layer)
         except ConfigError as exc:
             raise ConfigError(f"{exc} (in the {where})") from None
-    return build_settings(file_layer, env, cli), file_layer
+    layers = [file_layer, env, cli]
+    shard = next((lay["harvest.shard"] for lay in reversed(layers)
+                  if lay.get("harvest.shard") is not None), None)
+    if shard is not None:  # --shard auto/N: the index comes from the scheduler
+        layers.append({"harvest.shard": resolve_shard(shard, environ)})
+    return build_settings(*layers), file_layer

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
+from harvester.config.tenants import TenantSpec
 from harvester.config.values import MAX_AGE_LIMIT, Rate, Secret
 from harvester.errors import ConfigError
 
@@ -315,6 +316,8 @@ class Settings:
     learners: LearnersConfig = field(default_factory=LearnersConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    #: ``[[tenants]]``: empty means one implicit tenant (``EDX_CLIENT_ID``/``_SECRET``).
+    tenants: tuple[TenantSpec, ...] = ()
 
     @classmethod
     def load(cls, config_file: Path | str | None = None, *,

@@ -4,6 +4,9 @@ Prints exactly one line on start, then serves::
 
     base_url=http://127.0.0.1:PORT client_id=ID client_secret=SECRET
 
+With ``--tenants N`` (N > 1) the ``[[tenants]]`` config snippet and the ``export``
+lines of its variables follow, ending with ``# end of tenants``.
+
 Every :class:`~harvester.sim.config.SimConfig` field is a flag (``seed`` -> ``--seed``,
 ``fault_kinds`` -> ``--fault-kinds 500,reset``, booleans as ``--etag/--no-etag``).
 """
@@ -117,6 +120,18 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     return SimConfig(**values)
 
 
+#: The last line of the start-up banner with ``--tenants N`` (N > 1).
+BANNER_END = "# end of tenants"
+
+
+def _tenant_banner(srv: SimServer) -> str:
+    """The ``[[tenants]]`` snippet for the harvester's config file, and the env lines."""
+    toml, env = srv.tenant_config()
+    exports = "\n".join(f"export {k}={v}" for k, v in env.items())
+    return (f"# {len(env) // 2} tenants: put this in the harvester's config file\n{toml}\n"
+            f"# and this in its environment\n{exports}\n{BANNER_END}")
+
+
 async def _serve(cfg: SimConfig, host: str, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -128,6 +143,8 @@ async def _serve(cfg: SimConfig, host: str, port: int) -> None:
                 f"base_url={srv.base_url} client_id={srv.client_id} "
                 f"client_secret={srv.client_secret}"
             )
+            if cfg.tenants > 1:
+                line += "\n" + _tenant_banner(srv)
             print(line, flush=True)
             await stop.wait()
     finally:

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from harvester.sim.config import OMIT, SimConfig
 from harvester.sim.content import Json
+from harvester.sim.data import SimTenant
 from harvester.sim.faults import DROPPED, fault_response
 from harvester.sim.hashing import BASE_TIME, days, unit
 from harvester.sim.hostile import bomb, drip
@@ -179,10 +180,16 @@ async def _catalogs_v2(ctx: Ctx) -> web.StreamResponse:
     return _page_response(ctx, "/enterprise/v2/enterprise-catalogs", len(own), fetch, 10, None)
 
 
+def _tenant(ctx: Ctx) -> SimTenant:
+    """The credential's tenant (``--tenants``; tenant 0 is the only one by default)."""
+    data = ctx.state.data
+    return data.tenant_by_id.get(ctx.user, data.tenants[0])
+
+
 def _listed_catalogs(ctx: Ctx) -> list[int]:
     """Own catalog indexes still in the catalog lists (``drop_catalog_at_epoch``)."""
     st = ctx.state
-    return [c for c in range(st.data.foreign_index) if not st.cfg.dropped(c, st.epoch)]
+    return [c for c in _tenant(ctx).catalogs if not st.cfg.dropped(c, st.epoch)]
 
 
 def _dropped_catalog(ctx: Ctx) -> bool:
@@ -195,6 +202,9 @@ def _own_catalog(ctx: Ctx) -> int | None:
     c = ctx.state.data.catalog_index(ctx.params["uuid"])
     if c is None or c == ctx.state.data.foreign_index or ctx.state.cfg.forbids(c):
         return None
+    tenant = _tenant(ctx)
+    if c not in tenant.catalogs or str(tenant.index) in ctx.state.cfg.forbid_tenants:
+        return None  # another tenant's catalog, or a credential without the role
     return c
 
 
@@ -336,7 +346,8 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 async def _learners(ctx: Ctx) -> web.StreamResponse:
     st = ctx.state
-    if ctx.params["ent"].lower() != st.data.enterprise_uuid:
+    tenant = _tenant(ctx)
+    if ctx.params["ent"].lower() != tenant.enterprise_uuid:
         return _json(403, {"detail": _forbidden_detail(
             ctx, "You do not have permission to perform this action.")})
     if (wait := st.learners_log.hit(ctx.user)) is not None:
@@ -344,9 +355,9 @@ async def _learners(ctx: Ctx) -> web.StreamResponse:
     epoch = st.epoch
 
     def fetch(rows: range) -> list[Any]:
-        return [st.data.learner_row(i, epoch) for i in rows]
+        return [st.data.learner_row(i, epoch, tenant.index) for i in rows]
 
-    path = f"/enterprise/v3/enterprise-customer/{st.data.enterprise_uuid}/learner-summary"
+    path = f"/enterprise/v3/enterprise-customer/{tenant.enterprise_uuid}/learner-summary"
     max_size = st.cfg.learner_max_page_size
     return _page_response(ctx, path, st.cfg.learners, fetch, 10, max_size)
 
@@ -381,11 +392,13 @@ async def _token(st: SimState, request: web.Request) -> web.StreamResponse:
     if grant != "client_credentials":
         return _json(400, {"error": "unsupported_grant_type"})
     client_id, secret = form.get("client_id"), form.get("client_secret")
-    if client_id != st.data.client_id or secret != st.data.client_secret:
+    tenant = st.data.tenant_by_id.get(client_id) if isinstance(client_id, str) else None
+    if tenant is None or secret != tenant.client_secret:
         return _json(401, {"error": "invalid_client"})
     st.stats.tokens_issued += 1
     jwt_wanted = str(form.get("token_type", "")).lower() == "jwt"
-    token = st.tokens.issue_jwt() if jwt_wanted else st.tokens.issue_opaque()
+    token = (st.tokens.issue_jwt(tenant.client_id, tenant.enterprise_uuid) if jwt_wanted
+             else st.tokens.issue_opaque())
     body: dict[str, object] = {
         "access_token": token,
         "token_type": "JWT" if jwt_wanted else "Bearer",
@@ -414,7 +427,9 @@ async def _handle(st: SimState, request: web.Request) -> tuple[str, web.StreamRe
     klass = route.klass
     st.stats.enter(klass)
     try:
-        fault = st.draw_fault(klass, detail=route.handler is _detail)
+        # With fault_tenants, faults wait for the caller to be known (see _api).
+        fault = (None if st.cfg.fault_tenants
+                 else st.draw_fault(klass, detail=route.handler is _detail))
         if fault is not None:
             st.stats.faults[fault] += 1
             return klass, fault_response(request, fault)
@@ -448,12 +463,21 @@ async def _api(
     prefix, _, token = header.strip().partition(" ")
     if prefix.lower() != "jwt":
         return _drf(ctx, 401, {"detail": "Authentication credentials were not provided."})
-    claims = st.tokens.verify(token.strip()) if token.strip() else None
+    clients = st.data.tenant_by_id if st.cfg.tenants > 1 else None
+    claims = st.tokens.verify(token.strip(), clients) if token.strip() else None
     if claims is None:
         return _drf(ctx, 401, {"detail": "Invalid token."})
     assert route.handler is not None
     ctx = Ctx(st, request, params, ctx.xml, str(claims["sub"]))
-    return await route.handler(ctx)
+    if st.cfg.fault_tenants and str(_tenant(ctx).index) in st.cfg.fault_tenants:
+        fault = st.draw_fault(route.klass, detail=route.handler is _detail)
+        if fault is not None:
+            st.stats.faults[fault] += 1
+            return fault_response(request, fault)
+    resp = await route.handler(ctx)
+    if st.cfg.tenants > 1:
+        st.stats.by_client[ctx.user][f"{route.klass}:{resp.status}"] += 1
+    return resp
 
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:
@@ -527,6 +551,7 @@ _LIVE_KNOBS: Final = frozenset({
     "jitter_ms", "strip_retry_after", "gateway_remap", "end_marker", "accept_mode",
     "limit_mode", "echo_token", "expires_in", "omit_count",
     "slow_drip_ms", "slow_drip_rate", "bomb_rate", "bomb_mb", "keyless_items",
+    "forbid_tenants", "fault_tenants",
 })
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any, Final
 
 import jwt
@@ -46,8 +46,11 @@ class TokenIssuer:
         """Seconds since the Unix epoch on the simulator's timeline."""
         return self._wall0 + (self._clock() - self._clock0)
 
-    def issue_jwt(self) -> str:
-        """A signed JWT shaped like the LMS's (``create_jwt_token_dict``)."""
+    def issue_jwt(self, client_id: str | None = None, enterprise_uuid: str | None = None) -> str:
+        """A signed JWT shaped like the LMS's (``create_jwt_token_dict``), for this client
+        or (``--tenants``) another one signed with the same key."""
+        client_id = client_id or self.client_id
+        enterprise = enterprise_uuid or self._enterprise
         now = int(self.now())
         claims: dict[str, Any] = {
             "aud": _AUDIENCE,
@@ -55,16 +58,16 @@ class TokenIssuer:
             "iat": now,
             "exp": now + self.ttl,
             "jti": str(uuid.uuid4()),
-            "sub": self.client_id,
-            "client_id": self.client_id,
-            "preferred_username": f"{self.client_id}-service-user",
+            "sub": client_id,
+            "client_id": client_id,
+            "preferred_username": f"{client_id}-service-user",
             "scopes": ["read", "write", "profile", "email"],
             "version": "1.2.0",
             "grant_type": "client-credentials",
             "is_restricted": False,
             "filters": [],
             "email_verified": True,
-            "roles": [f"enterprise_catalog_admin:{self._enterprise}"],
+            "roles": [f"enterprise_catalog_admin:{enterprise}"],
         }
         return jwt.encode(claims, self._key, algorithm="HS256")
 
@@ -73,8 +76,10 @@ class TokenIssuer:
         """What the LMS returns without ``token_type=jwt``: a DOT bearer token, useless here."""
         return secrets.token_urlsafe(24)
 
-    def verify(self, token: str) -> dict[str, Any] | None:
-        """Claims of a valid, unexpired token for this client, else ``None``."""
+    def verify(self, token: str, clients: Container[str] | None = None
+               ) -> dict[str, Any] | None:
+        """Claims of a valid, unexpired token for this client (or any of ``clients``),
+        else ``None``."""
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -95,6 +100,8 @@ class TokenIssuer:
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or self.now() > exp + _LEEWAY:
             return None
+        if clients is not None:
+            return claims if claims.get("sub") in clients else None
         if claims.get("sub") != self.client_id:
             return None
         return claims

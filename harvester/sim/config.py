@@ -232,6 +232,26 @@ class SimConfig:
     head_insert_every: int = field(
         default=15, metadata=_help("content-page requests of a catalog between head inserts")
     )
+    tenants: int = field(
+        default=1,
+        metadata=_help("credentials served, each with its own enterprise, catalogs (with "
+                       "--catalogs >= 2 a tenant's last catalog is the next one's first), "
+                       "learners and budget; the [[tenants]] config is printed at start-up"),
+    )
+    tenant_rate_lms: tuple[str, ...] = field(
+        default=(),
+        metadata=_help("comma list of T:RATE: tenant T's own LMS budget (default rate_lms)"),
+    )
+    forbid_tenants: tuple[str, ...] = field(
+        default=(),
+        metadata=_help("comma list of tenant indexes whose catalogs' content and details "
+                       "answer 403 (their credential lacks the role); live"),
+    )
+    fault_tenants: tuple[str, ...] = field(
+        default=(),
+        metadata=_help("comma list of tenant indexes: fault_rate faults hit only their API "
+                       "requests (an outage of one tenant's backend); live"),
+    )
 
     def __post_init__(self) -> None:
         """Reject impossible settings early, with the field name in the message."""
@@ -302,6 +322,42 @@ class SimConfig:
         _check(0 <= self.head_inserts < max(1, self.items), "head_inserts",
                "must be in [0, items)")
         _check(self.head_insert_every >= 1, "head_insert_every", "must be >= 1")
+        self._check_tenants()
+
+    def _check_tenants(self) -> None:
+        _check(1 <= self.tenants <= 1000, "tenants", "must be in [1, 1000]")
+        _check(self.pool_size() <= 1000, "tenants", "tenants x catalogs must stay within "
+               "1000 distinct catalogs")
+        for name in ("forbid_tenants", "fault_tenants"):
+            _check(all(t.isdigit() and int(t) < self.tenants for t in getattr(self, name)),
+                   name, f"must be tenant indexes in [0, {self.tenants})")
+        for spec in self.tenant_rate_lms:
+            index, sep, rate = spec.partition(":")
+            _check(bool(sep) and index.isdigit() and int(index) < self.tenants,
+                   "tenant_rate_lms", f"must be T:RATE pairs, T in [0, {self.tenants})")
+            try:
+                parse_rate(rate)
+            except ValueError as exc:
+                raise ValueError(f"tenant_rate_lms: {exc}") from None
+
+    def pool_size(self) -> int:
+        """Distinct catalogs of all tenants (consecutive tenants share one when each has
+        two or more)."""
+        step = self.catalogs - 1 if self.catalogs >= 2 else 1
+        return (self.tenants - 1) * step + self.catalogs
+
+    def tenant_catalogs(self, t: int) -> range:
+        """The catalog indexes tenant ``t`` may read."""
+        step = self.catalogs - 1 if self.catalogs >= 2 else 1
+        return range(t * step, t * step + self.catalogs)
+
+    def tenant_lms_rate(self, t: int) -> Rate | None:
+        """Tenant ``t``'s LMS budget (``tenant_rate_lms``, else ``rate_lms``)."""
+        for spec in self.tenant_rate_lms:
+            index, _, rate = spec.partition(":")
+            if int(index) == t:
+                return parse_rate(rate)
+        return self.lms_rate
         _check(self.slow_drip_ms >= 0.0, "slow_drip_ms", "must be >= 0")
         _check(0.0 <= self.slow_drip_rate <= 1.0, "slow_drip_rate", "must be in [0, 1]")
         _check(0.0 <= self.bomb_rate <= 1.0, "bomb_rate", "must be in [0, 1]")

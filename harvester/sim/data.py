@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections import OrderedDict
+from dataclasses import dataclass
 from math import gcd
 from typing import Any, Final
 
@@ -25,13 +26,16 @@ from harvester.sim.config import SimConfig
 from harvester.sim.content import Content
 from harvester.sim.hashing import BASE_TIME, days, iso, iso_date, mix, rand_uuid, unit
 
-__all__ = ["Dataset"]
+__all__ = ["Dataset", "SimTenant"]
 
 Json = dict[str, Any]
 
 _T_REPL, _T_GROW, _T_CHG, _T_CAT, _T_ENT, _T_LEARN, _T_CRED = range(200, 207)
 #: Listing items kept generated (a few MB): enough for a page's details to find theirs.
 ITEM_CACHE: Final = 4096
+#: Learner rows of tenant t are rows t * this onward (an offset, so no two tenants share
+#: a learner and tenant 0's rows stay what they always were).
+_TENANT_LEARNERS: Final = 10**8
 _NEW_BASE: Final = 10**11  # above every epoch-0 id (1001 catalogs x 10M items)
 _SLOT_BITS: Final = 26
 _CAT_BITS: Final = 10
@@ -76,6 +80,17 @@ _LAST: Final = (
 _COUNTRIES: Final = ("US", "GB", "DE", "FR", "IN", "BR", "JP", "CN", "ES", "NG", "CA", None)
 
 
+@dataclass(frozen=True, slots=True)
+class SimTenant:
+    """One credential of ``--tenants N``: its enterprise and the catalogs it may read."""
+
+    index: int
+    client_id: str
+    client_secret: str
+    enterprise_uuid: str
+    catalogs: range
+
+
 class Dataset:
     """Deterministic, lazily generated data for one :class:`SimConfig`."""
 
@@ -91,17 +106,27 @@ class Dataset:
         self.foreign_enterprise_uuid = rand_uuid(seed, _T_ENT, 1)
         self.enterprise_name = ("Acme Learning Co.", "Globex Universität", "Initech Café")[seed % 3]
         self.enterprise_slug = f"acme-{seed % 1000:03d}"
-        # Own catalogs are indexes 0..catalogs-1; the foreign one is index `catalogs`.
-        self.catalog_uuids = [rand_uuid(seed, _T_CAT, c) for c in range(cfg.catalogs + 1)]
+        # Own catalogs are indexes 0..pool-1 (tenant 0's are 0..catalogs-1); the foreign
+        # one is index `pool`.
+        pool = cfg.pool_size()
+        self.catalog_uuids = [rand_uuid(seed, _T_CAT, c) for c in range(pool + 1)]
         if cfg.case_twin_catalogs:
             self.catalog_uuids[1] = self.catalog_uuids[0].upper()
-        self.foreign_index = cfg.catalogs
+        self.foreign_index = pool
         self.content = Content(seed, self.enterprise_uuid, self.enterprise_slug)
         self._items: OrderedDict[tuple[int, int], Json] = OrderedDict()
-        self._sizes: list[list[int]] = [[cfg.items] for _ in range(cfg.catalogs + 1)]
+        self._sizes: list[list[int]] = [[cfg.items] for _ in range(pool + 1)]
         self.client_id = cfg.client_id or f"sim-{mix(seed, _T_CRED, 0):016x}"[:24]
         secret = f"{mix(seed, _T_CRED, 1):016x}{mix(seed, _T_CRED, 2):016x}"
         self.client_secret = cfg.client_secret or secret
+        self.tenants = [SimTenant(0, self.client_id, self.client_secret, self.enterprise_uuid,
+                                  cfg.tenant_catalogs(0))]
+        for t in range(1, cfg.tenants):
+            self.tenants.append(SimTenant(
+                t, f"sim-t{t}-{mix(seed, _T_CRED, 0, t):016x}"[:24],
+                f"{mix(seed, _T_CRED, 1, t):016x}{mix(seed, _T_CRED, 2, t):016x}",
+                rand_uuid(seed, _T_ENT, t + 1), cfg.tenant_catalogs(t)))
+        self.tenant_by_id = {tenant.client_id: tenant for tenant in self.tenants}
         # >= 32 bytes: PyJWT warns about shorter HMAC keys (and tests turn warnings into errors).
         self.signing_key = "".join(f"{mix(seed, _T_CRED, 3, i):016x}" for i in range(4))
 
@@ -255,14 +280,26 @@ class Dataset:
         return self.foreign_enterprise_uuid if c == self.foreign_index else self.enterprise_uuid
 
     # -- learners ----------------------------------------------------------------------------
-    def learner_row(self, i: int, epoch: int) -> Json:
-        """Row ``i`` of learner-summary in its default ``-last_activity_date`` order."""
+    def learner_row(self, i: int, epoch: int, tenant: int = 0) -> Json:
+        """Row ``i`` of learner-summary in its default ``-last_activity_date`` order (of
+        ``tenant``'s enterprise: other learners, same shape)."""
+        row = self._learner_row(i if tenant == 0 else i + tenant * _TENANT_LEARNERS, epoch)
+        if tenant:
+            ent = self.tenants[tenant].enterprise_uuid
+            row["enterprise_customer_uuid"] = ent
+            row["course_api_url"] = row["course_api_url"].replace(self.enterprise_uuid, ent)
+            row["enterprise_name"] = f"Tenant {tenant} Ltd."
+        return row
+
+    def _learner_row(self, i: int, epoch: int) -> Json:
         n = self.cfg.learners
+        i_rank = i % _TENANT_LEARNERS
         rnd = random.Random(mix(self.seed, _T_LEARN, i))
         nonnull = n - n // 10
         today = BASE_TIME + days(epoch)
         # Monotone in i with ~n/365 rows per day: many ties; the last tenth has no activity.
-        last_activity = None if i >= nonnull else iso_date(today - days(i * 365 // nonnull))
+        last_activity = (None if i_rank >= nonnull
+                         else iso_date(today - days(i_rank * 365 // nonnull)))
         first, last = rnd.choice(_FIRST), rnd.choice(_LAST)
         user_id = 10_000 + (mix(self.seed, _T_LEARN, i, 1) % 900_000)
         username = f"learner{user_id}"

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from harvester.sim.app import STATE, build_app
 from harvester.sim.config import SimConfig
+from harvester.sim.data import SimTenant
 from harvester.sim.state import SimState
 
 __all__ = ["SimServer"]
@@ -72,6 +73,25 @@ class SimServer:
         """A catalog of another enterprise customer (403 for this client)."""
         data = self.state.data
         return data.catalog_uuids[data.foreign_index]
+
+    @property
+    def tenants(self) -> list[SimTenant]:
+        """Every credential served (``--tenants N``; tenant 0 is :attr:`client_id`)."""
+        return list(self.state.data.tenants)
+
+    def tenant_config(self, prefix: str = "sim") -> tuple[str, dict[str, str]]:
+        """The harvester's ``[[tenants]]`` tables for every credential served, and the
+        environment they read: ``(toml, {VAR: value})``. Tenant ``t`` is ``<prefix>-<t>``."""
+        lines: list[str] = []
+        env: dict[str, str] = {}
+        for t in self.state.data.tenants:
+            var = f"{prefix.upper().replace('-', '_')}_{t.index}"
+            lines += ["[[tenants]]", f'name = "{prefix}-{t.index}"',
+                      f'client_id_env = "{var}_CLIENT_ID"',
+                      f'client_secret_env = "{var}_CLIENT_SECRET"', ""]
+            env[f"{var}_CLIENT_ID"] = t.client_id
+            env[f"{var}_CLIENT_SECRET"] = t.client_secret
+        return "\n".join(lines), env
 
     async def start(self) -> None:
         """Bind and serve."""

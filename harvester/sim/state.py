@@ -33,6 +33,10 @@ class Stats:
         self.requests: defaultdict[str, defaultdict[str, int]] = defaultdict(
             lambda: defaultdict(int)
         )
+        #: with ``--tenants``: "class:status" counts per client id (per-credential view)
+        self.by_client: defaultdict[str, defaultdict[str, int]] = defaultdict(
+            lambda: defaultdict(int)
+        )
         self.throttled_429 = 0
         self.bytes_out = 0
         self.tokens_issued = 0
@@ -67,7 +71,7 @@ class Stats:
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready view."""
-        return {
+        snap: dict[str, Any] = {
             "requests": {k: dict(v) for k, v in self.requests.items()},
             "throttled_429": self.throttled_429,
             "peak_concurrency": dict(self.peak),
@@ -77,6 +81,9 @@ class Stats:
             "not_modified_304": self.not_modified_304,
             "faults": dict(self.faults),
         }
+        if self.by_client:
+            snap["by_client"] = {k: dict(v) for k, v in self.by_client.items()}
+        return snap
 
 
 class SimState:
@@ -96,7 +103,10 @@ class SimState:
             ttl=cfg.token_ttl,
             clock=clock,
         )
-        self.lms_log = SlidingLog(cfg.lms_rate, clock)
+        self.lms_log = SlidingLog(cfg.lms_rate, clock, {
+            t.client_id: cfg.tenant_lms_rate(t.index) for t in self.data.tenants[1:]
+            if cfg.tenant_rate_lms} | ({self.data.client_id: cfg.tenant_lms_rate(0)}
+                                        if cfg.tenant_rate_lms else {}))
         self.learners_log = SlidingLog(cfg.learners_rate, clock)
         self.fault_rng = random.Random(mix(cfg.seed, _T_FAULT))
         self.order_rng = random.Random(mix(cfg.seed, _T_ORDER))
@@ -168,4 +178,7 @@ class SimState:
             "foreign_catalog_uuid": self.data.catalog_uuids[self.data.foreign_index],
             "epoch": self.epoch,
             "config": config,
-        }
+        } | ({"tenants": [
+            {"index": t.index, "client_id": t.client_id, "enterprise_uuid": t.enterprise_uuid,
+             "catalog_uuids": [self.data.catalog_uuids[c] for c in t.catalogs]}
+            for t in self.data.tenants]} if self.cfg.tenants > 1 else {})

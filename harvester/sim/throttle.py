@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from harvester.sim.config import Rate
 
@@ -18,22 +18,26 @@ class SlidingLog:
     does not extend it.
     """
 
-    def __init__(self, rate: Rate | None, clock: Callable[[], float]) -> None:
+    def __init__(self, rate: Rate | None, clock: Callable[[], float],
+                 per_key: Mapping[str, Rate | None] | None = None) -> None:
         self.rate = rate
         self._clock = clock
         self._history: dict[str, deque[float]] = {}
+        #: keys (credentials) with a budget of their own (``tenant_rate_lms``)
+        self.per_key = dict(per_key or {})
 
     def hit(self, key: str) -> int | None:
         """Record a request for ``key``; ``None`` if allowed, else the wait in whole seconds."""
-        if self.rate is None:
+        rate = self.per_key.get(key, self.rate)
+        if rate is None:
             return None
         now = self._clock()
         history = self._history.setdefault(key, deque())
         # Newest hits are on the left, as in DRF's list; expire from the right.
-        while history and history[-1] <= now - self.rate.window:
+        while history and history[-1] <= now - rate.window:
             history.pop()
-        if len(history) >= self.rate.count:
-            remaining = self.rate.window - (now - history[-1])
+        if len(history) >= rate.count:
+            remaining = rate.window - (now - history[-1])
             return max(1, math.ceil(remaining))
         history.appendleft(now)
         return None

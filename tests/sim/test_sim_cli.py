@@ -168,6 +168,14 @@ def test_every_config_field_is_a_flag() -> None:
         "0.1",
         "--bomb-mb",
         "8",
+        "--tenants",
+        "3",
+        "--tenant-rate-lms",
+        "1:5/min",
+        "--forbid-tenants",
+        "2",
+        "--fault-tenants",
+        "1",
     ]
     cfg = config_from_args(parser.parse_args(argv))
     defaults = SimConfig()
