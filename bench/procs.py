@@ -75,6 +75,8 @@ class Simulator:
         self._proc: subprocess.Popen[bytes] | None = None
         self._info: SimInfo | None = None
         self._cpu_mark = 0.0
+        #: the lines after the first (``--tenants N``: the [[tenants]] config, the env)
+        self.banner = ""
 
     def _argv(self) -> list[str]:
         argv = [PYTHON, "-m", "harvester.sim", "--port", "0"]
@@ -108,7 +110,8 @@ class Simulator:
         assert self._proc.stdout is not None
         deadline = time.monotonic() + _START_TIMEOUT
         line = b""
-        while not line.endswith(b"\n"):
+        end = b"# end of tenants\n" if int(str(self.flags.get("tenants", 1))) > 1 else b"\n"
+        while not line.endswith(end):
             left = deadline - time.monotonic()
             if left <= 0 or self._proc.poll() is not None:
                 err = (self.workdir / "sim.stderr").read_text(errors="replace")[-2000:]
@@ -119,7 +122,8 @@ class Simulator:
                 if not chunk:
                     continue
                 line += chunk
-        fields = dict(part.split("=", 1) for part in line.decode().split())
+        first, _, self.banner = line.decode().partition("\n")
+        fields = dict(part.split("=", 1) for part in first.split())
         return SimInfo(fields["base_url"], fields["client_id"], fields["client_secret"])
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

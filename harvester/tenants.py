@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from harvester.config import Secret, Settings, TenantSpec
+from harvester.config import Secret, Settings, TenantsConfig, TenantSpec
 from harvester.errors import ConfigError, StateError
 from harvester.run import EXIT_OK, EXIT_PARTIAL, EXIT_UNEXPECTED, EXIT_USAGE
 from harvester.state import STATE_DIR
@@ -114,7 +114,7 @@ def tenant_settings(settings: Settings, spec: TenantSpec, *, client_id: str, sec
         output=replace(settings.output, out=out),
         learners=replace(settings.learners,
                          enterprises=spec.enterprises or settings.learners.enterprises),
-        tenants=())
+        tenants=TenantsConfig())
 
 
 def select_tenants(settings: Settings, *, root: Path, only: Sequence[str] = (),

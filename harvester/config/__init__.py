@@ -47,7 +47,13 @@ from harvester.config.sections import (
     Settings,
     SyncConfig,
 )
-from harvester.config.tenants import JOB_INDEX_ENV, TenantSpec, parse_tenants, resolve_shard
+from harvester.config.tenants import (
+    JOB_INDEX_ENV,
+    TenantsConfig,
+    TenantSpec,
+    parse_tenants,
+    resolve_shard,
+)
 from harvester.config.values import (
     MAX_AGE_LIMIT,
     Rate,
@@ -88,6 +94,7 @@ __all__ = [
     "Settings",
     "SyncConfig",
     "TenantSpec",
+    "TenantsConfig",
     "build_settings",
     "env_layer",
     "load_settings",

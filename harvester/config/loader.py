@@ -25,7 +25,7 @@ from harvester.config.sections import (
     Settings,
     SyncConfig,
 )
-from harvester.config.tenants import parse_tenants, resolve_shard
+from harvester.config.tenants import TenantsConfig, parse_tenants, resolve_shard
 from harvester.config.values import (
     Secret,
     parse_bool,
@@ -83,6 +83,8 @@ SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
     "sync.keep": ("sync", "keep", parse_keep),
     "publish.url": ("publish", "url", parse_str),
     "publish.storage_options": ("publish", "storage_options", parse_options),
+    # [[tenants]] tables (the file's array of tables lands here; see read_config_file)
+    "tenants.entries": ("tenants", "entries", parse_tenants),
 }
 
 #: Environment variables and the settings they feed.
@@ -119,7 +121,7 @@ def read_config_file(path: Path) -> dict[str, object]:
             if not isinstance(body, list):
                 raise ConfigError(f"{path}: tenants must be [[tenants]] tables (one per "
                                   "tenant), not a [tenants] section")
-            flat["tenants"] = body
+            flat["tenants.entries"] = body
             continue
         if section not in sections:
             raise ConfigError(f"{path}: unknown section [{section}]; sections are "
@@ -140,6 +142,8 @@ def _parse_setting(name: str, parse: Callable[[object], Any], raw: object) -> An
     try:
         return parse(raw)
     except (ValueError, TypeError, ConfigError) as exc:  # ConfigError: e.g. Rate's checks
+        if name == "tenants.entries":  # its errors name the tenant; raw may hold secrets
+            raise ConfigError(str(exc)) from None
         shown = "***" if name.endswith(("client_secret", "storage_options")) else repr(raw)
         raise ConfigError(f"{name}: {exc} (got {shown})") from None
 
@@ -149,14 +153,12 @@ def build_settings(*layers: Mapping[str, object]) -> Settings:
     merged: dict[str, object] = {}
     for layer in layers:
         merged.update({k: v for k, v in layer.items() if v is not None})
-    tenants = parse_tenants(merged.pop("tenants", []))
-    sections: dict[str, dict[str, Any]] = {f.name: {} for f in fields(Settings)
-                                           if f.name in _SECTION_TYPES}
+    sections: dict[str, dict[str, Any]] = {f.name: {} for f in fields(Settings)}
     for name, raw in merged.items():
         section, attr, parse = _spec(name)
         sections[section][attr] = _parse_setting(name, parse, raw)
-    return Settings(**{name: _SECTION_TYPES[name](**values)
-                       for name, values in sections.items()}, tenants=tenants)
+    return Settings(**{f.name: _SECTION_TYPES[f.name](**sections[f.name])
+                       for f in fields(Settings)})
 
 
 def parse_section(section: str, *layers: Mapping[str, object]) -> dict[str, Any]:
@@ -183,7 +185,7 @@ def _spec(name: str) -> tuple[str, str, Callable[[object], Any]]:
 _SECTION_TYPES: Final[dict[str, Callable[..., Any]]] = {
     "api": ApiConfig, "limits": LimitsConfig, "retry": RetryConfig,
     "harvest": HarvestOptions, "output": OutputOptions, "learners": LearnersConfig,
-    "sync": SyncConfig, "publish": PublishConfig,
+    "sync": SyncConfig, "publish": PublishConfig, "tenants": TenantsConfig,
 }
 
 

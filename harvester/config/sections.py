@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
-from harvester.config.tenants import TenantSpec
+from harvester.config.tenants import TenantsConfig
 from harvester.config.values import MAX_AGE_LIMIT, Rate, Secret
 from harvester.errors import ConfigError
 
@@ -317,7 +317,7 @@ class Settings:
     sync: SyncConfig = field(default_factory=SyncConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     #: ``[[tenants]]``: empty means one implicit tenant (``EDX_CLIENT_ID``/``_SECRET``).
-    tenants: tuple[TenantSpec, ...] = ()
+    tenants: TenantsConfig = field(default_factory=TenantsConfig)
 
     @classmethod
     def load(cls, config_file: Path | str | None = None, *,

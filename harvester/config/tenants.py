@@ -10,7 +10,7 @@ read the environment (except :func:`resolve_shard`'s one variable) or any file.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -40,6 +40,23 @@ class TenantSpec:
     catalogs: tuple[str, ...] = ()
     rate_lms: Rate | None = None
     enterprises: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantsConfig:
+    """Every ``[[tenants]]`` table (``tenants.entries`` in the schema); empty means one
+    implicit tenant. Iterates, and is true, like the tuple of its entries."""
+
+    entries: tuple[TenantSpec, ...] = ()
+
+    def __iter__(self) -> Iterator[TenantSpec]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
 
 
 def _source(where: str, table: Mapping[str, object], half: str
