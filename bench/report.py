@@ -21,6 +21,7 @@ import psutil  # type: ignore[import-untyped]
 from bench.procs import ROOT
 from bench.publish import PUBLISH
 from bench.scenarios import MB, SIZES, UNLIMITED, Context, Row
+from bench.tenants import TENANTS
 
 DOC: Final = ROOT / "docs" / "benchmarks.md"
 CHART: Final = ROOT / "docs" / "throughput.png"
@@ -387,6 +388,7 @@ def render(ctx: Context, info: dict[str, str], bench_wall: float, argv: list[str
             "",
         ]
     parts += _publish_section(f)
+    parts += _tenants_section(f)
     parts += [
         "## Reproduce",
         "",
@@ -430,6 +432,37 @@ def _publish_section(f: dict[str, Any]) -> list[str]:
          f"Each to a fresh prefix, alternating, best of {c['rounds']}: baseline "
          f"{_walls(p['base'])} s, publish {_walls(p['pub'])} s. An unchanged re-publish "
          f"(hash everything, upload nothing) took {p['again']:.2f} s."), "",
+    ]
+
+
+def _tenants_section(f: dict[str, Any]) -> list[str]:
+    """Scenario 5: how the tenant fan-out is measured, and the knee."""
+    if "tenants" not in f:
+        return []
+    c, main = TENANTS, f["tenants"]["main"]
+    run = main["run"]
+    knee = "; ".join(f"{s['tenants']} tenants: worst {s['worst']:.2f}x, {s['n429']} 429s, "
+                     f"harvester {s['run'].cpu / s['run'].wall:.2f} cores, simulator "
+                     f"{s['sim_cpu'] / s['run'].wall:.2f} cores, RSS "
+                     f"{s['run'].max_rss / MB:.0f} MB" for s in f["tenants"]["knee"])
+    return [
+        "### 5. Tenant fan-out (issue #13)", "",
+        (f"`harvester sim --tenants {c['tenants']} --catalogs 1 --items {c['items']} "
+         f"--rate-lms {c['rate']}/s` (each credential its own budget, {c['latency_ms']} ms "
+         f"latency) in one process; `harvester harvest` with the `[[tenants]]` config the "
+         f"simulator prints, `--rate-lms {c['rate']}/s --concurrency {c['concurrency']}`, "
+         "in another. A tenant's floor is its own LMS answers (catalog list + details, "
+         "from the simulator's per-credential counters) divided by its rate; its wall "
+         "is its own manifest's `wall_seconds` (client open to manifest). "
+         f"This run: {main['requests']:,} requests in {run.wall:.1f} s, worst tenant "
+         f"{main['worst']:.3f}x its floor, {main['n429']} 429s, harvester "
+         f"{run.cpu:.1f} CPU s ({1000 * run.cpu / main['requests']:.2f} per 1,000 "
+         f"requests), peak RSS {run.max_rss / MB:.0f} MB; the simulator used "
+         f"{main['sim_cpu']:.1f} CPU s of the same two cores."), "",
+        (f"The knee, with {c['knee_items']} items per tenant, going up until the worst "
+         f"tenant passes {c['wall_target']}x or a 429 appears: {knee}. Both processes "
+         "share this machine's cores, so the knee is where the pair stops keeping up: "
+         "the simulator's share is shown beside the harvester's."), "",
     ]
 
 

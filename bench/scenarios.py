@@ -1,4 +1,5 @@
-"""The four benchmark scenarios of issue #7. Each appends measured :class:`Row` s.
+"""The benchmark scenarios of issue #7 (and #13's tenant fan-out, in bench/tenants.py).
+Each appends measured :class:`Row` s.
 
 Every number reported is measured in the current run; targets are ratios so they hold on
 a noisy machine. Sizes are chosen so that the whole suite fits in about five minutes on
@@ -27,6 +28,7 @@ from bench.procs import (
     scratch,
 )
 from bench.publish import publish_cost
+from bench.tenants import tenant_fanout
 
 #: Dataset sizes and knobs per scenario (all in one place, all echoed in the report).
 SIZES: Final[dict[str, Any]] = {
@@ -362,7 +364,7 @@ def _eta(small: dict[str, Any], n: int) -> str:
 
 from bench.plan_eta import plan_eta  # noqa: E402  (it imports Context from here)
 
-ALL: Final = (throttled, unthrottled, memory_and_cpu, plan_eta, publish_cost)
+ALL: Final = (throttled, unthrottled, memory_and_cpu, plan_eta, publish_cost, tenant_fanout)
 
 
 def run_all(ctx: Context, only: set[str] | None = None) -> None:

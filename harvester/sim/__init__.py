@@ -85,6 +85,11 @@ dup_keys                   0               per catalog, items listed again at th
 head_inserts               0               per catalog, items hidden at first, then inserted
                                            at the head one by one while pages are walked
 head_insert_every          15              content-page requests between head inserts
+tenants                    1               credentials, each with its own enterprise,
+                                           catalogs (neighbours share one), learners, budget
+tenant_rate_lms            ()              "T:RATE": tenant T's own LMS budget
+forbid_tenants             ()              tenant indexes whose catalogs 403 (live)
+fault_tenants              ()              faults hit only these tenants' requests (live)
 slow_drip_ms               0               bodies sent one byte every N ms (0 = off)
 slow_drip_rate             1.0             fraction of answers dripped when slow_drip_ms > 0
 bomb_rate                  0.0             fraction of 2xx answers sent as a gzip bomb

@@ -397,8 +397,12 @@ async def _token(st: SimState, request: web.Request) -> web.StreamResponse:
         return _json(401, {"error": "invalid_client"})
     st.stats.tokens_issued += 1
     jwt_wanted = str(form.get("token_type", "")).lower() == "jwt"
-    token = (st.tokens.issue_jwt(tenant.client_id, tenant.enterprise_uuid) if jwt_wanted
-             else st.tokens.issue_opaque())
+    if not jwt_wanted:
+        token = st.tokens.issue_opaque()
+    elif tenant.index == 0:
+        token = st.tokens.issue_jwt()
+    else:  # --tenants: the same key signs every credential's JWT, with its own subject
+        token = st.tokens.issue_jwt(tenant.client_id, tenant.enterprise_uuid)
     body: dict[str, object] = {
         "access_token": token,
         "token_type": "JWT" if jwt_wanted else "Bearer",
