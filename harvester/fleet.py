@@ -30,7 +30,8 @@ def harvest_run(settings: Settings, *, restart: bool = False, only: Sequence[str
     root = settings.output.out
     check_tenant_root(root)
     tenants = select_tenants(settings, root=root, only=only, environ=environ)
-    return TenantRun(tenants, lambda t: Harvest(t.settings, restart=restart),
+    return TenantRun(tenants, lambda t: Harvest(t.settings, restart=restart,
+                                                 shared_loop=True),
                      kind="harvest", root=root, shard=settings.harvest.shard)
 
 
@@ -43,7 +44,7 @@ def sync_run(settings: Settings, *, store: Path, max_age: float, keep: int,
 
     def night(t: Tenant) -> SyncNight:
         return SyncNight(t.settings, store=store / tenant_dirname(t.name), max_age=max_age,
-                         keep=keep, as_of=as_of, budget=budget)
+                         keep=keep, as_of=as_of, budget=budget, shared_loop=True)
 
     return TenantRun(tenants, night, kind="sync", root=store, shard=settings.harvest.shard)
 

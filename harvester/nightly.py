@@ -46,9 +46,11 @@ class SyncNight:
 
     def __init__(self, settings: Settings, *, store: Path, max_age: float, keep: int,
                  as_of: float | None = None, budget: TimeBudget | None = None,
-                 clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+                 clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
+                 shared_loop: bool = False) -> None:
         self.settings, self.budget = settings, budget
         self._clock, self._sleep = clock, sleep
+        self.shared_loop = shared_loop  # one of many tenants (see Harvest)
         self.store = Store(store)
         self.options = SyncOptions(None, max_age, as_of)
         self.keep = keep
@@ -77,7 +79,8 @@ class SyncNight:
             self.previous = self.store.previous_of(snap)
             settings = replace(self.settings, output=replace(self.settings.output, out=snap))
             self.harvest = Harvest(settings, sync=replace(self.options, previous=self.previous),
-                                   budget=self.budget, clock=self._clock, sleep=self._sleep)
+                                   budget=self.budget, clock=self._clock, sleep=self._sleep,
+                                   shared_loop=self.shared_loop)
             yield self.harvest
         finally:
             lock.release()

@@ -157,7 +157,11 @@ class Ledger:
             raise StateError(f"resume ledger file {link} is a symbolic link or not a regular "
                              "file; refusing to use it (remove it, or choose another --out)")
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            # check_same_thread off: with many tenants in one process the writer records
+            # its checkpoints from a worker thread (see Writer ``offload``); SQLite
+            # serialises calls on one connection, and only that writer ever writes.
+            self._db = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)

@@ -7,12 +7,17 @@ thousand messages, checkpoints: flush and fsync every open file, *then* record i
 ledger the files' sizes and every page and item those bytes hold. So the ledger never
 runs ahead of the data, and a crash loses at most the last 100 ms of work, which the
 rerun fetches again.
+
+With ``offload`` (many tenants sharing one event loop) the periodic checkpoints run in a
+worker thread: their fsyncs would otherwise stall every other tenant's requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,6 +184,7 @@ class Writer:
         every_messages: int = 2000,
         every_seconds: float = 0.1,
         idle_after: float = 0.05,
+        offload: bool = False,
     ) -> None:
         self.out = out
         self.ledger = ledger
@@ -194,6 +200,9 @@ class Writer:
         self._last = clock()
         self._tracked = ledger.files()
         self.checkpoints = 0
+        self._offload = offload
+        # One checkpoint at a time: a thread's may still run when close() makes its own.
+        self._checkpointing = threading.Lock()
         #: lines kept from a killed session's unrecorded tail, by file (for counters)
         self.recovered: list[tuple[FileKey, bytes]] = []
 
@@ -310,16 +319,19 @@ class Writer:
                     async with asyncio.timeout(timeout if self._pending else None):
                         msg = await queue.get()
                 except TimeoutError:
-                    self.checkpoint()
+                    await self._periodic_checkpoint()
                     continue
                 if msg is None:
                     break
-                self.apply(msg)
+                if self._offload and isinstance(msg, CommitCatalog | CommitErrors | Barrier):
+                    await self._apply_off_loop(msg)
+                else:
+                    self.apply(msg)
                 if queue.empty():
                     self._flush_dirty()
                 if self._since >= self._every_messages or \
                         self._clock() - self._last >= self._every_seconds:
-                    self.checkpoint()
+                    await self._periodic_checkpoint()
         finally:
             # Normal end, failure or cancellation alike: make what was written durable
             # and recorded, then let go of the handles. Nothing is renamed here.
@@ -367,8 +379,44 @@ class Writer:
             for rel in self._pending.files:
                 by_rel[rel].flush()
 
+    async def _apply_off_loop(self, msg: CommitCatalog | CommitErrors | Barrier) -> None:
+        """A commit or barrier (checkpoint, renames, fsyncs) in a worker thread; its
+        future is settled back here, on the loop that owns it."""
+        work: Callable[[], Any]
+        if isinstance(msg, CommitCatalog):
+            work = functools.partial(self.commit_catalog, msg.catalog)
+        elif isinstance(msg, CommitErrors):
+            work = self.commit_errors
+        else:
+            work = self.checkpoint
+        self._since += 1
+        done: asyncio.Future[Any] = msg.done
+        job = asyncio.get_running_loop().run_in_executor(None, work)
+        try:
+            result = await asyncio.shield(job)
+        except SinkError as exc:
+            if not done.done():
+                done.set_exception(exc)
+            return
+        if not done.done():
+            done.set_result(result)
+
+    async def _periodic_checkpoint(self) -> None:
+        """A checkpoint on this loop, or with ``offload`` in a worker thread while this
+        task waits (nothing else touches this writer's files meanwhile)."""
+        if not self._offload:
+            self.checkpoint()
+            return
+        done = asyncio.get_running_loop().run_in_executor(None, self.checkpoint)
+        # Cancelled meanwhile: the thread finishes its checkpoint; close() waits for it.
+        await asyncio.shield(done)
+
     def checkpoint(self) -> None:
         """fsync every file with pending writes, then record the batch in the ledger."""
+        with self._checkpointing:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
         cp, self._pending = self._pending, Checkpoint.empty()
         self._since = 0
         self._last = self._clock()

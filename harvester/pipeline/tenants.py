@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from harvester.errors import AuthError, ConfigError, HarvestError, StateError, UnsafePath
 from harvester.obs import REDACTOR, TENANT, event
@@ -87,6 +87,12 @@ class TenantsResult:
         return str(self.manifest.get("status", "failed"))
 
 
+#: Tenants start spread over this many seconds: started together, every credential's
+#: budget window would open at the same instant, and the bursts (every tenant's whole
+#: budget at once) would queue behind each other on both ends of the connection.
+STAGGER: Final = 1.0
+
+
 def _classify(exc: HarvestError) -> int:
     """A tenant's exit code for what its run raised."""
     if isinstance(exc, AuthError):
@@ -110,9 +116,11 @@ class TenantRun:
     async def run(self) -> TenantsResult:
         """Every tenant to its end (a failed tenant is an outcome, not an exception)."""
         started = now_iso()
+        spread = len(self.units)
         async with asyncio.TaskGroup() as tg:
-            for name, unit in self.units.items():
-                tg.create_task(self._one(name, unit), name=f"tenant-{name}")
+            for i, (name, unit) in enumerate(self.units.items()):
+                tg.create_task(self._one(name, unit, STAGGER * i / spread),
+                               name=f"tenant-{name}")
         rows = [o.as_dict() for o in self.outcomes.values()]
         manifest = summary(self.kind, rows, shard=self.shard, started_at=started,
                            ended_at=now_iso())
@@ -122,8 +130,10 @@ class TenantRun:
                              worst_exit([o.exit_code or 0 for o in self.outcomes.values()]),
                              manifest)
 
-    async def _one(self, name: str, unit: TenantWork) -> None:
+    async def _one(self, name: str, unit: TenantWork, delay: float) -> None:
         TENANT.set(name)  # this task's context: every event below names the tenant
+        if delay > 0:
+            await asyncio.sleep(delay)
         outcome = self.outcomes[name]
         outcome.status = "running"
         try:
