@@ -94,6 +94,7 @@ def test_every_tenant_harvests_its_own_catalogs_into_its_own_directory(
     before = api_requests(sim)
     assert harvest(config(tmp_path, sim, monkeypatch), out, sim) == 0
     assert api_requests(sim) == before  # complete tenants make no requests
+    assert cli.main(["verify", str(out)]) == 0  # the summary and every tenant check out
 
 
 def test_a_refused_secret_fails_that_tenant_only_and_a_rerun_retries_it(
@@ -304,6 +305,8 @@ def test_sync_and_learners_run_per_tenant(
         assert len(files) == 1 and t.enterprise_uuid in str(files[0])
         first = orjson.loads(files[0].read_bytes().splitlines()[0])
         assert first["enterprise_customer_uuid"] == t.enterprise_uuid
+    assert cli.main(["verify", str(store)]) == 0
+    assert cli.main(["verify", str(out)]) == 0
 
 
 def test_python_api_and_logs_name_the_tenant(
