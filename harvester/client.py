@@ -461,32 +461,36 @@ class ApiClient:
         gate = self.gates[endpoint]
         story.gated = True
         ticket = await gate.acquire(cutoff.admit_by if cutoff is not None else None)
+        ticket.held = True  # until answered: see Ticket.held
         story.gated = False
-        async with self._inflight:
-            token = await self.tokens.token()
-            ticket.stamp()
-            sent = self._clock()
-            refused: RateLimited | None = None
-            try:
+        try:
+            async with self._inflight:
+                token = await self.tokens.token()
+                ticket.stamp()
+                sent = self._clock()
+                refused: RateLimited | None = None
                 try:
-                    return await self._send(endpoint, url, token, etag)
-                except Unauthorized:
-                    # The token may have expired in flight or been revoked: refresh once and
-                    # replay once. A 401 is not counted by the server's throttle (DRF
-                    # authenticates first), so the replay reuses this slot.
-                    token = await self.tokens.rejected(token)
-                    ticket.stamp()
-                    return await self._send(endpoint, url, token, etag)
-            except RateLimited as exc:
-                refused = exc
-                raise
-            finally:
-                ticket.stamp()  # the server counted it before answering: never earlier
-                if refused is not None:
-                    gate.refused(ticket, refused.retry_after)  # learn the server's budget
-                else:
-                    ticket.counted = True
-                self.stats.observe(str(endpoint), self._clock() - sent)
+                    try:
+                        return await self._send(endpoint, url, token, etag)
+                    except Unauthorized:
+                        # The token may have expired in flight or been revoked: refresh
+                        # once and replay once. A 401 is not counted by the server's
+                        # throttle (DRF authenticates first), so the replay reuses this slot.
+                        token = await self.tokens.rejected(token)
+                        ticket.stamp()
+                        return await self._send(endpoint, url, token, etag)
+                except RateLimited as exc:
+                    refused = exc
+                    raise
+                finally:
+                    ticket.stamp()  # the server counted it before answering: never earlier
+                    if refused is not None:
+                        gate.refused(ticket, refused.retry_after)  # learn the server's budget
+                    else:
+                        ticket.counted = True
+                    self.stats.observe(str(endpoint), self._clock() - sent)
+        finally:
+            ticket.held = False  # answered, failed or cancelled: the stamp decides now
 
     async def _exchange(self, endpoint: str, method: str, url: URL, cap: int, **kw: Any
                         ) -> tuple[int, CIMultiDictProxy[str], bytes]:

@@ -241,6 +241,8 @@ async def call_with_retries(
 
 #: Quiet windows after which a gate that learned a lower budget from 429s probes upward.
 RECOVER_WINDOWS: Final = 10
+#: How often a gate whose log is full of requests still in flight looks again.
+HELD_POLL: Final = 0.05
 #: DRF advertises waits in whole seconds.
 WAIT_RESOLUTION: Final = 1.0
 
@@ -253,12 +255,15 @@ class Ticket:
     moment in between, so our record is never earlier than the server's, and the slot is
     only reused once the server has surely forgotten it, whatever the latency."""
 
-    __slots__ = ("_clock", "at", "counted")
+    __slots__ = ("_clock", "at", "counted", "held")
 
     def __init__(self, at: float, clock: Clock) -> None:
         self.at = at
         self._clock = clock
         self.counted = False  #: answered by the server with anything but a 429
+        #: granted and not yet answered: the slot stays taken however long that lasts (a
+        #: token fetch or a busy loop between grant and send can outlast the window)
+        self.held = False
 
     def stamp(self) -> None:
         """Record now as this request's send time (never earlier than the grant)."""
@@ -437,14 +442,16 @@ class RateGate:
                 # use, such as a disabled one, never pays for the scan).
                 if len(self._log) >= self._capacity:
                     horizon = now - self._window
-                    self._log = [t for t in self._log if t.at > horizon]
+                    self._log = [t for t in self._log if t.at > horizon or t.held]
                 if len(self._log) < self._capacity:
                     ticket = Ticket(now, self._clock)
                     self._log.append(ticket)
                     return ticket
                 oldest = min(t.at for t in self._log)
                 _in_time(oldest + self._window, admit_by)
-                await self._sleep(max(0.001, oldest + self._window - now))
+                wait = oldest + self._window - now
+                # wait <= 0: the log is full of held tickets; one settles when answered.
+                await self._sleep(max(0.001, wait) if wait > 0 else HELD_POLL)
 
 
 def _in_time(admission: float, admit_by: float | None) -> None:

@@ -23,6 +23,7 @@ from harvester.errors import (
     UnexpectedXML,
 )
 from harvester.policy import (
+    HELD_POLL,
     RateGate,
     RetryPolicy,
     advertised_wait,
@@ -272,3 +273,26 @@ def test_policy_is_built_from_the_config_without_repeating_it() -> None:
     assert RetryPolicy.from_config(cfg).max_tries == 3
     with pytest.raises(ConfigError, match="max_tries"):
         RetryPolicy(max_tries=0)
+
+
+async def test_a_granted_request_not_yet_answered_keeps_its_slot(fake_time: FakeTime) -> None:
+    """A request granted, then held up longer than the window before it is even sent (a
+    slow token fetch, a loop busy with a hundred tenants), still holds its slot: the
+    server counts it when it arrives. Before, the gate forgot it after one window and let
+    a second request into the server's window with it (a 429)."""
+    polls: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        fake_time.now += seconds
+        if len(polls) == 3:  # the held request is finally answered
+            first.stamp()
+            first.held = False
+
+    gate = RateGate("lms", Rate(1, 1), clock=fake_time, sleep=sleep, smooth=False, margin=0.0)
+    first = await gate.acquire()
+    first.held = True
+    fake_time.now += 5  # granted 5 windows ago, still not answered
+    nxt = await gate.acquire()
+    assert polls[:3] == [HELD_POLL] * 3
+    assert nxt.at >= first.at + 1.0  # one full window after the server counted the first
