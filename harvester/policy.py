@@ -450,8 +450,9 @@ class RateGate:
                 oldest = min(t.at for t in self._log)
                 _in_time(oldest + self._window, admit_by)
                 wait = oldest + self._window - now
-                # wait <= 0: the log is full of held tickets; one settles when answered.
-                await self._sleep(max(0.001, wait) if wait > 0 else HELD_POLL)
+                if wait <= 0 and any(t.held for t in self._log):
+                    wait = HELD_POLL  # full of requests still in flight: one settles soon
+                await self._sleep(max(0.001, wait))
 
 
 def _in_time(admission: float, admit_by: float | None) -> None:
