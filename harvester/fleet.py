@@ -24,9 +24,17 @@ from harvester.tenants import Tenant, check_tenant_root, select_tenants, tenant_
 __all__ = ["harvest_run", "learners_run", "sync_run"]
 
 
+def _no_publish(settings: Settings) -> None:
+    """Publishing a run of many tenants is not built yet: refuse it, never skip it."""
+    if settings.publish.url:
+        raise ConfigError("--publish: not supported with [[tenants]] yet; publish each "
+                          "tenant=<name>/ directory with its own command, or drop --publish")
+
+
 def harvest_run(settings: Settings, *, restart: bool = False, only: Sequence[str] = (),
                 environ: Mapping[str, str] | None = None) -> TenantRun:
     """Every selected tenant's harvest into ``OUT/tenant=<name>/``."""
+    _no_publish(settings)
     root = settings.output.out
     check_tenant_root(root)
     tenants = select_tenants(settings, root=root, only=only, environ=environ)
@@ -40,6 +48,7 @@ def sync_run(settings: Settings, *, store: Path, max_age: float, keep: int,
              environ: Mapping[str, str] | None = None,
              budget: TimeBudget | None = None) -> TenantRun:
     """Every selected tenant's next snapshot, in its own store ``STORE/tenant=<name>/``."""
+    _no_publish(settings)
     tenants = select_tenants(settings, root=store, only=only, environ=environ)
 
     def night(t: Tenant) -> SyncNight:
@@ -53,6 +62,7 @@ def learners_run(settings: Settings, *, only: Sequence[str] = (),
                  environ: Mapping[str, str] | None = None) -> TenantRun:
     """Every selected tenant's learner export into ``OUT/tenant=<name>/learners/``;
     each tenant's ``enterprises`` (else ``[learners] enterprises``) are its own."""
+    _no_publish(settings)
     env = os.environ if environ is None else environ
     root = settings.output.out
     check_out(root)
