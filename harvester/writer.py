@@ -201,8 +201,9 @@ class Writer:
         self._tracked = ledger.files()
         self.checkpoints = 0
         self._offload = offload
-        # One checkpoint at a time: a thread's may still run when close() makes its own.
-        self._checkpointing = threading.Lock()
+        # One piece of file work at a time: a thread's checkpoint or commit may still run
+        # when a cancelled run's close() makes its own (reentrant: a commit checkpoints).
+        self._checkpointing = threading.RLock()
         #: lines kept from a killed session's unrecorded tail, by file (for counters)
         self.recovered: list[tuple[FileKey, bytes]] = []
 
@@ -391,7 +392,7 @@ class Writer:
             work = self.checkpoint
         self._since += 1
         done: asyncio.Future[Any] = msg.done
-        job = asyncio.get_running_loop().run_in_executor(None, work)
+        job = asyncio.get_running_loop().run_in_executor(None, self._locked, work)
         try:
             result = await asyncio.shield(job)
         except SinkError as exc:
@@ -400,6 +401,10 @@ class Writer:
             return
         if not done.done():
             done.set_result(result)
+
+    def _locked(self, work: Callable[[], T]) -> T:
+        with self._checkpointing:
+            return work()
 
     async def _periodic_checkpoint(self) -> None:
         """A checkpoint on this loop, or with ``offload`` in a worker thread while this
@@ -474,10 +479,12 @@ class Writer:
         return info
 
     def close(self) -> None:
-        """Final checkpoint (best effort on a broken disk), then close every handle."""
-        try:
-            self.checkpoint()
-        finally:
-            for f in self._files.values():
-                f.abandon()
-            self._files.clear()
+        """Final checkpoint (best effort on a broken disk), then close every handle
+        (after any commit a worker thread is still making)."""
+        with self._checkpointing:
+            try:
+                self.checkpoint()
+            finally:
+                for f in self._files.values():
+                    f.abandon()
+                self._files.clear()
