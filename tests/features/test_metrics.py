@@ -400,3 +400,23 @@ def test_verify_writes_clean_as_complete_and_problems_as_failed(
     assert one(got, "edx_harvester_run_errors") == len(problems) >= 2
     assert one(got, "edx_harvester_last_success_timestamp_seconds") == \
         one(clean, "edx_harvester_run_end_timestamp_seconds")
+
+
+def test_a_deadline_night_reports_its_deferred_items(
+        monkeypatch: pytest.MonkeyPatch, loop: LoopThread, tmp_path: Path) -> None:
+    """A 3 s budget for ~70 detail requests at 10/s: the rest is deferred, not failed."""
+    srv = sim_on(loop, catalogs=2, items=90, seed=11, mutation_rate=0.25)
+    store, prom = tmp_path / "store", tmp_path / "sync.prom"
+    try:
+        assert run(monkeypatch, srv, "sync", "--store", str(store), "--as-of",
+                   "2026-11-20") == 0
+        srv.state.epoch = 1
+        assert run(monkeypatch, srv, "sync", "--store", str(store), "--as-of", "2026-11-21",
+                   "--time-budget", "3s", "--metrics-file", str(prom), rate="10/s") == 0
+    finally:
+        loop.run(srv.close())
+    got, m = samples(prom), manifest((store / "latest").resolve())
+    assert_matches_manifest(got, m, "sync")
+    assert one(got, "edx_harvester_deferred_items", tenant="default") == \
+        m["deferred"]["items"] > 0
+    assert one(got, "edx_harvester_run_errors") == 0
