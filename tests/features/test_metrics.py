@@ -420,3 +420,39 @@ def test_a_deadline_night_reports_its_deferred_items(
     assert one(got, "edx_harvester_deferred_items", tenant="default") == \
         m["deferred"]["items"] > 0
     assert one(got, "edx_harvester_run_errors") == 0
+
+
+def test_many_tenants_each_get_their_own_labels_matching_their_manifests(
+        monkeypatch: pytest.MonkeyPatch, loop: LoopThread, tmp_path: Path) -> None:
+    srv = sim_on(loop, tenants=3, catalogs=2, items=30)
+    toml, env = srv.tenant_config()
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cfg = tmp_path / "tenants.toml"
+    cfg.write_text("[retry]\nbackoff_base = 0\nbackoff_cap = 0\n" + toml)
+    out, prom = tmp_path / "out", tmp_path / "edx.prom"
+    try:
+        assert cli.main(["harvest", "--config", str(cfg), "--out", str(out), "--api-base",
+                         srv.base_url, "--rate-lms", "2000/s", "--progress", "off",
+                         "--quiet", "--metrics-file", str(prom)]) == 0
+        by_client = srv.state.stats.snapshot()["by_client"]
+    finally:
+        loop.run(srv.close())
+    got = samples(prom)
+    assert status_of(got, "harvest") == "complete"
+    names = {f"sim-{t.index}": t.client_id for t in srv.tenants}
+    assert {dict(lab)["tenant"] for lab in pick(got, "edx_harvester_requests_total")} == \
+        set(names)
+    for name, client_id in names.items():
+        m = manifest(out / f"tenant={name}")
+        items = {(dict(lab)["catalog"], dict(lab)["type"]): v for lab, v in pick(
+            got, "edx_harvester_items", tenant=name).items()}
+        assert sum(items.values()) == m["totals"]["items"] > 0
+        assert {u for u, _ in items} == set(m["catalogs"])
+        requests = {(dict(lab)["class"], dict(lab)["status"]): v for lab, v in pick(
+            got, "edx_harvester_requests_total", tenant=name).items()}
+        assert requests == {(k, code): n for k, codes in m["totals"]["requests"].items()
+                            for code, n in codes.items()}
+        # What the server counted for this credential (authenticated API calls).
+        assert {f"{k}:{code}": n for (k, code), n in requests.items() if k != "token"} == \
+            by_client[client_id]
