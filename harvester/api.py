@@ -28,11 +28,23 @@ if TYPE_CHECKING:
 __all__ = ["export_learners", "harvest", "sync", "sync_tenants"]
 
 
-def _tenants_result(run: TenantRun) -> RunResult:
+def _tenants_result(run: TenantRun, settings: Settings) -> RunResult:
     """A run of many tenants as one RunResult: the worst exit code, and the run summary
-    (every tenant's status, ``ROOT/manifest.json``) as its manifest."""
+    (every tenant's status, ``ROOT/manifest.json``) as its manifest. With
+    ``publish.url``, what finished is then published (see :func:`harvest`)."""
+    from harvester.errors import PublishError
+    from harvester.fleet import publish_run
+    from harvester.publish import check_target
+
+    target = check_target(settings.publish, run.root)
     done = asyncio.run(run.run())
-    return RunResult(done.status, done.exit_code, run.root, done.manifest)
+    result = RunResult(done.status, done.exit_code, run.root, done.manifest)
+    try:
+        publish_run(target, run, done)
+    except PublishError as exc:
+        exc.result = result
+        raise
+    return result
 
 
 def harvest(settings: Settings, *, restart: bool = False, tenants: Sequence[str] = (),
@@ -51,7 +63,7 @@ def harvest(settings: Settings, *, restart: bool = False, tenants: Sequence[str]
         from harvester.fleet import harvest_run
 
         return _tenants_result(harvest_run(settings, restart=restart, only=tenants,
-                                           environ=environ))
+                                           environ=environ), settings)
     from harvester.pipeline import Harvest
     from harvester.publish import check_target, publish_result
 
@@ -105,7 +117,7 @@ def sync_tenants(settings: Settings, *, store: Path | str | None = None,
     return _tenants_result(sync_run(
         settings, store=Path(where), max_age=settings.sync.max_age if max_age is None
         else max_age, keep=settings.sync.keep if keep is None else keep, as_of=as_of,
-        only=tenants, environ=environ))
+        only=tenants, environ=environ), settings)
 
 
 def export_learners(settings: Settings, *,
@@ -122,7 +134,7 @@ def export_learners(settings: Settings, *,
     if settings.tenants:
         from harvester.fleet import learners_run
 
-        return _tenants_result(learners_run(settings, only=tenants, environ=environ))
+        return _tenants_result(learners_run(settings, only=tenants, environ=environ), settings)
     options = LearnerOptions.from_settings(settings)
     pii = PiiPolicy.from_env(options.pii, os.environ if environ is None else environ)
     target = check_target(settings.publish, settings.output.out)

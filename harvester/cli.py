@@ -404,8 +404,12 @@ def _tenants_view(run: TenantRun) -> Callable[[], Tenants]:
 
 
 def _run_tenants(run: TenantRun, settings: Settings, interrupted: str,
-                 metrics: MetricsFile | None) -> int:
-    """Run every tenant's unit under the signal handling, print the per-tenant summary."""
+                 metrics: MetricsFile | None, source: Path) -> int:
+    """Run every tenant's unit under the signal handling, print the per-tenant summary,
+    publish what finished (``--publish``, checked against ``source`` before any request)."""
+    from harvester.fleet import publish_run
+
+    target = check_target(settings.publish, source)
     if metrics is not None:
         metrics.live = _tenants_view(run)
     result = run_job(run.run, display=tenants_progress(run, show_progress(settings)),
@@ -416,6 +420,7 @@ def _run_tenants(run: TenantRun, settings: Settings, interrupted: str,
     if not settings.output.quiet or result.exit_code:
         print("\n".join(tenants_summary(result.manifest)),
               file=sys.stderr if settings.output.quiet else sys.stdout)
+    _say_published(settings, _publish(lambda: publish_run(target, run, result), metrics))
     return result.exit_code
 
 
@@ -437,7 +442,7 @@ def cmd_harvest(ns: argparse.Namespace) -> int:
             setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
             return _run_tenants(run, settings, "each tenant's partial files stay as .part. "
                                 f"Rerun the same command to resume {settings.output.out}.",
-                                metrics)
+                                metrics, settings.output.out)
         setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
         harvest = Harvest(settings, restart=ns.restart)
         target = check_target(settings.publish, settings.output.out)  # before any request
@@ -500,7 +505,7 @@ def cmd_learners(ns: argparse.Namespace) -> int:
             run = learners_run(settings, only=only)
             setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
             return _run_tenants(run, settings, "each tenant's previous export is unchanged "
-                                "(rerun the command).", metrics)
+                                "(rerun the command).", metrics, settings.output.out)
         options = LearnerOptions.from_settings(settings)
         export = LearnerExport(settings, options, PiiPolicy.from_env(options.pii, os.environ))
         check_out(settings.output.out)  # a bad --out is one line, before the PII notice
@@ -597,7 +602,7 @@ def cmd_sync(ns: argparse.Namespace) -> int:
                            as_of=_as_of(ns.as_of), only=only, budget=budget)
             setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
             return _run_tenants(run, settings, "rerun the same command to resume each "
-                                "tenant's snapshot.", metrics)
+                                "tenant's snapshot.", metrics, store_dir)
         night = SyncNight(settings, store=store_dir, max_age=max_age, keep=keep,
                           as_of=_as_of(ns.as_of), budget=budget)
         settings.api.require_credentials()  # before the store gets a lock or a snapshot

@@ -18,23 +18,16 @@ from harvester.deadline import TimeBudget
 from harvester.errors import ConfigError
 from harvester.learners import LearnerExport, LearnerOptions, PiiPolicy, check_out
 from harvester.nightly import SyncNight
-from harvester.pipeline import Harvest, TenantRun
+from harvester.pipeline import Harvest, TenantRun, TenantsResult
+from harvester.publish import PublishReport, Target, publish_tenants
 from harvester.tenants import Tenant, check_tenant_root, select_tenants, tenant_dirname
 
-__all__ = ["harvest_run", "learners_run", "sync_run"]
-
-
-def _no_publish(settings: Settings) -> None:
-    """Publishing a run of many tenants is not built yet: refuse it, never skip it."""
-    if settings.publish.url:
-        raise ConfigError("--publish: not supported with [[tenants]] yet; publish each "
-                          "tenant=<name>/ directory with its own command, or drop --publish")
+__all__ = ["harvest_run", "learners_run", "publish_run", "sync_run"]
 
 
 def harvest_run(settings: Settings, *, restart: bool = False, only: Sequence[str] = (),
                 environ: Mapping[str, str] | None = None) -> TenantRun:
     """Every selected tenant's harvest into ``OUT/tenant=<name>/``."""
-    _no_publish(settings)
     root = settings.output.out
     check_tenant_root(root)
     tenants = select_tenants(settings, root=root, only=only, environ=environ)
@@ -48,7 +41,6 @@ def sync_run(settings: Settings, *, store: Path, max_age: float, keep: int,
              environ: Mapping[str, str] | None = None,
              budget: TimeBudget | None = None) -> TenantRun:
     """Every selected tenant's next snapshot, in its own store ``STORE/tenant=<name>/``."""
-    _no_publish(settings)
     tenants = select_tenants(settings, root=store, only=only, environ=environ)
 
     def night(t: Tenant) -> SyncNight:
@@ -62,7 +54,6 @@ def learners_run(settings: Settings, *, only: Sequence[str] = (),
                  environ: Mapping[str, str] | None = None) -> TenantRun:
     """Every selected tenant's learner export into ``OUT/tenant=<name>/learners/``;
     each tenant's ``enterprises`` (else ``[learners] enterprises``) are its own."""
-    _no_publish(settings)
     env = os.environ if environ is None else environ
     root = settings.output.out
     check_out(root)
@@ -79,3 +70,13 @@ def learners_run(settings: Settings, *, only: Sequence[str] = (),
     return TenantRun(tenants, lambda t: exports[t.name], kind="learners", root=root,
                      shard=settings.harvest.shard, summary_name="learners-manifest.json")
 
+
+def publish_run(target: Target | None, run: TenantRun, result: TenantsResult
+                ) -> PublishReport | None:
+    """After a run of many tenants: each tenant that ended ``complete`` or ``partial``
+    published under ``URL/tenant=<name>/`` as it would be alone, the run summary last (see
+    :func:`harvester.publish.publish_tenants`). A tenant that failed publishes nothing."""
+    finished = {tenant_dirname(o.name): o.result for o in result.outcomes
+                if o.result is not None and o.status in ("complete", "partial")}
+    return publish_tenants(target, kind=run.kind, root=run.root, summary=run.summary_name,
+                           finished=finished)

@@ -101,6 +101,13 @@ def test_kubernetes_manifests_run_real_harvester_command_lines(manifest: Path,
     assert kinds & {"CronJob", "Job"}
 
 
+def test_the_indexed_job_shards_by_completion_index() -> None:
+    job = next(yaml.safe_load_all((DEPLOY / "kubernetes" / "job-shards.yaml").read_text()))
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    shard = args[args.index("--shard") + 1]
+    assert shard == f"auto/{job['spec']['completions']}", "N must equal the Job's completions"
+
+
 def test_dockerfile_is_slim_non_root_with_harvester_as_entrypoint() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]

@@ -256,8 +256,8 @@ def test_unreadable_secret_file_unknown_tenant_and_missing_job_index_exit_2(
             f"{secret}" in err
         secret.chmod(stat.S_IRUSR)
     capsys.readouterr()
-    assert harvest(cfg, tmp_path / "out", sim, "--publish", f"file://{tmp_path}/pub") == 2
-    assert "not supported with [[tenants]]" in capsys.readouterr().err
+    assert harvest(cfg, tmp_path / "out", sim, "--publish", "ftp://host/x") == 2
+    assert "unknown URL scheme ftp://" in capsys.readouterr().err
     assert api_requests(sim) == 0
 
 
