@@ -311,26 +311,47 @@ def test_a_published_store_resolves_latest_json(
         f"file://{pointer}: does not name a snapshot in snapshots/"])
 
 
-def test_a_directory_of_tenants_is_verified_tenant_by_tenant(
-        outs: Outputs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    root = tmp_path / "fleet"
-    root.mkdir()
-    shutil.move(outs.harvest, root / "tenant=a")
-    shutil.move(outs.gz, root / "tenant=b")
-    (root / "tenant=c").mkdir()  # its credentials were refused: nothing written
-    summary = {"kind": "harvest", "status": "partial", "exit_code": 3, "tenants": {
-        "a": {"status": "complete"}, "b": {"status": "complete"}, "c": {"status": "failed"}}}
-    (root / "manifest.json").write_bytes(orjson.dumps(summary))
-    assert run_verify(capsys, root)[:2] == (0, [])
-    victim = catalog_file(root / "tenant=b", "programs.ndjson.gz")
-    victim.unlink()
-    summary["tenants"]["d"] = {"status": "complete"}
-    (root / "manifest.json").write_bytes(orjson.dumps(summary))
-    (root / "notes.txt").write_bytes(b"?")
-    assert run_verify(capsys, root)[:2] == (1, [
-        f"{victim}: missing (named in the manifest)",
-        f"{root / 'tenant=d'}: missing (named in the run summary)",
-        f"{root / 'notes.txt'}: not named in the manifest"])
+def test_a_run_of_many_tenants_is_verified_tenant_by_tenant(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    loop = LoopThread()
+    srv = SimServer(SimConfig(tenants=2, catalogs=2, items=20, rate_lms="0",
+                              rate_learners="0"), port=0)
+    loop.run(srv.start())
+    try:
+        toml, env = srv.tenant_config()
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        cfg = tmp_path / "tenants.toml"
+        cfg.write_text("[retry]\nbackoff_base = 0\nbackoff_cap = 0\n[output]\n"
+                       f"progress = \"off\"\nquiet = true\n{toml}")
+        out, store = tmp_path / "out", tmp_path / "store"
+        common = ["--config", str(cfg), "--api-base", srv.base_url, "--rate-lms", "2000/s"]
+        assert cli.main(["harvest", "--out", str(out), *common]) == 0
+        assert cli.main(["sync", "--store", str(store), *common]) == 0
+    finally:
+        loop.run(srv.close())
+        loop.close()
+    capsys.readouterr()
+    assert run_verify(capsys, out)[:2] == (0, [])
+    assert run_verify(capsys, store)[:2] == (0, [])
+    victim = catalog_file(out / "tenant=sim-1")
+    data = bytearray(victim.read_bytes())
+    data[10] ^= 0x20
+    victim.write_bytes(bytes(data))
+    (out / "notes.txt").write_bytes(b"?")
+    code, lines, _ = run_verify(capsys, out)
+    assert code == 1 and len(lines) == 2
+    assert lines[0].startswith(f"{victim}: sha256 ")
+    assert lines[1] == f"{out / 'notes.txt'}: not named in the manifest"
+    link = store / "tenant=sim-0" / "latest"
+    link.unlink()
+    link.symlink_to("snapshots/20990101T000000Z")
+    assert run_verify(capsys, store)[:2] == (1, [
+        f"{link}: dangling: it points to snapshots/20990101T000000Z, which does not exist"])
+    shutil.rmtree(out / "tenant=sim-0")  # the summary says it ran: it must be there
+    assert f"{out / 'tenant=sim-0'}: missing (named in the run summary)" in \
+        run_verify(capsys, out)[1]
 
 
 def test_a_manifest_naming_paths_outside_its_output_is_not_followed(
