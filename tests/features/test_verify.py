@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,10 @@ import orjson
 import pytest
 
 from harvester import cli
+from harvester.config import PublishConfig
+from harvester.publish import check_target, publish_snapshot
 from harvester.sim import SimConfig, SimServer
+from tests.features.s3kit import CREDENTIALS, Moto, s3_env
 from tests.integration.helpers import LoopThread
 
 
@@ -378,3 +384,44 @@ def test_names_planted_on_disk_reach_the_terminal_inert(
     assert lines[0].endswith("evil]0;pwned.ndjson: not named in the manifest")
     code, lines, err = run_verify(capsys, outs.store)
     assert (code, lines) == (0, []) and "note: " in err and "\x1b" not in err
+
+
+def test_a_store_published_to_s3_is_verified_through_s3fs(
+        outs: Outputs, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both nights published by --publish's own code to a real S3 server (moto, loopback);
+    # verify runs as a downstream job would, in its own process, on the s3:// URL.
+    moto = Moto()
+    try:
+        fs = moto.fs()
+        bucket = f"edx-{uuid.uuid4().hex[:12]}"
+        fs.mkdir(bucket)
+        env = s3_env(moto.endpoint)
+        for k in ("AWS_ENDPOINT_URL", *CREDENTIALS):
+            monkeypatch.setenv(k, env[k])
+        url = f"s3://{bucket}/store"
+        target = check_target(PublishConfig(url=url))
+        assert target is not None
+        for snap in sorted((outs.store / "snapshots").iterdir()):
+            publish_snapshot(target, outs.store, snap,
+                             orjson.loads((snap / "manifest.json").read_bytes()))
+
+        def check() -> tuple[int, list[str]]:
+            done = subprocess.run([sys.executable, "-m", "harvester", "verify", url],
+                                  env=env, capture_output=True, text=True, timeout=120,
+                                  check=False)
+            return done.returncode, done.stdout.splitlines()
+
+        assert check() == (0, [])
+        night2 = latest(outs.store)
+        rel = catalog_file(night2).relative_to(outs.store).as_posix()
+        data = bytearray(fs.cat_file(f"{bucket}/store/{rel}"))
+        data[len(data) // 3] ^= 0x01
+        fs.pipe_file(f"{bucket}/store/{rel}", bytes(data))
+        code, lines = check()
+        assert code == 1 and len(lines) == 1
+        assert lines[0].startswith(f"{url}/{rel}: sha256 ")
+        fs.pipe_file(f"{bucket}/store/latest.json", b'{"snapshot": "20990101T000000Z"}')
+        assert check()[1][0] == (f"{url}/latest.json: dangling: it points to "
+                                 "snapshots/20990101T000000Z, which does not exist")
+    finally:
+        moto.stop()
