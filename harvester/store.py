@@ -95,8 +95,12 @@ class Store:
         return sorted(s for s in self.snapshots.iterdir() if s.is_dir() and not s.is_symlink())
 
     def unfinished(self) -> Path | None:
-        """The newest snapshot a killed or interrupted run left behind (no manifest)."""
-        left = [s for s in self._dirs() if not (s / "manifest.json").exists()]
+        """The newest snapshot a killed or interrupted run left behind (no manifest).
+        Only one a run of ours started (it has our ``.state``): a directory abandon or
+        prune left behind for a user's file in it is not a run to resume, and seeing it
+        as one would "abandon" it again every night."""
+        left = [s for s in self._dirs() if not (s / "manifest.json").exists()
+                and (s / STATE_DIR).is_dir() and not (s / STATE_DIR).is_symlink()]
         return left[-1] if left else None
 
     def new_snapshot(self, run_at: float) -> Path:

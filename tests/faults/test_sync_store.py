@@ -184,6 +184,29 @@ def test_interrupted_sync_with_changed_settings_is_abandoned_and_started_anew(
             if not (s / "manifest.json").exists()] == []
 
 
+def test_a_snapshot_kept_only_for_a_users_file_is_abandoned_once(
+        monkeypatch: pytest.MonkeyPatch, start: Callable[..., SimServer], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Abandon keeps a directory that holds a file we did not write; the nights after it
+    neither abandon it again nor touch the file."""
+    srv = start()
+    store = tmp_path / "store"
+    assert sync(monkeypatch, srv, store, "2026-11-20") == 0
+    unfinished = interrupted_sync(monkeypatch, srv, store, "2026-11-21", "--page-size", "20")
+    (unfinished / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert sync(monkeypatch, srv, store, "2026-11-21", "--page-size", "25") == 0
+    out, err = capsys.readouterr()
+    assert unfinished.name in out + err and "abandon" in out + err
+    assert sorted(p.name for p in unfinished.iterdir()) == ["notes.txt"]
+    for day in ("2026-11-22", "2026-11-23"):
+        assert sync(monkeypatch, srv, store, day, "--page-size", "25") == 0
+        out, err = capsys.readouterr()
+        assert "abandon" not in out + err, day
+    assert Store(store).unfinished() is None
+    assert (unfinished / "notes.txt").read_text() == "mine"
+
+
 def test_interrupted_sync_with_the_same_settings_resumes(
         monkeypatch: pytest.MonkeyPatch, start: Callable[..., SimServer],
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
