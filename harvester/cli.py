@@ -500,10 +500,12 @@ def cmd_learners(ns: argparse.Namespace) -> int:
         settings = _settings(ns)
         only = _only(ns, settings)
         if settings.tenants:
-            from harvester.fleet import learners_run
+            from harvester.fleet import learners_pii_notice, learners_run
 
             run = learners_run(settings, only=only)
             setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
+            if (notice := learners_pii_notice(run)) is not None:
+                print(notice, file=sys.stderr)
             return _run_tenants(run, settings, "each tenant's previous export is unchanged "
                                 "(rerun the command).", metrics, settings.output.out)
         options = LearnerOptions.from_settings(settings)

@@ -22,7 +22,7 @@ from harvester.pipeline import Harvest, TenantRun, TenantsResult
 from harvester.publish import PublishReport, Target, publish_tenants
 from harvester.tenants import Tenant, check_tenant_root, select_tenants, tenant_dirname
 
-__all__ = ["harvest_run", "learners_run", "publish_run", "sync_run"]
+__all__ = ["harvest_run", "learners_pii_notice", "learners_run", "publish_run", "sync_run"]
 
 
 def harvest_run(settings: Settings, *, restart: bool = False, only: Sequence[str] = (),
@@ -69,6 +69,19 @@ def learners_run(settings: Settings, *, only: Sequence[str] = (),
                                                                                 env))
     return TenantRun(tenants, lambda t: exports[t.name], kind="learners", root=root,
                      shard=settings.harvest.shard, summary_name="learners-manifest.json")
+
+
+def learners_pii_notice(run: TenantRun) -> str | None:
+    """The ``--pii keep`` notice of a learners run of many tenants: one line naming every
+    tenant whose export keeps personal data (None when none does)."""
+    keep = [name for name, unit in run.units.items()
+            if isinstance(unit, LearnerExport) and unit.pii_notice() is not None]
+    if not keep:
+        return None
+    return (f"harvester: note: {run.root}/tenant=<name>/learners/ will hold personal data "
+            f"(emails, names, usernames, SSO ids, grades) for tenants {', '.join(keep)}; "
+            "files are private (0600). Use --pii hash or --pii drop to pseudonymise or "
+            "remove identifying fields.")
 
 
 def publish_run(target: Target | None, run: TenantRun, result: TenantsResult

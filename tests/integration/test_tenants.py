@@ -332,3 +332,32 @@ def test_python_api_and_logs_name_the_tenant(
     done = [e for e in events if e["event"] == "harvest.catalog_done"]
     assert done and all(e["tenant"] == "sim-0" for e in done)
     assert any(e["event"] == "tenant.done" and e["tenant"] == "sim-0" for e in events)
+
+
+def _learner_tables(sim: SimServer) -> str:
+    toml, _ = sim.tenant_config()
+    return "".join(
+        chunk.replace(f'name = "sim-{t.index}"',
+                      f'name = "sim-{t.index}"\nenterprises = ["{t.enterprise_uuid}"]')
+        for t, chunk in zip(sim.tenants, toml.split("[[tenants]]")[1:], strict=True)
+        for chunk in ["[[tenants]]" + chunk])
+
+
+@pytest.mark.parametrize("pii", ["keep", "drop"])
+def test_learners_of_many_tenants_say_pii_keep_once_naming_them(
+        pii: str, sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(tmp_path, sim, monkeypatch, tables=_learner_tables(sim))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert cli.main(["learners", "--config", str(cfg), "--out", str(out), "--api-base",
+                     sim.base_url, "--rate-learners", "2000/s", "--pii", pii,
+                     "--tenant", "sim-0", "--tenant", "sim-2"]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "personal data" in line]
+    if pii == "drop":
+        assert said == []
+        return
+    assert len(said) == 1, err
+    assert "sim-0" in said[0] and "sim-2" in said[0] and "sim-1" not in said[0]
+    assert said[0].startswith("harvester: note:") and str(out) in said[0]
