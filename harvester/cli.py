@@ -358,11 +358,14 @@ def _metrics(ns: argparse.Namespace, command: str) -> Iterator[MetricsFile | Non
     """``--metrics-file``: checked first (a bad path is exit 2 before anything runs),
     then written once more when the command ends, however it ends: the outcome the
     command set, else ``interrupted`` (a signal) or ``failed`` (an error)."""
-    path = getattr(ns, "metrics_file", None)
+    path, source = getattr(ns, "metrics_file", None), "--metrics-file"
+    if path is None and hasattr(ns, "config"):  # else output.metrics_file in the config
+        with contextlib.suppress(ConfigError):  # the command's own load says it, exit 2
+            path, source = _settings(ns).output.metrics_file, "output.metrics_file"
     if path is None:
         yield None
         return
-    mf = MetricsFile(path, command)
+    mf = MetricsFile(path, command, source=source)
     try:
         yield mf
     except Interrupted:
@@ -598,11 +601,13 @@ def cmd_sync(ns: argparse.Namespace) -> int:
         only = _only(ns, settings)
         store_dir, max_age, keep = _sync_options(ns, settings)
         if settings.tenants:
-            from harvester.fleet import sync_run
+            from harvester.fleet import sync_last_success, sync_run
 
             run = sync_run(settings, store=store_dir, max_age=max_age, keep=keep,
                            as_of=_as_of(ns.as_of), only=only, budget=budget)
             setup_logging(fmt=settings.output.log_format, quiet=settings.output.quiet)
+            if metrics is not None:
+                metrics.known_success = sync_last_success(run)
             return _run_tenants(run, settings, "rerun the same command to resume each "
                                 "tenant's snapshot.", metrics, store_dir)
         night = SyncNight(settings, store=store_dir, max_age=max_age, keep=keep,

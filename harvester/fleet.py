@@ -17,12 +17,15 @@ from harvester.config import Settings
 from harvester.deadline import TimeBudget
 from harvester.errors import ConfigError
 from harvester.learners import LearnerExport, LearnerOptions, PiiPolicy, check_out
+from harvester.metrics import manifest_success
 from harvester.nightly import SyncNight
 from harvester.pipeline import Harvest, TenantRun, TenantsResult
 from harvester.publish import PublishReport, Target, publish_tenants
+from harvester.store import Store
 from harvester.tenants import Tenant, check_tenant_root, select_tenants, tenant_dirname
 
-__all__ = ["harvest_run", "learners_pii_notice", "learners_run", "publish_run", "sync_run"]
+__all__ = ["harvest_run", "learners_pii_notice", "learners_run", "publish_run", "sync_run",
+           "sync_last_success"]
 
 
 def harvest_run(settings: Settings, *, restart: bool = False, only: Sequence[str] = (),
@@ -48,6 +51,17 @@ def sync_run(settings: Settings, *, store: Path, max_age: float, keep: int,
                          keep=keep, as_of=as_of, budget=budget, shared_loop=True)
 
     return TenantRun(tenants, night, kind="sync", root=store, shard=settings.harvest.shard)
+
+
+def sync_last_success(run: TenantRun) -> float | None:
+    """When a sync of all these tenants last ended complete, as far as their stores tell
+    (each tenant store's latest manifest): the oldest of them, None when a tenant has none.
+    The fallback for ``--metrics-file`` when its previous textfile does not say."""
+    ends = [manifest_success(Store(run.root / tenant_dirname(name)).latest())
+            for name in run.units]
+    if not ends or any(e is None for e in ends):
+        return None
+    return min(e for e in ends if e is not None)
 
 
 def learners_run(settings: Settings, *, only: Sequence[str] = (),

@@ -59,16 +59,17 @@ _MAX_PREVIOUS: Final = 1 << 20  # a textfile of ours is a few KB; anything bigge
 _STEM_TYPES: Final = {stem: ctype for ctype, (stem, _) in CONTENT_TYPES.items()}
 
 
-def check_metrics_path(path: Path) -> Path:
-    """``--metrics-file``'s value, refused (:class:`ConfigError`) unless a file can be
-    written there: its directory must exist and the path must not be a directory."""
+def check_metrics_path(path: Path, name: str = "--metrics-file") -> Path:
+    """``--metrics-file``'s (or ``output.metrics_file``'s, ``name``) value, refused
+    (:class:`ConfigError`) unless a file can be written there: its directory must exist
+    and the path must not be a directory."""
     if not str(path).strip():
-        raise ConfigError("--metrics-file: expected a file path, got an empty value")
+        raise ConfigError(f"{name}: expected a file path, got an empty value")
     if path.is_dir():
-        raise ConfigError(f"--metrics-file: {path} is a directory; name a file in it "
+        raise ConfigError(f"{name}: {path} is a directory; name a file in it "
                           "(e.g. edx_harvester.prom)")
     if not path.parent.is_dir():
-        raise ConfigError(f"--metrics-file: the directory {path.parent} does not exist")
+        raise ConfigError(f"{name}: the directory {path.parent} does not exist")
     return path
 
 
@@ -282,8 +283,11 @@ class MetricsFile:
     outcome: tuple[str, Tenants | None] | None = None
     _warned: bool = field(default=False, init=False)
 
+    #: where the path came from, for the error naming it
+    source: str = "--metrics-file"
+
     def __post_init__(self) -> None:
-        check_metrics_path(self.path)
+        check_metrics_path(self.path, self.source)
         self.started = self.started or self.clock()
 
     def tick(self) -> None:

@@ -73,6 +73,7 @@ SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
     "output.quiet": ("output", "quiet", parse_bool),
     "output.log_format": ("output", "log_format", parse_str),
     "output.progress": ("output", "progress", parse_str),
+    "output.metrics_file": ("output", "metrics_file", parse_path),
     "learners.enterprises": ("learners", "enterprises", parse_str_tuple),
     "learners.pii": ("learners", "pii", parse_str),
     "learners.csv": ("learners", "csv", parse_bool),

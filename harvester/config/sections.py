@@ -182,6 +182,8 @@ class OutputOptions:
     quiet: bool = False
     log_format: str = "text"
     progress: str = "auto"
+    #: ``--metrics-file``'s default: a node_exporter textfile (checked when a run uses it)
+    metrics_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.log_format not in ("text", "json"):

@@ -456,3 +456,64 @@ def test_many_tenants_each_get_their_own_labels_matching_their_manifests(
         # What the server counted for this credential (authenticated API calls).
         assert {f"{k}:{code}": n for (k, code), n in requests.items() if k != "token"} == \
             by_client[client_id]
+
+
+def test_metrics_file_as_a_config_setting_with_the_flags_validation(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        loop: LoopThread, tmp_path: Path) -> None:
+    srv = sim_on(loop)
+    prom, flag = tmp_path / "cfg.prom", tmp_path / "flag.prom"
+    cfg, bad = tmp_path / "h.toml", tmp_path / "bad.toml"
+    cfg.write_text(f'[output]\nmetrics_file = "{prom}"\n')
+    bad.write_text(f'[output]\nmetrics_file = "{tmp_path}"\n')
+    try:
+        capsys.readouterr()
+        assert run(monkeypatch, srv, "harvest", "--out", str(tmp_path / "bad-out"),
+                   "--config", str(bad)) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "output.metrics_file" in err, err
+        assert srv.state.stats.snapshot()["requests"] == {}
+        out = tmp_path / "out"
+        assert run(monkeypatch, srv, "harvest", "--out", str(out), "--config", str(cfg)) == 0
+        assert_matches_manifest(samples(prom), manifest(out), "harvest")
+        prom.unlink()
+        assert run(monkeypatch, srv, "harvest", "--out", str(out), "--config", str(cfg),
+                   "--metrics-file", str(flag)) == 0
+    finally:
+        loop.run(srv.close())
+    assert not (tmp_path / "bad-out").exists()
+    assert not prom.exists() and status_of(samples(flag), "harvest") == "complete"
+
+
+def test_a_tenants_sync_falls_back_to_its_tenant_stores_last_success(
+        monkeypatch: pytest.MonkeyPatch, loop: LoopThread, tmp_path: Path) -> None:
+    srv = sim_on(loop, tenants=3, catalogs=2, items=20)
+    toml, env = srv.tenant_config()
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    store, prom = tmp_path / "store", tmp_path / "sync.prom"
+    cfg = tmp_path / "tenants.toml"
+    cfg.write_text("[retry]\nbackoff_base = 0\nbackoff_cap = 0\nmax_tries = 2\n"
+                   f'[output]\nmetrics_file = "{prom}"\n' + toml)
+
+    def sync(day: str) -> int:
+        return cli.main(["sync", "--config", str(cfg), "--store", str(store), "--api-base",
+                         srv.base_url, "--rate-lms", "2000/s", "--progress", "off",
+                         "--quiet", "--as-of", day])
+    try:
+        assert sync("2026-11-20") == 0
+        assert sync("2026-11-21") == 0
+        # Without the textfile, a night where one tenant's secret is refused still knows
+        # when all tenants last synced: the oldest of their stores' latest manifests.
+        prom.unlink()
+        monkeypatch.setenv(sorted(k for k in env if "SECRET" in k)[0], "wrong-secret")
+        assert sync("2026-11-22") == 3
+    finally:
+        loop.run(srv.close())
+    got = samples(prom)
+    assert status_of(got, "sync") == "partial"
+    ends = [datetime.fromisoformat(manifest((store / f"tenant=sim-{t.index}" / "latest")
+                                            .resolve())["ended_at"].replace("Z", "+00:00"))
+            .timestamp() for t in srv.tenants]
+    assert one(got, "edx_harvester_last_success_timestamp_seconds", command="sync") == \
+        min(ends)
