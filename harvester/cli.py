@@ -40,6 +40,7 @@ from harvester.display import (
     print_harvest_summary,
     show_progress,
     sync_summary,
+    tenants_plan_summary,
     tenants_progress,
     tenants_summary,
     term_text,
@@ -59,7 +60,7 @@ from harvester.metrics import MetricsFile, Tenants, live_manifest, manifest_succ
 from harvester.nightly import SyncNight
 from harvester.obs import REDACTOR, event, setup_logging
 from harvester.pipeline import Harvest, TenantRun, with_ticks
-from harvester.planning import make_plan
+from harvester.planning import Plan, TenantsPlan, make_plan, plan_tenants
 from harvester.publish import PublishReport, check_target, publish_night, publish_result
 from harvester.run import (
     EXIT_OK,
@@ -69,6 +70,7 @@ from harvester.run import (
     RunResult,
     SyncResult,
 )
+from harvester.tenants import select_tenants
 
 T = TypeVar("T")
 EXIT_SIGINT = 130
@@ -651,18 +653,30 @@ def cmd_plan(ns: argparse.Namespace) -> int:
         max_age = (parse_max_age(ns.max_age) if ns.max_age is not None
                    else settings.sync.max_age)
         as_of = _as_of(ns.as_of)
-        settings.api.require_credentials()
-        setup_logging(fmt=settings.output.log_format, quiet=True)
-        plan = run_job(lambda: make_plan(settings, store=Path(store) if store else None,
-                                         max_age=max_age, as_of=as_of),
-                       interrupted="nothing was written")
+        store_dir = Path(store) if store else None
+        plan: Plan | TenantsPlan
+        if settings.tenants:  # each selected tenant: its credential, budget and store
+            tenants = select_tenants(settings, root=settings.output.out,
+                                     only=_only(ns, settings))
+            setup_logging(fmt=settings.output.log_format, quiet=True)
+            plan = run_job(lambda: plan_tenants(tenants, store=store_dir, max_age=max_age,
+                                                as_of=as_of), interrupted="nothing was written")
+            views = {n: p.metrics_view() for n, p in plan.plans.items()}
+        else:
+            _only(ns, settings)
+            settings.api.require_credentials()
+            setup_logging(fmt=settings.output.log_format, quiet=True)
+            plan = run_job(lambda: make_plan(settings, store=store_dir, max_age=max_age,
+                                             as_of=as_of), interrupted="nothing was written")
+            views = {n: dict(m) for n, m in single(plan.metrics_view()).items()}
         if metrics is not None:
-            metrics.outcome = ("complete" if plan.complete else "partial", None)
+            metrics.outcome = ("complete" if plan.complete else "partial", views)
     if ns.json:
         sys.stdout.write(orjson.dumps(plan.as_dict(), option=orjson.OPT_INDENT_2).decode()
                          + "\n")
     else:
-        print("\n".join(plan_summary(plan)))
+        print("\n".join(plan_summary(plan) if isinstance(plan, Plan)
+                        else tenants_plan_summary(plan)))
     return EXIT_OK if plan.complete else EXIT_PARTIAL
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from harvester.config import Settings
     from harvester.learners.state import EnterpriseState
-    from harvester.planning import Plan
+    from harvester.planning import Plan, TenantsPlan
     from harvester.run import CatalogState, RunResult, SyncResult
 
 __all__ = ["CatalogBars", "ProgressSource", "export_summary", "harvest_progress", "harvest_summary",
@@ -383,6 +383,28 @@ def plan_summary(plan: Plan) -> list[str]:
         lines.append("some catalogs or pages could not be listed: these numbers are a lower "
                      "bound")
     return [term_text(line) for line in lines]
+
+
+def tenants_plan_summary(plan: TenantsPlan) -> list[str]:
+    """``harvester plan``'s text with ``[[tenants]]``: each tenant's plan under its name,
+    then the run's ETA, the slowest tenant's (each has its own budget)."""
+    lines: list[str] = []
+    for name, one in plan.plans.items():
+        lines.append(term_text(f"tenant {name}:"))
+        lines.extend("  " + line for line in plan_summary(one))
+    for name, why in plan.failed.items():
+        lines.append(term_text(f"tenant {name}: not planned: {why}"))
+    slow, harvest_eta = plan.slowest()
+    lines.append(term_text(
+        f"{len(plan.plans)} tenant(s) planned, full harvest: "
+        f"{sum(p.detail_requests for p in plan.plans.values())} detail requests, ETA "
+        f"{_hms(harvest_eta)} (slowest tenant: {slow or 'none'})"))
+    if any(p.store is not None for p in plan.plans.values()):
+        slow, sync_eta = plan.slowest(sync=True)
+        lines.append(term_text(
+            f"tonight's sync: {sum(p.sync_requests() or 0 for p in plan.plans.values())} "
+            f"detail requests, ETA {_hms(sync_eta)} (slowest tenant: {slow or 'none'})"))
+    return lines
 
 
 def export_summary(out: Path, upserts: int, deletes: int, fmt: str) -> str:

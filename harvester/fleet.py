@@ -24,8 +24,14 @@ from harvester.publish import PublishReport, Target, publish_tenants
 from harvester.store import Store
 from harvester.tenants import Tenant, check_tenant_root, select_tenants, tenant_dirname
 
-__all__ = ["harvest_run", "learners_pii_notice", "learners_run", "publish_run", "sync_run",
-           "sync_last_success"]
+__all__ = [
+    "harvest_run",
+    "learners_pii_notice",
+    "learners_run",
+    "publish_run",
+    "sync_last_success",
+    "sync_run",
+]
 
 
 def harvest_run(settings: Settings, *, restart: bool = False, only: Sequence[str] = (),

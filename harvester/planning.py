@@ -35,12 +35,16 @@ from harvester.delta import (
     RefreshRules,
     SyncOptions,
 )
+from harvester.errors import HarvestError
 from harvester.models import detail_segment, key_digest
+from harvester.obs import REDACTOR
 from harvester.pipeline import Harvest
 from harvester.pipeline.records import routable
+from harvester.pipeline.tenants import STAGGER
 from harvester.policy import Clock, Sleep, admission_schedule, gate_margin, window_budget
 from harvester.sinks import iter_lines
 from harvester.store import Store
+from harvester.tenants import Tenant, tenant_dirname
 
 #: Version of ``harvester plan --json`` (README "Plan a run" documents it).
 SCHEMA_VERSION: Final = 1
@@ -85,6 +89,14 @@ class Plan:
     sync_eta_seconds: float | None = None
     complete: bool = True
     startup_seconds: float = 0.0  #: the process's start-up (the run pays it too)
+    #: the listing's request statistics (``Stats.as_dict()``), for ``--metrics-file``
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def metrics_view(self) -> dict[str, Any]:
+        """The plan's requests in the manifest shape :mod:`harvester.metrics` reads (no
+        catalogs or files: a plan writes no output)."""
+        keys = ("requests", "throttled_429", "retries_by_cause", "bytes_in", "wall_seconds")
+        return {"totals": {k: self.stats[k] for k in keys if k in self.stats}}
 
     @property
     def detail_requests(self) -> int:
@@ -130,9 +142,12 @@ def _sync_requests(sync: dict[str, int]) -> int:
 
 async def make_plan(settings: Settings, *, store: Path | None = None,
                     max_age: float = 7 * 86400.0, as_of: float | None = None,
-                    clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> Plan:
-    """List every catalog (no detail request) and work out what a run would cost."""
-    startup = process_age()
+                    clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
+                    startup: float | None = None) -> Plan:
+    """List every catalog (no detail request) and work out what a run would cost.
+    ``startup``: what the run pays before this work starts (default: this process's
+    start-up so far)."""
+    startup = process_age() if startup is None else startup
     scratch = Path(tempfile.mkdtemp(prefix="harvester-plan-"))
     try:
         out = scratch / "listing"
@@ -159,13 +174,94 @@ async def make_plan(settings: Settings, *, store: Path | None = None,
         rate = settings.limits.lms
         plan = Plan(catalogs, f"{rate.count:g}/{rate.period:g}s", took, cat_requests, typical, 0.0,
                     store=store, previous=previous.name if previous else None,
-                    complete=result.status == "complete", startup_seconds=startup)
+                    complete=result.status == "complete", startup_seconds=startup,
+                    stats=harvest.stats.as_dict())
         plan.harvest_eta_seconds = eta(settings, plan, plan.detail_requests)
         if store is not None:
             plan.sync_eta_seconds = eta(settings, plan, plan.sync_requests() or 0)
         return plan
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass(slots=True)
+class TenantsPlan:
+    """The plan of a run of many tenants: each tenant's own :class:`Plan` (its
+    credential, its budget, its store), and the run's ETA, the slowest tenant's."""
+
+    plans: dict[str, Plan]
+    #: tenants that could not be planned (a refused credential...): their one-line error
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Every tenant was planned and its listing was complete."""
+        return not self.failed and all(p.complete for p in self.plans.values())
+
+    def slowest(self, sync: bool = False) -> tuple[str | None, float]:
+        """``(tenant, ETA)`` of the tenant that ends last (the run ends with it)."""
+        etas = {n: (p.sync_eta_seconds or 0.0) if sync else p.harvest_eta_seconds
+                for n, p in self.plans.items()}
+        name = max(etas, key=lambda n: etas[n], default=None)
+        return name, (etas[name] if name is not None else 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Schema 1 extended: the top-level keys sum the tenants (each catalog names its
+        tenant; an ETA is the slowest tenant's), and ``tenants`` holds each one's plan."""
+        docs = {n: p.as_dict() for n, p in self.plans.items()}
+        items: Counter[str] = Counter()
+        totals: Counter[str] = Counter()
+        for d in docs.values():
+            items.update(d["totals"]["items"])
+            totals.update({k: d["totals"][k] for k in ("catalogs", "detail_requests",
+                                                       "catalog_list_requests")})
+        rates = {d["rate_lms"] for d in docs.values()}
+        sync: dict[str, Any] | None = None
+        if any(d["sync"] is not None for d in docs.values()):
+            summed: Counter[str] = Counter()
+            for d in docs.values():
+                summed.update({k: v for k, v in (d["sync"] or {}).items()
+                               if isinstance(v, int) and k != "eta_seconds"})
+            sync = {"store": None, "previous": None, **{n: summed.get(n, 0) for n in
+                                                        (*_SYNC_NAMES.values(),
+                                                         "detail_requests")},
+                    "eta_seconds": round(self.slowest(sync=True)[1], 1),
+                    "slowest_tenant": self.slowest(sync=True)[0]}
+        return {"schema": SCHEMA_VERSION, "complete": self.complete,
+                "rate_lms": rates.pop() if len(rates) == 1 else None,
+                "startup_seconds": max((d["startup_seconds"] for d in docs.values()),
+                                       default=0.0),
+                "listing_seconds": max((d["listing_seconds"] for d in docs.values()),
+                                       default=0.0),
+                "request_seconds": max((d["request_seconds"] for d in docs.values()),
+                                       default=0.0),
+                "catalogs": [{**c, "tenant": n} for n, d in docs.items()
+                             for c in d["catalogs"]],
+                "totals": {**totals, "items": dict(sorted(items.items())),
+                           "items_total": sum(items.values()),
+                           "harvest_eta_seconds": round(self.slowest()[1], 1),
+                           "slowest_tenant": self.slowest()[0]},
+                "sync": sync, "tenants": docs, "failed_tenants": dict(self.failed)}
+
+
+async def plan_tenants(tenants: list[Tenant], *, store: Path | None = None,
+                       max_age: float = 7 * 86400.0, as_of: float | None = None,
+                       clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+                       ) -> TenantsPlan:
+    """Plan each tenant with its own settings (credential, budget, catalogs) and its own
+    store ``STORE/tenant=<name>/``. One after another: each listing is timed alone, and
+    its ETA starts where that tenant's run starts (start-up, then its stagger)."""
+    startup = process_age()
+    done = TenantsPlan({})
+    for i, t in enumerate(tenants):
+        try:
+            done.plans[t.name] = await make_plan(
+                t.settings, store=store / tenant_dirname(t.name) if store is not None
+                else None, max_age=max_age, as_of=as_of, clock=clock, sleep=sleep,
+                startup=startup + STAGGER * i / len(tenants))
+        except HarvestError as exc:  # that tenant only, as in a run: the others go on
+            done.failed[t.name] = REDACTOR.scrub(str(exc))
+    return done
 
 
 def process_age() -> float:

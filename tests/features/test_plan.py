@@ -176,3 +176,126 @@ def test_plan_text_output_and_bad_input(
         assert call(loop, srv, "GET", "/__stats")["requests"] == {}
     finally:
         loop.run(srv.close())
+
+
+# --- [[tenants]]: one plan per tenant, each with its own credential, budget and store ------
+
+def tenants_run(srv: SimServer, tmp: Path, monkeypatch: pytest.MonkeyPatch,
+                *args: str, refused: int | None = None) -> int:
+    toml, env = srv.tenant_config()
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if refused is not None:  # that tenant's secret is wrong
+        monkeypatch.setenv(f"SIM_{refused}_CLIENT_SECRET", "wrong-secret")
+    cfg = tmp / "tenants.toml"  # sim-1 has a budget of its own
+    cfg.write_text("[retry]\nbackoff_base = 0\nbackoff_cap = 0\n" + toml.replace(
+        'name = "sim-1"', 'name = "sim-1"\nrate_lms = "1000/s"'))
+    return cli.main([*args, "--config", str(cfg), "--api-base", srv.base_url,
+                     "--rate-lms", "2000/s", "--progress", "off"])
+
+
+def lms_by_client(loop: LoopThread, srv: SimServer) -> dict[str, int]:
+    """LMS responses the simulator served per tenant (detail requests + catalog list)."""
+    by_client = call(loop, srv, "GET", "/__stats").get("by_client", {})
+    return {f"sim-{t.index}": sum(n for k, n in by_client.get(t.client_id, {}).items()
+                                  if k.startswith("lms:")) for t in srv.tenants}
+
+
+def test_plan_per_tenant_equals_what_each_tenant_then_harvests_and_syncs(
+        monkeypatch: pytest.MonkeyPatch, loop: LoopThread, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    srv = start(loop, tenants=3, catalogs=3, items=40, mutation_rate=0.08)
+    store, prom = tmp_path / "store", tmp_path / "plan.prom"
+    names = [f"sim-{t.index}" for t in srv.tenants]
+    try:
+        call(loop, srv, "POST", "/__reset")
+        capsys.readouterr()
+        assert tenants_run(srv, tmp_path, monkeypatch, "plan", "--json",
+                           "--metrics-file", str(prom)) == 0
+        doc = json.loads(capsys.readouterr().out)
+        during_plan = call(loop, srv, "GET", "/__stats")
+        assert during_plan["detail_requests"] == 0
+        assert set(doc["tenants"]) == set(names) and doc["schema"] == 1
+        assert doc["tenants"]["sim-1"]["rate_lms"] != doc["tenants"]["sim-0"]["rate_lms"]
+        assert doc["totals"]["detail_requests"] == sum(
+            d["totals"]["detail_requests"] for d in doc["tenants"].values())
+        assert doc["totals"]["harvest_eta_seconds"] == max(
+            d["totals"]["harvest_eta_seconds"] for d in doc["tenants"].values())
+        assert {c["tenant"] for c in doc["catalogs"]} == set(names)
+
+        call(loop, srv, "POST", "/__reset")
+        assert tenants_run(srv, tmp_path, monkeypatch, "sync", "--store", str(store),
+                           "--as-of", "2026-11-20") == 0
+        served = lms_by_client(loop, srv)
+        for name in names:
+            d = doc["tenants"][name]["totals"]
+            assert d["detail_requests"] + d["catalog_list_requests"] == served[name] > 0
+
+        call(loop, srv, "POST", "/__epoch", json={"epoch": 1})
+        call(loop, srv, "POST", "/__reset")
+        capsys.readouterr()
+        assert tenants_run(srv, tmp_path, monkeypatch, "plan", "--json", "--store",
+                           str(store), "--as-of", "2026-11-21", "--tenant", "sim-0",
+                           "--tenant", "sim-2") == 0
+        doc2 = json.loads(capsys.readouterr().out)
+        assert set(doc2["tenants"]) == {"sim-0", "sim-2"}
+        for name in ("sim-0", "sim-2"):
+            assert doc2["tenants"][name]["sync"]["store"] == str(store / f"tenant={name}")
+            assert doc2["tenants"][name]["sync"]["previous"] == \
+                (store / f"tenant={name}" / "latest").resolve().name
+        call(loop, srv, "POST", "/__reset")
+        assert tenants_run(srv, tmp_path, monkeypatch, "sync", "--store", str(store),
+                           "--as-of", "2026-11-21") == 0
+        served = lms_by_client(loop, srv)
+        for name in ("sim-0", "sim-2"):
+            t = doc2["tenants"][name]
+            assert t["sync"]["new"] + t["sync"]["changed"] > 0
+            assert t["sync"]["detail_requests"] + t["totals"]["catalog_list_requests"] == \
+                served[name]
+        assert doc2["sync"]["detail_requests"] == sum(
+            doc2["tenants"][n]["sync"]["detail_requests"] for n in ("sim-0", "sim-2"))
+    finally:
+        loop.run(srv.close())
+    # The plan's textfile: each tenant's requests, as the simulator counted them.
+    from prometheus_client.parser import text_string_to_metric_families
+    got: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(prom.read_text()):
+        for s in family.samples:
+            if s.name == "edx_harvester_requests_total" and s.labels["class"] != "token":
+                got[(s.labels["tenant"], s.labels["class"], s.labels["status"])] = s.value
+    by_client = during_plan["by_client"]
+    assert got == {(f"sim-{t.index}", *k.split(":")): float(n) for t in srv.tenants
+                   for k, n in by_client[t.client_id].items()}
+
+
+def test_plan_with_tenants_text_and_shards(
+        monkeypatch: pytest.MonkeyPatch, loop: LoopThread, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from harvester.tenants import in_shard
+
+    srv = start(loop, tenants=3, catalogs=2, items=20)
+    try:
+        capsys.readouterr()
+        assert tenants_run(srv, tmp_path, monkeypatch, "plan", "--shard", "2/3") == 0
+        out = capsys.readouterr().out
+        mine = [f"sim-{t.index}" for t in srv.tenants if in_shard(f"sim-{t.index}", "2/3")]
+        others = {f"sim-{t.index}" for t in srv.tenants} - set(mine)
+        assert mine and others
+        assert [line for line in out.splitlines() if line.startswith("tenant ")] == [
+            f"tenant {n}:" for n in mine]
+        assert "slowest tenant" in out.splitlines()[-1]
+        assert not any(f"tenant {n}:" in out for n in others)
+        # A refused credential fails that tenant's plan only: exit 3, the others planned.
+        assert tenants_run(srv, tmp_path, monkeypatch, "plan", "--json", refused=2) == 3
+        doc = json.loads(capsys.readouterr().out)
+        assert set(doc["tenants"]) == {"sim-0", "sim-1"} and doc["complete"] is False
+        assert list(doc["failed_tenants"]) == ["sim-2"]
+        assert "wrong-secret" not in json.dumps(doc)
+        assert tenants_run(srv, tmp_path, monkeypatch, "plan", refused=0) == 3
+        assert "tenant sim-0: not planned:" in capsys.readouterr().out
+        call(loop, srv, "POST", "/__reset")
+        assert tenants_run(srv, tmp_path, monkeypatch, "plan", "--tenant", "nope") == 2
+        assert "nope" in capsys.readouterr().err
+        assert call(loop, srv, "GET", "/__stats")["requests"] == {}
+    finally:
+        loop.run(srv.close())
