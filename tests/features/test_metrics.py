@@ -503,6 +503,9 @@ def test_a_tenants_sync_falls_back_to_its_tenant_stores_last_success(
     try:
         assert sync("2026-11-20") == 0
         assert sync("2026-11-21") == 0
+        ends = [datetime.fromisoformat(manifest((store / f"tenant=sim-{t.index}" / "latest")
+                                                .resolve())["ended_at"].replace("Z", "+00:00"))
+                .timestamp() for t in srv.tenants]
         # Without the textfile, a night where one tenant's secret is refused still knows
         # when all tenants last synced: the oldest of their stores' latest manifests.
         prom.unlink()
@@ -512,8 +515,5 @@ def test_a_tenants_sync_falls_back_to_its_tenant_stores_last_success(
         loop.run(srv.close())
     got = samples(prom)
     assert status_of(got, "sync") == "partial"
-    ends = [datetime.fromisoformat(manifest((store / f"tenant=sim-{t.index}" / "latest")
-                                            .resolve())["ended_at"].replace("Z", "+00:00"))
-            .timestamp() for t in srv.tenants]
     assert one(got, "edx_harvester_last_success_timestamp_seconds", command="sync") == \
         min(ends)
