@@ -271,6 +271,47 @@ class _Story:
 
     gated: bool = False  #: the attempt in flight is waiting at its rate gate
     failed: RequestError | None = None  #: the last attempt that got no HTTP answer
+    #: the clock time by which the try in flight must pass its gate (its retry budget's
+    #: end), or None when only the run's cutoff bounds it
+    admit_by: float | None = None
+    spent: bool = False  #: the gate could not admit the try within ``admit_by``
+
+
+class ClockTimeout:
+    """``asyncio.timeout`` at a deadline on the injected clock, not the loop's.
+
+    It wakes when the loop's time says the deadline may have come and fires only if the
+    injected clock agrees; with the real clock that is one wake, with a test's fake clock
+    it fires only once the fake time has passed the deadline, so no test waits on, or
+    races against, real time.
+    """
+
+    def __init__(self, deadline: float, clock: Clock) -> None:
+        self._deadline, self._clock = deadline, clock
+        self._timer = asyncio.timeout(None)
+        self._handle: asyncio.TimerHandle | None = None
+
+    def expired(self) -> bool:
+        """Whether this timer fired (as :meth:`asyncio.Timeout.expired`)."""
+        return self._timer.expired()
+
+    def _check(self) -> None:
+        left = self._deadline - self._clock()
+        loop = asyncio.get_running_loop()
+        if left <= 0:
+            self._timer.reschedule(loop.time())
+        else:
+            self._handle = loop.call_later(left, self._check)
+
+    async def __aenter__(self) -> ClockTimeout:
+        await self._timer.__aenter__()
+        self._check()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        if self._handle is not None:
+            self._handle.cancel()
+        return await self._timer.__aexit__(*exc)
 
 
 class ApiClient:
@@ -384,6 +425,8 @@ class ApiClient:
         cut: list[BaseException] = []  # the error whose retry the cutoff did not allow
 
         def budget(exc: BaseException) -> float:
+            if isinstance(exc, ReadTimeout) and exc.reason == "gated":
+                return 0.0  # the gate could not admit it within the budget: it is spent
             mine = self._budget(exc)
             if cutoff is None or cutoff.end_by - start >= mine:
                 return mine
@@ -399,12 +442,17 @@ class ApiClient:
                 # budget, so a silent host fails within it, not after one more read timeout.
                 deadline -= limit - policy.first_contact_time
                 limit, name = policy.first_contact_time, "retry.first_contact_time"
-            timer = asyncio.timeout(max(0.0, deadline - self._clock()))
+            # The gate refuses at once a try it could not admit in time (on the injected
+            # clock); a try admitted in time is cut in flight by the same clock.
+            story.admit_by, story.spent = (None if name == "the deadline" else deadline), False
+            timer = ClockTimeout(deadline, self._clock)
             try:
                 async with timer:
                     return await attempt()
-            except TimeoutError:
-                if not timer.expired():
+            except (TimeoutError, OutOfTime) as exc:
+                if isinstance(exc, OutOfTime) and not story.spent:
+                    raise
+                if isinstance(exc, TimeoutError) and not timer.expired():
                     raise
                 if name == "the deadline":
                     raise OutOfTime(f"{endpoint} {path}: cut at the deadline") from None
@@ -460,7 +508,14 @@ class ApiClient:
                        story: _Story, cutoff: Cutoff | None = None) -> Response:
         gate = self.gates[endpoint]
         story.gated = True
-        ticket = await gate.acquire(cutoff.admit_by if cutoff is not None else None)
+        run_by = cutoff.admit_by if cutoff is not None else None
+        own_by = story.admit_by
+        binding = own_by is not None and (run_by is None or own_by < run_by)
+        try:
+            ticket = await gate.acquire(own_by if binding else run_by)
+        except OutOfTime:
+            story.spent = binding
+            raise
         ticket.held = True  # until answered: see Ticket.held
         story.gated = False
         try:

@@ -8,11 +8,11 @@
 * :class:`RateGate` is one endpoint class's request budget. A budget of N per period means
   what the server means (DRF's sliding log): never more than N requests in any window of
   the period, and also *up to* N at once when the window is empty, which is what makes
-  short runs fast (100 details at 60/min take ~60 s, not ~100 s). ``aiolimiter`` holds
-  the long-run rate; a sliding log of send times is the hard guarantee, with a small
-  margin for network jitter. A 429 pauses every caller of the gate for the advertised
-  wait. A fractional budget is kept as :func:`window_budget` says (``0.5/s`` is one
-  request in any 2 s).
+  short runs fast (100 details at 60/min take ~60 s, not ~100 s). A leaky bucket on
+  the injected clock (:class:`LeakyBucket`) holds the long-run rate; a sliding log of
+  send times is the hard guarantee, with a small margin for network jitter. A 429
+  pauses every caller of the gate for the advertised wait. A fractional budget is kept
+  as :func:`window_budget` says (``0.5/s`` is one request in any 2 s).
 
 Time is injected (``clock``/``sleep``) so tests move it by assignment.
 """
@@ -28,8 +28,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from typing import Final, TypeVar
-
-from aiolimiter import AsyncLimiter
 
 from harvester.config import Rate, RetryConfig
 from harvester.errors import (
@@ -241,8 +239,6 @@ async def call_with_retries(
 
 #: Quiet windows after which a gate that learned a lower budget from 429s probes upward.
 RECOVER_WINDOWS: Final = 10
-#: How often a gate whose log is full of requests still in flight looks again.
-HELD_POLL: Final = 0.05
 #: DRF advertises waits in whole seconds.
 WAIT_RESOLUTION: Final = 1.0
 
@@ -255,15 +251,26 @@ class Ticket:
     moment in between, so our record is never earlier than the server's, and the slot is
     only reused once the server has surely forgotten it, whatever the latency."""
 
-    __slots__ = ("_clock", "at", "counted", "held")
+    __slots__ = ("_clock", "_held", "_settled", "at", "counted")
 
-    def __init__(self, at: float, clock: Clock) -> None:
+    def __init__(self, at: float, clock: Clock, settled: asyncio.Event | None = None) -> None:
         self.at = at
         self._clock = clock
+        self._settled = settled
         self.counted = False  #: answered by the server with anything but a 429
-        #: granted and not yet answered: the slot stays taken however long that lasts (a
-        #: token fetch or a busy loop between grant and send can outlast the window)
-        self.held = False
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        """Granted and not yet answered: the slot stays taken however long that lasts (a
+        token fetch or a busy loop between grant and send can outlast the window)."""
+        return self._held
+
+    @held.setter
+    def held(self, value: bool) -> None:
+        self._held = value
+        if not value and self._settled is not None:
+            self._settled.set()  # wakes a gate waiting for an in-flight slot to settle
 
     def stamp(self) -> None:
         """Record now as this request's send time (never earlier than the grant)."""
@@ -324,6 +331,29 @@ def admission_schedule(requests: int, rate: Rate, *, concurrency: int, request_t
     return end
 
 
+class LeakyBucket:
+    """``capacity`` grants at once, then one every ``period / capacity`` seconds, on the
+    injected clock (aiolimiter's shape; aiolimiter itself runs on the loop's real time,
+    which a test's fake clock cannot move)."""
+
+    __slots__ = ("_at", "_level", "capacity", "period")
+
+    def __init__(self, capacity: int, period: float) -> None:
+        self.capacity, self.period = capacity, period
+        self._level, self._at = 0.0, -math.inf
+
+    def wait(self, now: float) -> float:
+        """Seconds from ``now`` until one more grant fits (0: it fits now)."""
+        rate = self.capacity / self.period
+        self._level = max(0.0, self._level - (now - self._at) * rate)
+        self._at = now
+        return max(0.0, (self._level + 1 - self.capacity) / rate)
+
+    def take(self) -> None:
+        """Count one grant (after :meth:`wait` said 0)."""
+        self._level += 1
+
+
 class RateGate:
     """An endpoint class's request budget, shared by every worker of that class."""
 
@@ -352,10 +382,11 @@ class RateGate:
         self._learned_at = -math.inf
         self._log: list[Ticket] = []
         self._lock = asyncio.Lock()
+        self._settled = asyncio.Event()  # set when a held ticket is answered
         self._pause_until = 0.0
         # The leaky bucket lets a fresh budget go out at once and then drains at the
         # budget's rate; the log below stops it from ever exceeding N per window.
-        self._spacer = AsyncLimiter(self._full, self._period) if smooth else None
+        self._spacer = LeakyBucket(self._full, self._period) if smooth else None
 
     @property
     def budget(self) -> int:
@@ -404,7 +435,7 @@ class RateGate:
         if capacity != self._capacity:
             self._capacity = capacity
             if self._spacer is not None:
-                self._spacer = AsyncLimiter(capacity, self._period)
+                self._spacer = LeakyBucket(capacity, self._period)
 
     def _recover(self, now: float) -> None:
         """After ``RECOVER_WINDOWS`` windows without a 429, probe upward: +1, then +2, +4...
@@ -418,7 +449,7 @@ class RateGate:
             self._step *= 2
             self._learned_at = now
             if self._spacer is not None:
-                self._spacer = AsyncLimiter(self._capacity, self._period)
+                self._spacer = LeakyBucket(self._capacity, self._period)
 
     async def acquire(self, admit_by: float | None = None) -> Ticket:
         """Wait until one more request fits the budget; return its ticket.
@@ -426,8 +457,6 @@ class RateGate:
         ``admit_by`` (clock time): raise :class:`OutOfTime` at once, without waiting,
         when the request could not be admitted by then (a run's deadline)."""
         _in_time(self._clock(), admit_by)
-        if self._spacer is not None:
-            await self._spacer.acquire()
         async with self._lock:  # FIFO: one waiter computes its slot at a time
             while True:
                 now = self._clock()
@@ -437,6 +466,11 @@ class RateGate:
                     await self._sleep(self._pause_until - now)
                     continue
                 self._recover(now)
+                spaced = self._spacer.wait(now) if self._spacer is not None else 0.0
+                if spaced > 0:
+                    _in_time(now + spaced, admit_by)
+                    await self._sleep(spaced)
+                    continue
                 # Stamps move later while requests are in flight, so the log is not
                 # sorted: scan it, but only once it is full (a budget far above what we
                 # use, such as a disabled one, never pays for the scan).
@@ -444,14 +478,20 @@ class RateGate:
                     horizon = now - self._window
                     self._log = [t for t in self._log if t.at > horizon or t.held]
                 if len(self._log) < self._capacity:
-                    ticket = Ticket(now, self._clock)
+                    ticket = Ticket(now, self._clock, self._settled)
                     self._log.append(ticket)
+                    if self._spacer is not None:
+                        self._spacer.take()
                     return ticket
                 oldest = min(t.at for t in self._log)
                 _in_time(oldest + self._window, admit_by)
                 wait = oldest + self._window - now
                 if wait <= 0 and any(t.held for t in self._log):
-                    wait = HELD_POLL  # full of requests still in flight: one settles soon
+                    # Full of requests still in flight: wait for one to be answered (an
+                    # event, not a poll, so no clock spins while the network works).
+                    self._settled.clear()
+                    await self._settled.wait()
+                    continue
                 await self._sleep(max(0.001, wait))
 
 
