@@ -308,10 +308,10 @@ class ClockTimeout:
         self._check()
         return self
 
-    async def __aexit__(self, *exc: Any) -> bool | None:
+    async def __aexit__(self, *exc: Any) -> None:
         if self._handle is not None:
             self._handle.cancel()
-        return await self._timer.__aexit__(*exc)
+        await self._timer.__aexit__(*exc)
 
 
 class ApiClient:
