@@ -87,9 +87,15 @@ async def test_max_time_bounds_the_attempt_in_flight(start_sim: SimStarter,
     fake = FakeTime()
     settings = settings_for(srv, tmp_path, **{"retry.max_time": 0.05})  # request_timeout 60
     async with ApiClient(settings, clock=fake, sleep=fake.sleep) as client:
+        request = asyncio.ensure_future(client.get_json(ThrottleClass.CONTENT,
+                                                        content_path(srv.catalog_uuids[0])))
+        async def dripping() -> None:
+            while not srv.state.stats.requests["content"]:  # answered: its body drips now
+                await asyncio.sleep(0)
+        await no_hang(dripping())
+        fake.now += 1.0  # the injected clock passes max_time with the attempt in flight
         with pytest.raises(ReadTimeout, match=r"retry\.max_time"):
-            await no_hang(client.get_json(ThrottleClass.CONTENT,
-                                          content_path(srv.catalog_uuids[0])))
+            await no_hang(request)
 
 
 async def test_token_endpoint_has_the_same_deadline(start_sim: SimStarter,
