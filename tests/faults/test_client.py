@@ -168,17 +168,25 @@ def closed_port() -> int:
     return port
 
 
+class SilentHost(str):
+    """The URL of a host that never answers; ``accepted`` counts its connections."""
+
+    accepted = 0
+
+
 @pytest.fixture
-async def silent_host() -> AsyncIterator[str]:
+async def silent_host() -> AsyncIterator[SilentHost]:
     """A server that accepts connections and never answers (until the client hangs up)."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host.accepted += 1
         while await reader.read(65536):
             pass
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
+    host = SilentHost(f"http://127.0.0.1:{port}")
+    yield host
     server.close()
     await server.wait_closed()
 
@@ -216,7 +224,7 @@ async def test_a_host_that_never_answered_fails_fast_naming_the_cause(
 
 
 async def test_a_silent_host_is_cut_off_at_the_first_contact_budget(
-        start_sim: SimStarter, silent_host: str, tmp_path: Path) -> None:
+        start_sim: SimStarter, silent_host: SilentHost, tmp_path: Path) -> None:
     """With the default 35 s read timeout, the attempt in flight is what must be cut: a
     host that never answered gets retry.first_contact_time for everything."""
     srv = await start_sim(catalogs=1, items=5)
@@ -224,8 +232,15 @@ async def test_a_silent_host_is_cut_off_at_the_first_contact_budget(
                                               "retry.first_contact_time": 0.05})
     fake = FakeTime()
     async with ApiClient(settings, clock=fake, sleep=fake.sleep) as client:
+        request = asyncio.ensure_future(client.get_json(ThrottleClass.LMS, catalogs_path()))
+
+        async def connected() -> None:
+            while not silent_host.accepted:
+                await asyncio.sleep(0)
+        await no_hang(connected())
+        fake.now += 1.0  # the injected clock passes the budget with the attempt in flight
         with pytest.raises(Unreachable, match=r"timed out.*retry\.first_contact_time"):
-            await no_hang(client.get_json(ThrottleClass.LMS, catalogs_path()))
+            await no_hang(request)
 
 
 def test_cli_exits_1_with_one_line_for_a_wrong_base(
