@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2] / "harvester"
 MAX_LINES = 450
 #: Still to split (issue 12); the number is a ceiling, lower it when a module shrinks.
 OVERSIZE = {
-    "cli.py": 791, "client.py": 671, "sim/app.py": 634, "policy.py": 527, "sinks.py": 491,
+    "cli.py": 791, "client.py": 671, "sim/app.py": 634, "sinks.py": 491,
     "writer.py": 490, "display.py": 456,
 }
 
