@@ -28,6 +28,7 @@ from harvester.config import (
     Settings,
     load_settings,
     parse_duration,
+    parse_file_path,
     parse_path,
 )
 from harvester.deadline import TimeBudget, parse_time_budget, seconds_until
@@ -98,6 +99,14 @@ def _path(text: str) -> Path:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _file_path(text: str) -> Path:
+    """An argparse type: a file's path (no trailing slash)."""
+    try:
+        return parse_file_path(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=_path, metavar="FILE", help="TOML config file (see config/)")
     p.add_argument("--api-base", dest="api.base", metavar="URL",
@@ -123,7 +132,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_metrics(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics-file", type=_path, metavar="FILE",
+    p.add_argument("--metrics-file", type=_file_path, metavar="FILE",
                    help="write Prometheus metrics (node_exporter textfile) here during the "
                         "run and at its end, e.g. /var/lib/node_exporter/edx_harvester.prom")
 
@@ -367,7 +376,7 @@ def _metrics(ns: argparse.Namespace, command: str) -> Iterator[MetricsFile | Non
     if path is None:
         yield None
         return
-    mf = MetricsFile(path, command, source=source)
+    mf = MetricsFile(path, command, source=source, own=_own_dirs(ns, command))
     try:
         yield mf
     except Interrupted:
@@ -379,6 +388,19 @@ def _metrics(ns: argparse.Namespace, command: str) -> Iterator[MetricsFile | Non
             mf.finish(status, manifest)
         except HarvestError as exc:  # the run's own result stands
             _say(f"--metrics-file not written: {exc}")
+
+
+def _own_dirs(ns: argparse.Namespace, command: str) -> tuple[Path | None, ...]:
+    """The directories ``command`` writes (OUT, the store), which --metrics-file must
+    stay out of."""
+    dirs: list[Path | None] = [getattr(ns, "store", None)]
+    with contextlib.suppress(ConfigError):  # the command's own load says it, exit 2
+        settings = _settings(ns) if hasattr(ns, "config") else None
+        if settings is not None and command in ("harvest", "learners"):
+            dirs.append(settings.output.out)
+        if settings is not None and command in ("sync", "plan"):
+            dirs.append(settings.sync.store)
+    return tuple(dirs)
 
 
 def _harvest_view(harvest: Harvest) -> Callable[[], Tenants]:

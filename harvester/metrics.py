@@ -36,7 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from harvester.errors import ConfigError, HarvestError
+from harvester.errors import ConfigError, HarvestError, SinkError
 from harvester.manifest import CatalogEntry, Totals
 from harvester.models import CONTENT_TYPES
 from harvester.obs import REDACTOR, Stats, event
@@ -59,25 +59,49 @@ _MAX_PREVIOUS: Final = 1 << 20  # a textfile of ours is a few KB; anything bigge
 _STEM_TYPES: Final = {stem: ctype for ctype, (stem, _) in CONTENT_TYPES.items()}
 
 
-def check_metrics_path(path: Path, name: str = "--metrics-file") -> Path:
+def check_metrics_path(path: Path, name: str = "--metrics-file",
+                       own: Iterable[Path | None] = ()) -> Path:
     """``--metrics-file``'s (or ``output.metrics_file``'s, ``name``) value, refused
-    (:class:`ConfigError`) unless a file can be written there: its directory must exist
-    and the path must not be a directory."""
+    (:class:`ConfigError`) unless a file can be written there: its directory must exist,
+    what is at the path (lstat: a link is replaced, never followed) must be a regular
+    file or a link, and it must not lie inside one of the run's ``own`` directories (OUT,
+    the store), whose files the textfile would replace or which it would clutter."""
     if not str(path).strip():
         raise ConfigError(f"{name}: expected a file path, got an empty value")
-    if path.is_dir():
-        raise ConfigError(f"{name}: {path} is a directory; name a file in it "
-                          "(e.g. edx_harvester.prom)")
+    _check_kind(path, name)
     if not path.parent.is_dir():
         raise ConfigError(f"{name}: the directory {path.parent} does not exist")
+    where = path.parent.resolve() / path.name
+    for root in own:
+        if root is not None and where.is_relative_to(root.resolve()):
+            raise ConfigError(f"{name}: {path} is inside {root}, which this run writes; "
+                              "name a file outside it")
     return path
+
+
+def _check_kind(path: Path, name: str) -> None:
+    """Refuse a path whose existing entry is not a regular file or a link (a device,
+    FIFO, socket or directory): renaming over it would destroy it, opening it can block."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"{name}: {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{name}: {path} is a directory; name a file in it "
+                          "(e.g. edx_harvester.prom)")
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise ConfigError(f"{name}: {path} is not a regular file (a device, FIFO or "
+                          "socket); name a regular file")
 
 
 def read_last_success(path: Path) -> dict[str, float]:
     """Each command's last-success timestamp in the previous textfile at ``path``
     (empty when there is none, it is a link, or it does not parse)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO planted there since the check must not hang the run's end
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return {}
     with os.fdopen(fd, "rb") as fh:
@@ -285,9 +309,11 @@ class MetricsFile:
 
     #: where the path came from, for the error naming it
     source: str = "--metrics-file"
+    #: the run's own directories (OUT, the store): the textfile must not be inside them
+    own: tuple[Path | None, ...] = ()
 
     def __post_init__(self) -> None:
-        check_metrics_path(self.path, self.source)
+        check_metrics_path(self.path, self.source, self.own)
         self.started = self.started or self.clock()
 
     def tick(self) -> None:
@@ -316,6 +342,10 @@ class MetricsFile:
         views = [TenantView(name, m) for name, m in tenants.items()]
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Families(self.command, status, views, self.started, ended, last))
+        try:  # something else put there since the start is not ours to replace
+            _check_kind(self.path, self.source)
+        except ConfigError as exc:
+            raise SinkError(str(exc)) from None
         write_bytes_atomic(self.path, generate_latest(registry))
 
 

@@ -200,6 +200,15 @@ def parse_path(v: object) -> Path:
     return path
 
 
+def parse_file_path(v: object) -> Path:
+    """A path naming a file: :func:`parse_path`, and no trailing slash (``x.prom/`` names
+    a directory, which ``Path`` would silently drop)."""
+    text = parse_str(v)
+    if text.endswith(("/", os.sep)):
+        raise ValueError(f"{text!r} ends with a slash; name a file, not a directory")
+    return parse_path(text)
+
+
 _DURATION_RE: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhdw]?)\s*")
 _DURATION_UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
                           "w": 604800.0}

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import os
 import signal
+import stat
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -269,6 +270,67 @@ def test_a_bad_metrics_file_is_exit_2_before_any_request(
     assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
 
 
+@pytest.mark.parametrize("where", ["fifo", "socket", "trailing-slash"])
+def test_a_metrics_path_that_is_not_a_regular_file_is_refused_untouched(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        loop: LoopThread, tmp_path: Path, where: str) -> None:
+    """A FIFO/socket stands in for a device: the temp must never be renamed over it, and
+    opening it must never block (the test holds the FIFO open read-write, so a main that
+    opens it does not hang but replaces it, and fails the regular-file check below)."""
+    import socket
+    srv = sim_on(loop, catalogs=1, items=5)
+    target, holders = tmp_path / "m.prom", []
+    if where == "fifo":
+        os.mkfifo(target)
+        holders.append(os.open(target, os.O_RDWR | os.O_NONBLOCK))
+    elif where == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(target))
+        holders.append(sock.detach())
+    arg = str(target) + ("/" if where == "trailing-slash" else "")
+    try:
+        for command, args in (("harvest", ["--out", str(tmp_path / "out")]),
+                              ("sync", ["--store", str(tmp_path / "store")])):
+            capsys.readouterr()
+            assert run(monkeypatch, srv, command, *args, "--metrics-file", arg) == 2
+            assert "metrics-file" in capsys.readouterr().err
+        assert srv.state.stats.snapshot()["requests"] == {}
+    finally:
+        loop.run(srv.close())
+        for fd in holders:
+            os.close(fd)
+    if where == "trailing-slash":
+        assert os.listdir(tmp_path) == []
+    else:
+        assert not stat.S_ISREG(os.lstat(target).st_mode)
+        assert os.listdir(tmp_path) == ["m.prom"]
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "x.prom", "sub/x.prom"])
+def test_a_metrics_file_inside_out_or_the_store_is_refused(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        loop: LoopThread, tmp_path: Path, name: str) -> None:
+    srv = sim_on(loop, catalogs=1, items=5)
+    out, store = tmp_path / "out", tmp_path / "store"
+    (out / "sub").mkdir(parents=True)
+    (store / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(out)  # resolved: a way in through a link is inside too
+    try:
+        for command, args, prom in (
+                ("harvest", ["--out", str(out)], out / name),
+                ("harvest", ["--out", str(out)], tmp_path / "link" / name),
+                ("sync", ["--store", str(store)], store / name)):
+            capsys.readouterr()
+            assert run(monkeypatch, srv, command, *args, "--metrics-file", str(prom)) == 2
+            err = capsys.readouterr().err
+            assert len(err.splitlines()) == 1 and "inside" in err, err
+        assert srv.state.stats.snapshot()["requests"] == {}
+    finally:
+        loop.run(srv.close())
+    assert sorted(p.name for p in out.rglob("*")) == ["sub"]
+    assert sorted(p.name for p in store.rglob("*")) == ["sub"]
+
+
 def test_a_link_at_the_path_or_the_temp_path_is_replaced_not_followed(
         monkeypatch: pytest.MonkeyPatch, loop: LoopThread, tmp_path: Path) -> None:
     srv = sim_on(loop, catalogs=1, items=10)
@@ -284,6 +346,21 @@ def test_a_link_at_the_path_or_the_temp_path_is_replaced_not_followed(
     assert victim.read_text() == "precious\n"
     assert not prom.is_symlink() and status_of(samples(prom), "harvest") == "complete"
     assert sorted(os.listdir(tmp_path)) == ["edx.prom", "out", "victim.txt"]
+
+
+def test_a_link_to_a_directory_at_the_path_is_replaced_as_a_link(
+        monkeypatch: pytest.MonkeyPatch, loop: LoopThread, tmp_path: Path) -> None:
+    srv = sim_on(loop, catalogs=1, items=5)
+    (tmp_path / "d").mkdir()
+    prom = tmp_path / "edx.prom"
+    prom.symlink_to(tmp_path / "d")
+    try:
+        assert run(monkeypatch, srv, "harvest", "--out", str(tmp_path / "out"),
+                   "--metrics-file", str(prom)) == 0
+    finally:
+        loop.run(srv.close())
+    assert os.listdir(tmp_path / "d") == [] and not prom.is_symlink()
+    assert status_of(samples(prom), "harvest") == "complete"
 
 
 def test_a_signal_mid_run_writes_interrupted_with_the_counts_so_far(
