@@ -183,7 +183,8 @@ def _add_export(sub: Any) -> None:
     ex.add_argument("source", type=_path, metavar="PATH",
                     help="a snapshot directory, a sync store (its latest), or changes.ndjson")
     ex.add_argument("--format", required=True, choices=("es-bulk", "meili", "jsonl"))
-    ex.add_argument("--out", type=_path, required=True, metavar="FILE", help="file to write")
+    ex.add_argument("--out", type=_file_path, required=True, metavar="FILE",
+                    help="file to write")
     ex.add_argument("--index", default="edx-catalog", metavar="NAME",
                     help="index name for es-bulk")
     ex.add_argument("--changes", action="store_true",

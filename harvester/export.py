@@ -43,7 +43,7 @@ import orjson
 from harvester.delta import doc_id, safe_id
 from harvester.errors import ConfigError, SinkError
 from harvester.models import JSONDict
-from harvester.sinks import PartFile, encode_line, iter_lines
+from harvester.sinks import PartFile, encode_line, iter_lines, refuse_special
 
 FORMATS: Final = ("es-bulk", "meili", "jsonl")
 ITEM_SUFFIXES: Final = (".ndjson", ".ndjson.gz")
@@ -184,12 +184,17 @@ def check_index(index: str) -> None:
                           "letters, digits, '-', '_', '.'; e.g. edx-catalog)")
 
 
-def check_out(out: Path) -> None:
+def check_out(out: Path, source: Path | None = None) -> None:
     """Refuse an ``--out`` that cannot be the export file: no file name (``/``, ``.``,
-    ``..``) or an existing directory."""
-    if out.name in ("", ".", "..") or out.is_dir():
+    ``..``), an existing directory (a link is replaced, not followed), a device, FIFO or
+    socket, or a path inside ``source`` (the export would add a stray file to it)."""
+    if out.name in ("", ".", ".."):
         raise ConfigError(f"--out: {out} is a directory; expected a file to write, e.g. "
                           f"{out / 'export.ndjson'}")
+    refuse_special(out, "--out")
+    if source is not None and out.parent.resolve().is_relative_to(source.resolve()):
+        raise ConfigError(f"--out: {out} is inside {source}, the output it exports; "
+                          "name a file outside it")
 
 
 def document(ev: Event) -> dict[str, Any]:
@@ -215,7 +220,7 @@ def export(source: Path, fmt: str, out: Path, *, index: str = "edx-catalog",
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     check_index(index)
-    check_out(out)
+    check_out(out, source)
     parts: list[PartFile] = []
     try:
         if fmt == "meili":  # opened first: if it cannot be written, nothing is replaced

@@ -42,7 +42,7 @@ from harvester.models import CONTENT_TYPES
 from harvester.obs import REDACTOR, Stats, event
 from harvester.policy import Sleep
 from harvester.run import CatalogState, read_json
-from harvester.sinks import write_bytes_atomic
+from harvester.sinks import refuse_special, write_bytes_atomic
 
 __all__ = ["INTERVAL", "STATUSES", "MetricsFile", "Tenants", "check_metrics_path",
            "live_manifest", "manifest_success", "read_last_success", "single"]
@@ -68,7 +68,7 @@ def check_metrics_path(path: Path, name: str = "--metrics-file",
     the store), whose files the textfile would replace or which it would clutter."""
     if not str(path).strip():
         raise ConfigError(f"{name}: expected a file path, got an empty value")
-    _check_kind(path, name)
+    refuse_special(path, name)
     if not path.parent.is_dir():
         raise ConfigError(f"{name}: the directory {path.parent} does not exist")
     where = path.parent.resolve() / path.name
@@ -77,23 +77,6 @@ def check_metrics_path(path: Path, name: str = "--metrics-file",
             raise ConfigError(f"{name}: {path} is inside {root}, which this run writes; "
                               "name a file outside it")
     return path
-
-
-def _check_kind(path: Path, name: str) -> None:
-    """Refuse a path whose existing entry is not a regular file or a link (a device,
-    FIFO, socket or directory): renaming over it would destroy it, opening it can block."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise ConfigError(f"{name}: {path}: {exc.strerror}") from None
-    if stat.S_ISDIR(mode):
-        raise ConfigError(f"{name}: {path} is a directory; name a file in it "
-                          "(e.g. edx_harvester.prom)")
-    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-        raise ConfigError(f"{name}: {path} is not a regular file (a device, FIFO or "
-                          "socket); name a regular file")
 
 
 def read_last_success(path: Path) -> dict[str, float]:
@@ -343,7 +326,7 @@ class MetricsFile:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Families(self.command, status, views, self.started, ended, last))
         try:  # something else put there since the start is not ours to replace
-            _check_kind(self.path, self.source)
+            refuse_special(self.path, self.source)
         except ConfigError as exc:
             raise SinkError(str(exc)) from None
         write_bytes_atomic(self.path, generate_latest(registry))
