@@ -362,6 +362,10 @@ class ApiClient:
             headers={"Accept": "application/json", "User-Agent": USER_AGENT},
             raise_for_status=False,
         )
+        # aiohttp re-sends an idempotent request once, itself, when a reused connection
+        # is reset: that attempt would bypass the RateGate and the retry counter. No
+        # public switch exists (force_close would end keep-alive); a test pins the name.
+        self._session._retry_connection = False
         return self
 
     async def __aexit__(self, *exc: object) -> None:
