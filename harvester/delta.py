@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import re
 import sqlite3
+import urllib.parse
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -120,6 +121,19 @@ class Indexed:
         return rec
 
 
+def _readonly_uri(path: Path) -> str:
+    """A URI opening a committed snapshot's index without writing a byte next to it.
+
+    ``mode=ro`` alone still creates ``-shm``/``-wal`` for a WAL database (and changes the
+    snapshot directory's mtime, or fails on a read-only store); ``immutable=1`` takes no
+    locks and creates nothing. It is only safe when no ``-wal`` holds unmerged pages: a
+    cleanly closed index has none, so only then is it used."""
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    if not path.with_name(path.name + "-wal").exists():
+        uri += "&immutable=1"
+    return uri
+
+
 class SnapshotIndex:
     """``index.sqlite`` of one snapshot (read-only for the previous night)."""
 
@@ -127,7 +141,7 @@ class SnapshotIndex:
         self.path = path
         try:
             if readonly:
-                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                self._db = sqlite3.connect(_readonly_uri(path), uri=True)
             else:
                 # SQLite follows links: never open one planted in place of ours.
                 link = planted_link(*(path.with_name(path.name + s)

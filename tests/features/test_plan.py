@@ -135,6 +135,40 @@ def test_plan_with_store_predicts_what_the_next_sync_fetches(
         loop.run(srv.close())
 
 
+def tree(root: Path) -> list[tuple[str, int, int, int, bytes]]:
+    """Every entry under ``root``: path, mode, size, mtime (ns) and content."""
+    return sorted((str(p.relative_to(root)), (st := p.lstat()).st_mode, st.st_size,
+                   st.st_mtime_ns, p.read_bytes() if p.is_file() and not p.is_symlink()
+                   else b"") for p in root.rglob("*"))
+
+
+def test_plan_leaves_the_store_untouched_and_works_read_only(
+        monkeypatch: pytest.MonkeyPatch, loop: LoopThread, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """No -shm/-wal next to the snapshot's index, no mtime changed. The tests run as root,
+    for whom a-w stops nothing: the byte-and-mtime listing is what proves it."""
+    srv = start(loop, items=40)
+    store = tmp_path / "store"
+    try:
+        assert run(monkeypatch, srv, tmp_path, "sync", "--store", str(store),
+                   "--as-of", "2026-11-20") == 0
+        before = tree(store)
+        for p in [store, *store.rglob("*")]:
+            if not p.is_symlink():
+                p.chmod(p.stat().st_mode & ~0o222)
+        ro = tree(store)
+        doc = plan_json(monkeypatch, srv, tmp_path, capsys, "--store", str(store),
+                        "--as-of", "2026-11-21")
+        assert doc["sync"]["previous"] == (store / "latest").resolve().name
+        assert tree(store) == ro
+        assert [e[:1] + e[2:] for e in ro] == [e[:1] + e[2:] for e in before]
+    finally:
+        for p in [store, *store.rglob("*")]:
+            if not p.is_symlink():
+                p.chmod(p.stat().st_mode | 0o200)
+        loop.run(srv.close())
+
+
 def test_plan_counts_keyless_rows_apart_and_never_as_requests(
         monkeypatch: pytest.MonkeyPatch, loop: LoopThread, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
