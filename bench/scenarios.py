@@ -362,9 +362,11 @@ def _eta(small: dict[str, Any], n: int) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
+from bench.deadline_wall import deadline_wall  # noqa: E402  (imports Context from here)
 from bench.plan_eta import plan_eta  # noqa: E402  (it imports Context from here)
 
-ALL: Final = (throttled, unthrottled, memory_and_cpu, plan_eta, publish_cost, tenant_fanout)
+ALL: Final = (throttled, unthrottled, memory_and_cpu, plan_eta, publish_cost, tenant_fanout,
+              deadline_wall)
 
 
 def run_all(ctx: Context, only: set[str] | None = None) -> None:

@@ -11,6 +11,7 @@ the :class:`~harvester.pipeline.syncing.DetailDecider`'s).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -86,6 +87,8 @@ class DetailScheduler:
         #: workers created so far: never more than jobs queued (a high --concurrency
         #: costs nothing until there is work for it)
         self.workers_started = 0
+        #: detail requests begun (a deadline that allows none is said, see _too_short)
+        self._started = 0
 
     def start(self, tg: asyncio.TaskGroup, max_workers: int) -> None:
         """Let workers be created in ``tg``, up to ``max_workers``."""
@@ -221,6 +224,17 @@ class DetailScheduler:
             self.out_of_time = True
             event("sync.deadline_reached", reason=why,
                   left=round(self.budget.left(), 1) if self.budget is not None else None)
+            if self.budget is not None and self._started == 0:
+                self._too_short(self.budget)
+
+    def _too_short(self, budget: TimeBudget) -> None:
+        """No detail at all fits: the listing and the commit it needs use the whole budget
+        (the run may still end after the deadline: a listed night is always committed)."""
+        items = self._items()
+        event("sync.budget_too_short", logging.WARNING, items=items,
+              commit_reserve=round(budget.reserve(items), 1), left=round(budget.left(), 1),
+              hint="no detail was fetched: the listing and its commit need more than the "
+                   "budget; give a longer --time-budget or an earlier --deadline start")
 
     async def _defer(self, job: DetailJob) -> None:
         """Not reached before the deadline: not a failure, first in line next night."""
@@ -235,6 +249,7 @@ class DetailScheduler:
         if self.out_of_time:
             await self._defer(job)
             return
+        self._started += 1
         try:
             prev = job.previous
             resp = await self.client.get_json(ThrottleClass.LMS, path,
@@ -254,6 +269,7 @@ class DetailScheduler:
                                status=resp.status)
             await self._write(job, resp.body, resp.etag)  # NestedTooDeep: this item's
         except OutOfTime as exc:
+            self._started -= 1  # refused before it was sent
             self._stop(str(exc))
             await self._defer(job)
             return

@@ -248,3 +248,24 @@ def test_a_deadline_night_interrupted_then_resumed_finishes_the_same_snapshot(
     for c in range(sim.state.cfg.catalogs):
         uuid = data.catalog_uuids[c]
         assert sum(1 for k in now if k[0] == uuid) == len(data.membership(c, 1))
+
+
+def test_a_budget_the_listing_and_commit_fill_fetches_nothing_and_says_so(
+        loop: LoopThread, sim: SimServer, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """~185 items: a 0.5 s + 1 ms/item reserve (~0.68 s) is more than the 0.6 s budget, so
+    no detail request may start; the night is still complete, and the log says why."""
+    store = tmp_path / "store"
+    night(loop, sim, store, DAY1, None)
+    call(loop, sim, "POST", "/__epoch", json={"epoch": 1})
+    call(loop, sim, "POST", "/__reset")
+    with caplog.at_level("INFO"):
+        done, _ = night(loop, sim, store, DAY2, 0.6)
+    assert done.run.exit_code == 0
+    assert call(loop, sim, "GET", "/__stats")["detail_requests"] == 0
+    said = [r for r in caplog.records if "sync.budget_too_short" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING", caplog.text
+    fields = said[0].fields  # type: ignore[attr-defined]
+    listed = orjson.loads((done.snapshot / "manifest.json").read_bytes())["totals"]["items"]
+    assert fields["items"] == listed and fields["commit_reserve"] == round(
+        0.5 + 0.001 * listed, 1)
