@@ -28,7 +28,6 @@ from harvester.config import (
     Settings,
     load_settings,
     parse_duration,
-    parse_file_path,
     parse_path,
 )
 from harvester.deadline import TimeBudget, parse_time_budget, seconds_until
@@ -72,6 +71,7 @@ from harvester.run import (
     SyncResult,
 )
 from harvester.tenants import select_tenants
+from harvester.userpath import file_arg, run_dirs
 
 T = TypeVar("T")
 EXIT_SIGINT = 130
@@ -95,14 +95,6 @@ def _path(text: str) -> Path:
     """An argparse type: a path, never empty (an empty one would mean the cwd)."""
     try:
         return parse_path(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _file_path(text: str) -> Path:
-    """An argparse type: a file's path (no trailing slash)."""
-    try:
-        return parse_file_path(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -132,7 +124,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_metrics(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics-file", type=_file_path, metavar="FILE",
+    p.add_argument("--metrics-file", type=file_arg, metavar="FILE",
                    help="write Prometheus metrics (node_exporter textfile) here during the "
                         "run and at its end, e.g. /var/lib/node_exporter/edx_harvester.prom")
 
@@ -183,8 +175,7 @@ def _add_export(sub: Any) -> None:
     ex.add_argument("source", type=_path, metavar="PATH",
                     help="a snapshot directory, a sync store (its latest), or changes.ndjson")
     ex.add_argument("--format", required=True, choices=("es-bulk", "meili", "jsonl"))
-    ex.add_argument("--out", type=_file_path, required=True, metavar="FILE",
-                    help="file to write")
+    ex.add_argument("--out", type=file_arg, required=True, metavar="FILE", help="file to write")
     ex.add_argument("--index", default="edx-catalog", metavar="NAME",
                     help="index name for es-bulk")
     ex.add_argument("--changes", action="store_true",
@@ -377,7 +368,7 @@ def _metrics(ns: argparse.Namespace, command: str) -> Iterator[MetricsFile | Non
     if path is None:
         yield None
         return
-    mf = MetricsFile(path, command, source=source, own=_own_dirs(ns, command))
+    mf = MetricsFile(path, command, source=source, own=run_dirs(command, ns, _settings))
     try:
         yield mf
     except Interrupted:
@@ -391,22 +382,8 @@ def _metrics(ns: argparse.Namespace, command: str) -> Iterator[MetricsFile | Non
             _say(f"--metrics-file not written: {exc}")
 
 
-def _own_dirs(ns: argparse.Namespace, command: str) -> tuple[Path | None, ...]:
-    """The directories ``command`` writes (OUT, the store), which --metrics-file must
-    stay out of."""
-    dirs: list[Path | None] = [getattr(ns, "store", None)]
-    with contextlib.suppress(ConfigError):  # the command's own load says it, exit 2
-        settings = _settings(ns) if hasattr(ns, "config") else None
-        if settings is not None and command in ("harvest", "learners"):
-            dirs.append(settings.output.out)
-        if settings is not None and command in ("sync", "plan"):
-            dirs.append(settings.sync.store)
-    return tuple(dirs)
-
-
 def _harvest_view(harvest: Harvest) -> Callable[[], Tenants]:
-    return lambda: single(live_manifest(harvest.catalogs, harvest.stats,
-                                        errors=harvest.failures))
+    return lambda: single(live_manifest(harvest.catalogs, harvest.stats, errors=harvest.failures))
 
 
 def _only(ns: argparse.Namespace, settings: Settings) -> list[str]:

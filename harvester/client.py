@@ -359,13 +359,9 @@ class ApiClient:
                                           sock_read=api.read_timeout),
             connector=aiohttp.TCPConnector(limit=self.settings.limits.concurrency + 4,
                                            ttl_dns_cache=300),
-            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-            raise_for_status=False,
-        )
-        # aiohttp re-sends an idempotent request once, itself, when a reused connection
-        # is reset: that attempt would bypass the RateGate and the retry counter. No
-        # public switch exists (force_close would end keep-alive); a test pins the name.
-        self._session._retry_connection = False
+            headers={"Accept": "application/json", "User-Agent": USER_AGENT})  # no raise_for_status
+        # aiohttp's own re-send on a reset keep-alive connection skips our gate and counter
+        self._session._retry_connection = False  # no public switch; tests/faults/test_resets
         return self
 
     async def __aexit__(self, *exc: object) -> None:

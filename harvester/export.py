@@ -43,7 +43,8 @@ import orjson
 from harvester.delta import doc_id, safe_id
 from harvester.errors import ConfigError, SinkError
 from harvester.models import JSONDict
-from harvester.sinks import PartFile, encode_line, iter_lines, refuse_special
+from harvester.sinks import PartFile, encode_line, iter_lines
+from harvester.userpath import refuse_special
 
 FORMATS: Final = ("es-bulk", "meili", "jsonl")
 ITEM_SUFFIXES: Final = (".ndjson", ".ndjson.gz")

@@ -42,7 +42,8 @@ from harvester.models import CONTENT_TYPES
 from harvester.obs import REDACTOR, Stats, event
 from harvester.policy import Sleep
 from harvester.run import CatalogState, read_json
-from harvester.sinks import refuse_special, write_bytes_atomic
+from harvester.sinks import write_bytes_atomic
+from harvester.userpath import refuse_special
 
 __all__ = ["INTERVAL", "STATUSES", "MetricsFile", "Tenants", "check_metrics_path",
            "live_manifest", "manifest_success", "read_last_success", "single"]

@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 import orjson
 
-from harvester.errors import ConfigError, NestedTooDeep, SinkError, UnsafePath
+from harvester.errors import NestedTooDeep, SinkError, UnsafePath
 from harvester.models import CONTENT_TYPES, OTHER_STEM, JSONDict, file_stem
 
 _CANONICAL_UUID_RE: Final = re.compile(
@@ -332,23 +332,6 @@ def write_json_atomic(path: Path, data: Any, *, private: bool = False,
     """Write JSON to ``path`` atomically: temp file, fsync, rename, fsync the directory."""
     payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     write_bytes_atomic(path, payload, private=private, root=root)
-
-
-def refuse_special(path: Path, name: str) -> None:
-    """Raise :class:`ConfigError` unless what is at a user-named ``path`` (lstat: never
-    followed, never opened) is nothing, a regular file or a link: renaming over a
-    device, FIFO or socket would destroy it, and opening one can block forever."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise ConfigError(f"{name}: {path}: {exc.strerror}") from None
-    if stat.S_ISDIR(mode):
-        raise ConfigError(f"{name}: {path} is a directory; name a file in it")
-    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-        raise ConfigError(f"{name}: {path} is not a regular file (a device, FIFO or "
-                          "socket); name a regular file")
 
 
 def write_bytes_atomic(path: Path, payload: bytes, *, private: bool = False,
