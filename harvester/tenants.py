@@ -14,6 +14,7 @@ any request. Running them is :mod:`harvester.pipeline.tenants`' job; here nothin
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from harvester.config import Secret, Settings, TenantsConfig, TenantSpec
+from harvester.config.loader import read_regular
 from harvester.errors import ConfigError, StateError
 from harvester.run import EXIT_OK, EXIT_PARTIAL, EXIT_UNEXPECTED, EXIT_USAGE
 from harvester.state import STATE_DIR
@@ -61,33 +63,42 @@ class Tenant:
     settings: Settings
 
 
+#: What an environment variable's name looks like by convention; a ``*_env`` value that
+#: does not (a pasted secret, say) is never echoed in an error.
+ENV_NAME: Final = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
 def _read_env(where: str, var: str, environ: Mapping[str, str]) -> str:
     value = environ.get(var, "").strip()
     if not value:
-        raise ConfigError(f"{where}: environment variable {var} is not set (or empty)")
+        if ENV_NAME.fullmatch(var):
+            raise ConfigError(f"{where}_env: environment variable {var} is not set "
+                              "(or empty)")
+        raise ConfigError(f"{where}_env: the variable it names is not set (the value is "
+                          "not shown: it does not look like a variable's name; put the "
+                          "secret in the environment and its variable's name here)")
     return value
 
 
 def _read_file(where: str, path: Path) -> str:
+    # The path is not echoed: a secret pasted where the path belongs would leak.
+    where = f"{where}_file"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY)
-        try:
-            raw = os.read(fd, SECRET_MAX_BYTES + 1)
-        finally:
-            os.close(fd)
+        raw = read_regular(path, SECRET_MAX_BYTES)
     except FileNotFoundError:
-        raise ConfigError(f"{where}: secret file {path} does not exist") from None
+        raise ConfigError(f"{where}: the secret file it names does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"{where}: cannot read secret file {path}: "
+        raise ConfigError(f"{where}: cannot read the secret file it names: "
                           f"{exc.strerror or exc}") from None
     if len(raw) > SECRET_MAX_BYTES:
-        raise ConfigError(f"{where}: secret file {path} is over 64 KiB; not a credential")
+        raise ConfigError(f"{where}: the secret file it names is over 64 KiB; "
+                          "not a credential")
     try:
         value = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise ConfigError(f"{where}: secret file {path} is not UTF-8 text") from None
+        raise ConfigError(f"{where}: the secret file it names is not UTF-8 text") from None
     if not value:
-        raise ConfigError(f"{where}: secret file {path} is empty")
+        raise ConfigError(f"{where}: the secret file it names is empty")
     return value
 
 
@@ -101,13 +112,26 @@ def _credential(spec: TenantSpec, half: str, environ: Mapping[str, str]) -> str:
     return _read_file(where, path)
 
 
+def credential_source(spec: TenantSpec) -> str:
+    """Where ``spec``'s credential comes from, as a refused token's hint names it: the
+    variables by name, a file by its setting (a path is not echoed)."""
+    def one(half: str) -> str:
+        var: str | None = getattr(spec, f"{half}_env")
+        if var is not None and ENV_NAME.fullmatch(var):
+            return var
+        kind = "env" if var is not None else "file"
+        return f"tenants[{spec.name}].{half}_{kind}"
+    return f"{one('client_id')} / {one('client_secret')}"
+
+
 def tenant_settings(settings: Settings, spec: TenantSpec, *, client_id: str, secret: str,
                     out: Path) -> Settings:
     """``settings`` as one tenant's run sees them: its credential, budget, catalogs and
     directory; no shard (shards split tenants) and no tenants of its own."""
     return replace(
         settings,
-        api=replace(settings.api, client_id=client_id, client_secret=Secret(secret)),
+        api=replace(settings.api, client_id=client_id, client_secret=Secret(secret),
+                    credential_source=credential_source(spec)),
         limits=replace(settings.limits, lms=spec.rate_lms or settings.limits.lms),
         harvest=replace(settings.harvest, catalogs=spec.catalogs or settings.harvest.catalogs,
                         shard=""),

@@ -8,6 +8,9 @@ config file.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import fields
@@ -41,6 +44,10 @@ from harvester.config.values import (
     parse_str_tuple,
 )
 from harvester.errors import ConfigError
+
+#: Largest config file read: far above any real config, small enough to refuse a
+#: mistaken path to a log or a disk image at once.
+CONFIG_MAX_BYTES: Final = 16 * 1024 * 1024
 
 SCHEMA: Final[dict[str, tuple[str, str, Callable[[object], Any]]]] = {
     "api.base": ("api", "base", parse_str),
@@ -99,11 +106,35 @@ ENV: Final[dict[str, str]] = {
     "HARVESTER_PUBLISH_STORAGE_OPTIONS": "publish.storage_options",
 }
 
+def read_regular(path: Path, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of the regular file ``path``. Links are followed (mounted
+    Kubernetes secrets are links into ``..data/``), but anything else (a FIFO, a device, a
+    directory) is an ``OSError`` before any read: a FIFO with no writer would block the
+    open (hence ``O_NONBLOCK``) or the read forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_config_file(path: Path) -> dict[str, object]:
     """Read a TOML config file into ``{"section.key": value}``; unknown keys are errors."""
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        raw = read_regular(path, CONFIG_MAX_BYTES)
+        if len(raw) > CONFIG_MAX_BYTES:
+            raise ConfigError(f"config file {path} is over 16 MiB; not a config")
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:

@@ -69,8 +69,9 @@ def _source(where: str, table: Mapping[str, object], half: str
         if env is not None:
             name = parse_str(env)
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise ValueError(f"{half}_env must be an environment variable's name, "
-                                 f"got {name!r}")
+                # Not echoed: a value that is not a name is often the secret itself.
+                raise ValueError(f"{half}_env must be an environment variable's name "
+                                 "(the value given is not one; not shown)")
             return name, None
         text = parse_str(file)
         if not text.strip():
@@ -103,9 +104,12 @@ def parse_tenant(index: int, table: object) -> TenantSpec:
     try:
         catalogs = parse_str_tuple(table.get("catalogs", []))
         enterprises = parse_str_tuple(table.get("enterprises", []))
-        rate = parse_rate(table["rate_lms"]) if "rate_lms" in table else None
     except (ValueError, ConfigError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    try:
+        rate = parse_rate(table["rate_lms"]) if "rate_lms" in table else None
+    except (ValueError, ConfigError) as exc:
+        raise ConfigError(f"tenants[{name}].rate_lms: {exc}") from None
     return TenantSpec(name, id_env, id_file, secret_env, secret_file, catalogs, rate,
                       enterprises)
 

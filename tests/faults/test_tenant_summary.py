@@ -1,0 +1,120 @@
+"""Tenants' run summary, secret files and config errors under hostile input: a FIFO
+where a secret or the config belongs, a secret pasted where a name belongs, a refused
+credential's hint, a restricted rerun's summary, a publish next to planted files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harvester.sim import SimServer
+from tests.integration.helpers import LoopThread
+from tests.integration.test_tenants import api_requests, config, harvest, load, start
+
+PASTED = "c24cee8d9f0a4b1e8c7d6e5f4a3b2c1d"
+
+
+@pytest.fixture
+def loop() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture
+def sim(loop: LoopThread) -> Iterator[SimServer]:
+    srv = start(loop)
+    yield srv
+    loop.run(srv.close())
+
+
+def test_a_fifo_secret_file_is_refused_at_once_naming_the_tenant(
+        sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    tables = (f'[[tenants]]\nname = "a"\nclient_id_env = "A_ID"\n'
+              f'client_secret_file = "{fifo}"\n')
+    monkeypatch.setenv("A_ID", "x")
+    cfg = config(tmp_path, sim, monkeypatch, tables=tables)
+    capsys.readouterr()
+    assert harvest(cfg, tmp_path / "out", sim) == 2  # on old main: blocks in os.open
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tenant 'a': client_secret_file" in err, err
+    assert "not a regular file" in err and api_requests(sim) == 0
+
+
+def test_a_linked_secret_file_is_followed_as_kubernetes_mounts_them(
+        sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "..data"
+    data.mkdir()
+    _, env = sim.tenant_config()
+    (data / "secret").write_text(env["SIM_0_CLIENT_SECRET"])
+    (tmp_path / "secret").symlink_to("..data/secret")
+    tables = (f'[[tenants]]\nname = "a"\nclient_id_env = "SIM_0_CLIENT_ID"\n'
+              f'client_secret_file = "{tmp_path / "secret"}"\n')
+    cfg = config(tmp_path, sim, monkeypatch, tables=tables)
+    assert harvest(cfg, tmp_path / "out", sim) == 0
+
+
+def test_a_fifo_config_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "cfg.toml"
+    os.mkfifo(fifo)
+    proc = subprocess.run([sys.executable, "-m", "harvester", "plan", "--config", str(fifo)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "not a regular file" in proc.stderr
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    (f'client_secret_env = "{PASTED}"', "client_secret_env: the variable it names is not set"),
+    (f'client_secret_env = "9{PASTED}-x"', "client_secret_env must be an environment"),
+    (f'client_secret_file = "{PASTED}"', "client_secret_file: the secret file it names"),
+    ('client_secret_env = "A_S"\nrate_lms = "fast"', "tenants[a].rate_lms: "),
+])
+def test_a_secret_where_a_name_belongs_is_never_echoed(
+        sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], line: str, says: str) -> None:
+    monkeypatch.setenv("A_ID", "x")
+    monkeypatch.setenv("A_S", "y")
+    cfg = config(tmp_path, sim, monkeypatch,
+                 tables=f'[[tenants]]\nname = "a"\nclient_id_env = "A_ID"\n{line}\n')
+    capsys.readouterr()
+    assert harvest(cfg, tmp_path / "out", sim) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+    assert PASTED not in err and api_requests(sim) == 0
+
+
+def test_a_refused_tenant_credential_names_its_own_settings(
+        sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, out = config(tmp_path, sim, monkeypatch), tmp_path / "out"
+    monkeypatch.setenv("SIM_1_CLIENT_SECRET", "wrong-secret-value")
+    assert harvest(cfg, out, sim, "--tenant", "sim-1") == 3
+    hint = "check SIM_1_CLIENT_ID / SIM_1_CLIENT_SECRET"
+    assert hint in load(out / "manifest.json")["tenants"]["sim-1"]["message"]
+    assert hint in capsys.readouterr().err
+    assert "EDX_CLIENT" not in (out / "manifest.json").read_text()
+
+
+def test_verify_into_a_closed_pipe_exits_quietly(sim: SimServer, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    assert harvest(config(tmp_path, sim, monkeypatch), out, sim) == 0
+    for item in out.glob("tenant=*/catalog=*/courses.ndjson"):
+        item.write_bytes(item.read_bytes()[:-10])  # one problem line each on stdout
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line, as `| head -1` ends up
+    try:
+        proc = subprocess.run([sys.executable, "-m", "harvester", "verify", str(out)],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+                              check=False)
+    finally:
+        os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
