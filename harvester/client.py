@@ -642,7 +642,7 @@ class ApiClient:
         if status in (400, 401, 403):
             reason = _excerpt(raw, private=False) or f"HTTP {status}"
             raise AuthError(f"the token endpoint refused the client credentials "
-                            f"({reason}); check {api.credential_source}")
+                            f"({reason}); check EDX_CLIENT_ID / EDX_CLIENT_SECRET")
         kw: dict[str, Any] = {"status": status, "endpoint": "token", "url": api.token_url}
         if status == 429:
             wait = advertised_wait(headers.get("Retry-After"),

@@ -54,6 +54,10 @@ def in_shard(name: str, shard: str) -> bool:
     return zlib.crc32(name.encode()) % total == index
 
 
+#: Where a single-tenant run's credential comes from (the hint of a refused token).
+DEFAULT_SOURCE: Final = "EDX_CLIENT_ID / EDX_CLIENT_SECRET"
+
+
 @dataclass(frozen=True, slots=True)
 class Tenant:
     """A selected tenant: its name and the settings its runs use (credential inside,
@@ -61,6 +65,8 @@ class Tenant:
 
     name: str
     settings: Settings
+    #: Where its credential comes from, for a refused credential's hint.
+    source: str = DEFAULT_SOURCE
 
 
 #: What an environment variable's name looks like by convention; a ``*_env`` value that
@@ -130,8 +136,7 @@ def tenant_settings(settings: Settings, spec: TenantSpec, *, client_id: str, sec
     directory; no shard (shards split tenants) and no tenants of its own."""
     return replace(
         settings,
-        api=replace(settings.api, client_id=client_id, client_secret=Secret(secret),
-                    credential_source=credential_source(spec)),
+        api=replace(settings.api, client_id=client_id, client_secret=Secret(secret)),
         limits=replace(settings.limits, lms=spec.rate_lms or settings.limits.lms),
         harvest=replace(settings.harvest, catalogs=spec.catalogs or settings.harvest.catalogs,
                         shard=""),
@@ -156,7 +161,8 @@ def select_tenants(settings: Settings, *, root: Path, only: Sequence[str] = (),
               if (not only or spec.name in only) and in_shard(spec.name, settings.harvest.shard)]
     return [Tenant(spec.name, tenant_settings(
         settings, spec, client_id=_credential(spec, "client_id", env),
-        secret=_credential(spec, "client_secret", env), out=root / tenant_dirname(spec.name)))
+        secret=_credential(spec, "client_secret", env), out=root / tenant_dirname(spec.name)),
+        credential_source(spec))
         for spec in chosen]
 
 

@@ -69,9 +69,6 @@ class ApiConfig:
     token_url: str = ""
     client_id: str = ""
     client_secret: Secret = field(default_factory=lambda: Secret(""))
-    #: Where the credential came from, for the hint of a refused token (a tenant's own
-    #: variables or file settings; not a config key).
-    credential_source: str = "EDX_CLIENT_ID / EDX_CLIENT_SECRET"
     connect_timeout: float = 10.0
     read_timeout: float = 35.0
     #: Total seconds one attempt may take, connect to last body byte: a body dripped a

@@ -31,7 +31,7 @@ from harvester.run import (
     now_iso,
 )
 from harvester.sinks import ensure_dir, write_json_atomic
-from harvester.tenants import Tenant, summary, tenant_dirname, worst_exit
+from harvester.tenants import DEFAULT_SOURCE, Tenant, summary, tenant_dirname, worst_exit
 
 __all__ = ["TenantOutcome", "TenantRun", "TenantWork", "TenantsResult"]
 
@@ -112,6 +112,7 @@ class TenantRun:
         self.summary_name = summary_name
         self.units: dict[str, TenantWork] = {t.name: make(t) for t in tenants}
         self.outcomes = {t.name: TenantOutcome(t.name) for t in tenants}
+        self.sources = {t.name: t.source for t in tenants}
 
     async def run(self) -> TenantsResult:
         """Every tenant to its end (a failed tenant is an outcome, not an exception)."""
@@ -141,7 +142,10 @@ class TenantRun:
             result = await unit.run()
         except HarvestError as exc:
             outcome.status, outcome.exit_code = "failed", _classify(exc)
-            outcome.message = REDACTOR.scrub(str(exc))
+            message = str(exc)
+            if isinstance(exc, AuthError):  # name this tenant's own variables or files
+                message = message.replace(DEFAULT_SOURCE, self.sources[name])
+            outcome.message = REDACTOR.scrub(message)
             event("tenant.failed", exit_code=outcome.exit_code, error=type(exc).__name__,
                   message=outcome.message)
             return
