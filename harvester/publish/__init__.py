@@ -36,7 +36,7 @@ harvest, or print.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
@@ -54,6 +54,8 @@ __all__ = ["INDEX_NAME", "LATEST_NAME", "PublishReport", "Target", "check_target
            "publish_night", "publish_result", "publish_snapshot", "publish_tenants"]
 
 LATEST_NAME: Final = "latest.json"
+#: A sync snapshot's change feed in a catalog directory (its manifest's ``sync.feed``).
+FEED_NAME: Final = "changes.ndjson"
 
 
 def publish_result(target: Target | None, result: RunResult, *,
@@ -70,7 +72,7 @@ def publish_result(target: Target | None, result: RunResult, *,
         assert target is not None
         if learners:
             return publish_dir(target, result.out, "learners", _learner_file)
-        return publish_dir(target, result.out, "", _harvest_file)
+        return publish_dir(target, result.out, "", _harvest_files(result.out))
 
     try:
         return guard(target, f"uploading {result.out}", work)
@@ -112,10 +114,9 @@ def _publish_tenant(target: Target, kind: str, root: Path, dirname: str,
     if result.manifest is None or result.status not in ("complete", "partial"):
         return None
     learners = kind == "learners"  # result.out is then OUT/tenant=<name>/learners
-    include: Callable[[PurePosixPath], bool] = _learner_file if learners else _harvest_file
     prefix = f"{dirname}/learners" if learners else dirname
-    return guard(target, f"uploading {result.out}",
-                  lambda: publish_dir(target, result.out, prefix, include))
+    return guard(target, f"uploading {result.out}", lambda: publish_dir(
+        target, result.out, prefix, _learner_file if learners else _harvest_files(result.out)))
 
 
 def _learner_file(rel: PurePosixPath) -> bool:
@@ -128,14 +129,36 @@ def _learner_file(rel: PurePosixPath) -> bool:
             and parts[1] in (NDJSON_NAME, CSV_NAME))
 
 
-def _harvest_file(rel: PurePosixPath) -> bool:
-    """What a harvest (or a sync snapshot) writes: the top files and, in each catalog
-    directory, the item files and change feed; never a user's file next to them, and
-    never learner data."""
-    parts = rel.parts
-    if len(parts) == 1:
-        return parts[0] in TOP_FILES
-    return len(parts) == 2 and is_catalog_dirname(parts[0]) and parts[1] in CATALOG_FILES
+def _harvest_files(root: Path) -> Callable[[PurePosixPath], bool]:
+    """What a harvest (or a sync snapshot) in ``root`` wrote: exactly the files its
+    manifest names (top files, and each catalog's files in its ``dir``) and the manifest
+    itself. A user's file that only looks like ours (a ``changes.ndjson`` in a harvest,
+    a ``.gz`` name in a plain run, a ``catalog=<uuid>`` directory the run never wrote) is
+    not named there, so it is never published; learner data never is either."""
+    try:
+        manifest = orjson.loads((root / MANIFEST_NAME).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise PublishError(f"cannot read {root / MANIFEST_NAME}: {exc}") from None
+    names = {MANIFEST_NAME}
+    if isinstance(manifest, dict):
+        names.update(_names(manifest.get("files"), "", TOP_FILES))
+        catalogs = manifest.get("catalogs")
+        for entry in catalogs.values() if isinstance(catalogs, dict) else ():
+            where = entry.get("dir") if isinstance(entry, dict) else None
+            if isinstance(where, str) and is_catalog_dirname(where):
+                names.update(_names(entry.get("files"), f"{where}/", CATALOG_FILES))
+                sync = entry.get("sync")
+                if isinstance(sync, dict) and sync.get("feed"):  # a snapshot's change feed
+                    names.add(f"{where}/{FEED_NAME}")
+    return lambda rel: rel.as_posix() in names
+
+
+def _names(files: object, prefix: str, ours: Collection[str]) -> set[str]:
+    """The names of a manifest's ``files`` table that are names we write (``ours``),
+    under ``prefix``: a hand-edited manifest cannot name ``../x`` or a ledger."""
+    if not isinstance(files, dict):
+        return set()
+    return {prefix + name for name in files if name in ours}
 
 
 def _summary_report(target: Target, name: str, data: bytes) -> PublishReport:
@@ -171,7 +194,7 @@ def publish_snapshot(target: Target, store_root: Path, snapshot: Path,
     in_home = f"{snapshot.parent.name}/{snapshot.name}"
 
     def work() -> PublishReport:
-        report = publish_dir(target, snapshot, rel, _harvest_file)
+        report = publish_dir(target, snapshot, rel, _harvest_files(snapshot))
         pointer = {"snapshot": snapshot.name, "path": in_home + "/",
                    "manifest": f"{in_home}/{MANIFEST_NAME}", "run_id": manifest.get("run_id"),
                    "status": manifest.get("status"),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harvester import cli
 from harvester.sim import SimServer
 from tests.integration.helpers import LoopThread
 from tests.integration.test_tenants import api_requests, config, harvest, load, start
@@ -118,3 +119,31 @@ def test_verify_into_a_closed_pipe_exits_quietly(sim: SimServer, tmp_path: Path,
     finally:
         os.close(write)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_publish_sends_only_the_files_the_manifests_name(
+        sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files a user put in OUT that only look like ours (a change feed in a harvest, a
+    ``.gz`` item file in a plain run, a catalog directory the run never wrote) stay
+    local: the published prefix is exactly what the manifests describe, and verifies."""
+    cfg, out = config(tmp_path, sim, monkeypatch), tmp_path / "out"
+    assert harvest(cfg, out, sim) == 0
+    base = out / "tenant=sim-0"
+    real = next(base.glob("catalog=*"))
+    planted = [real / "changes.ndjson", real / "courses.ndjson.gz",
+               base / "catalog=00000000-0000-4000-8000-000000000000" / "courses.ndjson"]
+    for path in planted:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b'{"planted": true}\n')
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    assert harvest(cfg, out, sim, "--publish", f"file://{remote}") == 0
+    for path in planted:
+        assert not (remote / path.relative_to(out)).exists(), path
+    published = {p.relative_to(remote / "tenant=sim-0").as_posix()
+                 for p in (remote / "tenant=sim-0").rglob("*") if p.is_file()}
+    manifest = load(base / "manifest.json")
+    named = {"manifest.json", *manifest["files"]} | {
+        f"{c['dir']}/{f}" for c in manifest["catalogs"].values() for f in c["files"]}
+    assert published - {".harvester-publish.json"} == named
+    assert cli.main(["verify", f"file://{remote}"]) == 0
