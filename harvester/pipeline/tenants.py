@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+import orjson
+
 from harvester.errors import AuthError, ConfigError, HarvestError, StateError, UnsafePath
 from harvester.obs import REDACTOR, TENANT, event
 from harvester.run import (
+    EXIT_OK,
     EXIT_PARTIAL,
     EXIT_UNEXPECTED,
     EXIT_USAGE,
@@ -93,6 +96,21 @@ class TenantsResult:
 STAGGER: Final = 1.0
 
 
+#: Where a tenant's own manifest is under its directory, by the kind of run.
+_OWN_MANIFEST: Final = {"harvest": "manifest.json", "sync": "latest/manifest.json",
+                        "learners": "learners/manifest.json"}
+_STATUS_EXIT: Final = {"complete": EXIT_OK, "partial": EXIT_PARTIAL}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object written by an earlier run, or ``{}`` (missing, unreadable, not one)."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _classify(exc: HarvestError) -> int:
     """A tenant's exit code for what its run raised."""
     if isinstance(exc, AuthError):
@@ -123,6 +141,7 @@ class TenantRun:
                 tg.create_task(self._one(name, unit, STAGGER * i / spread),
                                name=f"tenant-{name}")
         rows = [o.as_dict() for o in self.outcomes.values()]
+        rows += self._not_run()
         manifest = summary(self.kind, rows, shard=self.shard, started_at=started,
                            ended_at=now_iso())
         write_json_atomic(self.root / self.summary_name, REDACTOR.scrub_obj(manifest),
@@ -130,6 +149,36 @@ class TenantRun:
         return TenantsResult(list(self.outcomes.values()),
                              worst_exit([o.exit_code or 0 for o in self.outcomes.values()]),
                              manifest)
+
+    def _not_run(self) -> list[dict[str, Any]]:
+        """The summary rows of the tenants present under the root that this run did not
+        drive (``--tenant``, a shard): each keeps its last recorded status, read from its
+        own manifest, so the summary never says ``complete`` while one of them is not."""
+        previous = _read_json(self.root / self.summary_name).get("tenants")
+        previous = previous if isinstance(previous, dict) else {}
+        rows: list[dict[str, Any]] = []
+        for sub in sorted(self.root.glob(tenant_dirname("*"))):
+            name = sub.name.removeprefix(tenant_dirname(""))
+            if name in self.outcomes or not sub.is_dir() or sub.is_symlink():
+                continue
+            last = previous.get(name)
+            own = _read_json(sub / _OWN_MANIFEST[self.kind])
+            if not own and not isinstance(last, dict):
+                continue  # nothing of this kind recorded (a harvest-only tenant's learners)
+            row: dict[str, Any] = dict(last) if isinstance(last, dict) else {
+                "name": name, "dir": sub.name, "status": "unknown", "exit_code": None}
+            # A store's latest snapshot is its last promoted night, not its last night:
+            # the summary's own row for it is newer when there is one.
+            newer = self.kind == "sync" and isinstance(last, dict)
+            if own.get("status") in _STATUS_EXIT and not newer:
+                row["status"] = own["status"]
+                row["exit_code"] = _STATUS_EXIT[own["status"]]
+                row["run_id"] = own.get("run_id", row.get("run_id"))
+            if not isinstance(row.get("exit_code"), int):
+                row["exit_code"] = EXIT_UNEXPECTED  # no record of how it ended
+            row.update(name=name, carried=True)  # not run this time: its last status
+            rows.append(row)
+        return rows
 
     async def _one(self, name: str, unit: TenantWork, delay: float) -> None:
         TENANT.set(name)  # this task's context: every event below names the tenant

@@ -48,7 +48,7 @@ from harvester.learners.files import CSV_NAME, NDJSON_NAME
 from harvester.publish.mirror import INDEX_NAME, MANIFEST_NAME, guard, publish_dir
 from harvester.publish.target import PublishReport, Target, check_target
 from harvester.run import RunResult, SyncResult
-from harvester.sinks import CATALOG_FILES, TOP_FILES, is_catalog_dirname
+from harvester.sinks import CATALOG_FILES, TOP_FILES, catalog_dirname, is_catalog_dirname
 
 __all__ = ["INDEX_NAME", "LATEST_NAME", "PublishReport", "Target", "check_target",
            "publish_night", "publish_result", "publish_snapshot", "publish_tenants"]
@@ -147,9 +147,12 @@ def _harvest_files(root: Path) -> Callable[[PurePosixPath], bool]:
             where = entry.get("dir") if isinstance(entry, dict) else None
             if isinstance(where, str) and is_catalog_dirname(where):
                 names.update(_names(entry.get("files"), f"{where}/", CATALOG_FILES))
-                sync = entry.get("sync")
-                if isinstance(sync, dict) and sync.get("feed"):  # a snapshot's change feed
+                if isinstance(entry.get("sync"), dict):  # a snapshot's change feed
                     names.add(f"{where}/{FEED_NAME}")
+        gone = manifest.get("gone_catalogs")
+        for uuid in gone if isinstance(gone, dict) else ():  # their deletes' feed
+            if isinstance(uuid, str) and is_catalog_dirname(where := catalog_dirname(uuid)):
+                names.add(f"{where}/{FEED_NAME}")
     return lambda rel: rel.as_posix() in names
 
 

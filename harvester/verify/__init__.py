@@ -34,6 +34,9 @@ _FEED: Final = "changes.ndjson"
 #: sync's, and a learner export's.
 _TENANT_SUMMARIES: Final = ("manifest.json", "learners-manifest.json")
 _FINISHED: Final = ("complete", "partial")  #: a run's statuses that leave its output
+#: A tenant's own manifest under ``tenant=<name>/``, by the summary's kind (a sync
+#: store's is its latest snapshot's, the last promoted night: not compared).
+_OWN_MANIFEST: Final = {"harvest": "manifest.json", "learners": "learners/manifest.json"}
 #: A published store's ``latest`` (``--publish``: object storage has no links).
 _POINTER: Final = "latest.json"
 #: A local snapshot's index, which no manifest names (and --publish does not upload).
@@ -226,7 +229,33 @@ def _tenants(c: Check, rel: str, summary: dict[str, Any] | None = None) -> bool:
         where = _join(rel, f"tenant={tenant}")
         if status in _FINISHED and c.tree.kind(where) is None:
             c.problem(where, "missing (named in the run summary)")
+    if summary:
+        _summary_agrees(c, rel, summary, ran)
     return found
+
+
+def _summary_agrees(c: Check, rel: str, summary: dict[str, Any],
+                    ran: dict[str, Any]) -> None:
+    """A run summary covers every tenant under ``rel``, says what each tenant's own
+    manifest says, and says ``complete`` only if every tenant is."""
+    own_name = _OWN_MANIFEST.get(str(summary.get("kind")))
+    complete = summary.get("status") == "complete"
+    for name in c.tree.children(rel):
+        if not name.startswith("tenant=") or c.tree.kind(_join(rel, name)) != "dir":
+            continue
+        tenant = name.removeprefix("tenant=")
+        own = _join(rel, name, own_name) if own_name else ""
+        if own and c.tree.kind(own) == "file":
+            if tenant not in ran:
+                c.problem(_join(rel, name), "not in the run summary")
+                continue
+            status = (c.json(own) or {}).get("status")
+            if status in _FINISHED and ran[tenant] in _FINISHED and status != ran[tenant]:
+                c.problem(own, f"says {status}; the run summary says {ran[tenant]}")
+    if complete and any(status != "complete" for status in ran.values()):
+        c.problem(_join(rel, _TENANT_SUMMARIES[0] if summary.get("kind") != "learners"
+                        else _TENANT_SUMMARIES[1]),
+                  "says complete, but not every tenant is")
 
 
 def _tenant_root(c: Check, rel: str, summary: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from harvester import cli
@@ -147,3 +148,32 @@ def test_publish_sends_only_the_files_the_manifests_name(
         f"{c['dir']}/{f}" for c in manifest["catalogs"].values() for f in c["files"]}
     assert published - {".harvester-publish.json"} == named
     assert cli.main(["verify", f"file://{remote}"]) == 0
+
+
+def test_a_restricted_rerun_keeps_every_tenants_status_in_the_summary(
+        loop: LoopThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sim-1 is forbidden (partial); a rerun of sim-0 alone exits 0 for what it ran, but
+    the summary still lists sim-1 as partial and is not complete; verify agrees."""
+    srv = start(loop, forbid_tenants=("1",))
+    try:
+        cfg, out = config(tmp_path, srv, monkeypatch), tmp_path / "out"
+        assert harvest(cfg, out, srv) == 3
+        assert harvest(cfg, out, srv, "--tenant", "sim-0") == 0  # what it ran: complete
+        summary = load(out / "manifest.json")
+        assert {n: r["status"] for n, r in summary["tenants"].items()} == {
+            "sim-0": "complete", "sim-1": "partial", "sim-2": "complete"}
+        assert summary["status"] == "partial" and summary["exit_code"] == 3
+        assert summary["tenants"]["sim-1"]["carried"] is True
+        remote = tmp_path / "remote"
+        remote.mkdir()
+        assert harvest(cfg, out, srv, "--tenant", "sim-0", "--publish",
+                       f"file://{remote}") == 0
+        assert load(remote / "manifest.json")["status"] == "partial"
+        assert cli.main(["verify", str(out)]) == 0
+        forged = {**summary, "status": "complete", "exit_code": 0}
+        forged["tenants"]["sim-1"] = {**summary["tenants"]["sim-1"], "status": "complete",
+                                      "exit_code": 0}
+        (out / "manifest.json").write_bytes(orjson.dumps(forged))
+        assert cli.main(["verify", str(out)]) != 0  # the summary lies about sim-1
+    finally:
+        loop.run(srv.close())

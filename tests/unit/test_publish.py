@@ -41,7 +41,11 @@ def finished(out: Path, status: str = "complete") -> RunResult:
 
 
 OUTPUT = {
-    "manifest.json": b"{}", "catalogs.ndjson": b"c\n", "errors.ndjson": b"",
+    "manifest.json": orjson.dumps({  # publish sends what the manifest names
+        "files": {"catalogs.ndjson": {}, "errors.ndjson": {}, "index.sqlite": {}},
+        "catalogs": {"a": {"dir": CAT_A, "files": {"courses.ndjson": {},
+                                                   "programs.ndjson.part": {}}}}}),
+    "catalogs.ndjson": b"c\n", "errors.ndjson": b"",
     f"{CAT_A}/courses.ndjson": b"x\n", f"{CAT_A}/programs.ndjson.part": b"half",
     ".state/ledger.sqlite": b"ledger", ".manifest.json.tmp": b"tmp",
     f"{CAT_A}/.courses.ndjson.tmp": b"tmp", "index.sqlite": b"idx", "index.sqlite-wal": b"w",
@@ -88,15 +92,20 @@ def test_manifests_go_deepest_first_and_the_top_one_last() -> None:
 
 def test_republish_removes_only_what_it_published_that_is_gone(tmp_path: Path) -> None:
     out, dest = tmp_path / "out", tmp_path / "dest"
-    tree(out, {"manifest.json": b"{}", f"{CAT_A}/courses.ndjson": b"a\n",
+    def manifest(*dirs: str) -> bytes:
+        return orjson.dumps({"catalogs": {d: {"dir": d, "files": {"courses.ndjson": {}}}
+                                          for d in dirs}})
+
+    tree(out, {"manifest.json": manifest(CAT_A, CAT_B), f"{CAT_A}/courses.ndjson": b"a\n",
                f"{CAT_B}/courses.ndjson": b"b\n"})
     target = check_target(PublishConfig(url=f"file://{dest}"))
     publish_result(target, finished(out))
     tree(dest, {"README.txt": b"someone else's"})
     (out / CAT_B / "courses.ndjson").unlink()
     (out / CAT_A / "courses.ndjson").write_bytes(b"a2\n")
+    (out / "manifest.json").write_bytes(manifest(CAT_A))
     report = publish_result(target, finished(out))
-    assert report is not None and (report.uploaded, report.skipped, report.deleted) == (1, 1, 1)
+    assert report is not None and (report.uploaded, report.skipped, report.deleted) == (2, 0, 1)
     assert remote(dest) == {"manifest.json", f"{CAT_A}/courses.ndjson", "README.txt",
                             INDEX_NAME}
     assert (dest / CAT_A / "courses.ndjson").read_bytes() == b"a2\n"
@@ -142,7 +151,9 @@ def test_a_file_url_whose_parent_is_missing_is_refused(tmp_path: Path) -> None:
 def test_tenants_publish_each_finished_tenant_then_the_summary_last(tmp_path: Path) -> None:
     out, dest = tmp_path / "out", tmp_path / "dest"
     tree(out, {"manifest.json": b'{"tenants": {}}',
-               "tenant=a/manifest.json": b"{}", f"tenant=a/{CAT_A}/courses.ndjson": b"a\n",
+               "tenant=a/manifest.json": orjson.dumps({"catalogs": {"a": {
+                   "dir": CAT_A, "files": {"courses.ndjson": {}}}}}),
+               f"tenant=a/{CAT_A}/courses.ndjson": b"a\n",
                "tenant=a/learners/manifest.json": b"{}",
                f"tenant=b/{CAT_A}/courses.ndjson": b"left by a failed tenant\n"})
     target = check_target(PublishConfig(url=f"file://{dest}"))
