@@ -177,3 +177,34 @@ def test_a_restricted_rerun_keeps_every_tenants_status_in_the_summary(
         assert cli.main(["verify", str(out)]) != 0  # the summary lies about sim-1
     finally:
         loop.run(srv.close())
+
+
+def test_a_restricted_sync_and_learners_summary_keep_every_tenant(
+        loop: LoopThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = start(loop, forbid_tenants=("1",))
+    try:
+        cfg, store = config(tmp_path, srv, monkeypatch), tmp_path / "store"
+        base = ["--config", str(cfg), "--api-base", srv.base_url, "--rate-lms", "2000/s"]
+        assert cli.main(["sync", *base, "--store", str(store)]) == 3
+        assert cli.main(["sync", *base, "--store", str(store), "--tenant", "sim-0"]) == 0
+        summary = load(store / "manifest.json")
+        assert set(summary["tenants"]) == {"sim-0", "sim-1", "sim-2"}
+        assert summary["tenants"]["sim-1"]["status"] == "partial"
+        assert summary["status"] == "partial"
+        toml, _ = srv.tenant_config()
+        tables = "".join(
+            "[[tenants]]" + chunk.replace(f'name = "sim-{t.index}"',
+                                          f'name = "sim-{t.index}"\nenterprises = '
+                                          f'["{t.enterprise_uuid}"]')
+            for t, chunk in zip(srv.tenants, toml.split("[[tenants]]")[1:], strict=True))
+        cfg = config(tmp_path, srv, monkeypatch, tables=tables)
+        base[1] = str(cfg)
+        out = tmp_path / "out"
+        assert cli.main(["learners", *base, "--out", str(out), "--pii", "drop"]) == 0
+        assert cli.main(["learners", *base, "--out", str(out), "--pii", "drop",
+                         "--tenant", "sim-2"]) == 0
+        learners = load(out / "learners-manifest.json")
+        assert set(learners["tenants"]) == {"sim-0", "sim-1", "sim-2"}
+        assert learners["tenants"]["sim-0"]["carried"] is True
+    finally:
+        loop.run(srv.close())
