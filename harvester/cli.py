@@ -60,6 +60,7 @@ from harvester.metrics import MetricsFile, Tenants, live_manifest, manifest_succ
 from harvester.nightly import SyncNight
 from harvester.obs import REDACTOR, event, setup_logging
 from harvester.pipeline import Harvest, TenantRun, with_ticks
+from harvester.pipes import quiet_on_closed_pipe
 from harvester.planning import Plan, TenantsPlan, make_plan, plan_tenants
 from harvester.publish import PublishReport, check_target, publish_night, publish_result
 from harvester.run import (
@@ -757,26 +758,6 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return result.exit_code
 
 
-#: Exit code of a command whose reader went away (``| head``): 128 + SIGPIPE, as a CLI
-#: killed by the signal reports it.
-EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE
-
-
-def _quiet_on_closed_pipe(command: Callable[[], int]) -> int:
-    """Run ``command`` and flush its output; a reader that closed the pipe (``| head -1``)
-    ends it quietly, as other CLIs end, instead of with a traceback. stdout is then
-    pointed at /dev/null so that the interpreter's own last flush cannot fail again."""
-    try:
-        code = command()
-        sys.stdout.flush()
-        return code
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return EXIT_CLOSED_PIPE
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harvester`` command."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -789,11 +770,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(args)
     except SystemExit as exc:  # argparse already printed usage
         return EXIT_USAGE if exc.code not in (0, None) else 0
-    handlers = {"harvest": cmd_harvest, "sync": cmd_sync, "plan": cmd_plan,
-                "export": cmd_export, "learners": cmd_learners, "demo": cmd_demo,
-                "verify": cmd_verify}
+    handlers = {"harvest": cmd_harvest, "sync": cmd_sync, "plan": cmd_plan, "export": cmd_export,
+                "learners": cmd_learners, "demo": cmd_demo, "verify": cmd_verify}
     try:
-        return _quiet_on_closed_pipe(lambda: handlers[ns.command](ns))
+        return quiet_on_closed_pipe(lambda: handlers[ns.command](ns))
     except Interrupted as exc:
         return exc.code
     except (ConfigError, AuthError, StateError, UnsafePath) as exc:
