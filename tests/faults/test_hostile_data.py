@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -37,7 +36,7 @@ from harvester.sim import SimConfig, SimServer
 from harvester.sinks import encode_item
 from tests.conftest import SimStarter, settings_for
 from tests.faults.test_tokens_redaction import everything_under, leaks, record_tokens
-from tests.integration.helpers import LoopThread, read_lines
+from tests.integration.helpers import LoopbackProxy, LoopThread, read_lines
 
 Json = dict[str, Any]
 #: (request, path, decoded 200 body) -> the body to send instead.
@@ -54,35 +53,17 @@ def nested(depth: int) -> Any:
     return value
 
 
-class RewriteProxy:
+class RewriteProxy(LoopbackProxy):
     """Forwards everything to the simulator; ``rewrite`` may change any 200 JSON body.
     ``hits`` counts requests per path."""
 
     def __init__(self, srv: SimServer, rewrite: Rewrite, tag: Tag | None = None) -> None:
+        super().__init__()
         self.srv = srv
         self.rewrite = rewrite
         self.tag = tag
         self.hits: dict[str, int] = {}
-        self.base_url = ""
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}"
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None

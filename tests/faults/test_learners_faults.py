@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -30,7 +29,7 @@ from yarl import URL
 
 from harvester import cli
 from harvester.sim import SimServer
-from tests.integration.helpers import LoopThread
+from tests.integration.helpers import LoopbackProxy, LoopThread
 from tests.integration.test_learners import (
     KEY,
     Outcome,
@@ -48,15 +47,18 @@ MAINTENANCE = (b"<!DOCTYPE html>\n<html><head><title>Maintenance</title></head><
                b"<h1>Service under maintenance</h1></body></html>\n")
 
 
-class FaultProxy:
+class FaultProxy(LoopbackProxy):
     """Forwards to the simulator. Learner requests for any enterprise in ``aliases`` are
     served as the simulator's own enterprise; ``fault`` may answer a learner page instead;
     ``extra(row)`` may add fields to each row; requests for ``hold`` wait until
     ``release`` is set (``held`` is set when the first one arrives)."""
 
+    decompress = False
+
     def __init__(self, srv: SimServer, *, aliases: tuple[str, ...] = (),
                  fault: Fault | None = None, extra: Callable[[Row], Row] | None = None,
                  hold: str | None = None) -> None:
+        super().__init__()
         self.srv = srv
         self.aliases = aliases
         self.fault = fault
@@ -66,27 +68,10 @@ class FaultProxy:
         self.release = threading.Event()
         self.calls: dict[tuple[str, int], int] = {}
         self.learner_requests = 0
-        self.base_url = ""
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}"
 
     async def close(self) -> None:
         self.release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
+        await super().close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None

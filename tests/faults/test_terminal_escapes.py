@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -18,7 +17,7 @@ from yarl import URL
 from harvester import cli, display
 from harvester.run import CatalogState, RunResult
 from harvester.sim import SimConfig, SimServer
-from tests.integration.helpers import LoopThread
+from tests.integration.helpers import LoopbackProxy, LoopThread
 
 HOSTILE = "T \u001b]0;pwned\u0007 \u001b[2J\u001b[31mRED\nfake line\rX [bold]B[/bold] \u009b1m"
 
@@ -28,30 +27,13 @@ def assert_inert(text: str) -> None:
     assert "\nfake line" not in text
 
 
-class TitleProxy:
+class TitleProxy(LoopbackProxy):
     """Forwards to the simulator; the catalog list's titles become :data:`HOSTILE`."""
 
     def __init__(self, srv: SimServer) -> None:
+        super().__init__()
         self.srv = srv
-        self.base_url = ""
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}"
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+from aiohttp import web
 
 from harvester.sim import SimServer
 
@@ -113,3 +114,37 @@ async def expire_tokens_after(srv: SimServer, clock: Any, details: int) -> None:
     while srv.state.stats.detail_requests < details:
         await asyncio.sleep(0.005)
     clock.now += 10_000
+
+
+class LoopbackProxy:
+    """An aiohttp app on 127.0.0.1 (a free port) with one client session upstream.
+
+    Tests that stand a hostile or counting proxy in front of the simulator subclass it and
+    write only ``handle``; ``decompress=False`` forwards bodies byte for byte.
+    """
+
+    decompress = True
+
+    def __init__(self) -> None:
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(auto_decompress=self.decompress)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError

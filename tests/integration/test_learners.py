@@ -35,7 +35,7 @@ from yarl import URL
 from harvester import cli
 from harvester.learners import FIELD_ORDER, PII_FIELDS, LearnerExport
 from harvester.sim import SimConfig, SimServer
-from tests.integration.helpers import LoopThread
+from tests.integration.helpers import LoopbackProxy, LoopThread
 
 T = TypeVar("T")
 KEY = "integration-test-pii-key-0123456789"
@@ -45,7 +45,7 @@ Mutate = Callable[[int, list[Row]], list[Row]]
 
 # --- a background loop for the simulator and the proxy ---------------------------------------
 
-class Proxy:
+class Proxy(LoopbackProxy):
     """Forwards everything to the simulator; may rewrite learner-summary results.
 
     ``mutate(page, results)`` sees each 200 learner page; ``refuse(page)`` may answer a
@@ -53,32 +53,16 @@ class Proxy:
     asked for.
     """
 
+    decompress = False
+
     def __init__(self, upstream: str, mutate: Mutate | None,
                  refuse: Callable[[int], int | None] | None = None) -> None:
+        super().__init__()
         self.upstream = upstream
         self.mutate = mutate
         self.refuse = refuse
         self.queries: list[dict[str, str]] = []
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.base_url = ""
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}"
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
 
     async def handle(self, request: web.Request) -> web.Response:
         assert self._session is not None
