@@ -331,6 +331,8 @@ class Settings:
         Invalid values raise :class:`~harvester.errors.ConfigError`, one line each."""
         import os
 
+        # The loader builds these dataclasses, so it imports this module; importing it
+        # back only when called keeps the module graph one-way.
         from harvester.config.loader import load_settings
 
         return load_settings(cli=dict(overrides or {}),

@@ -105,8 +105,6 @@ files a killed run left behind are removed when the next run starts.
 
 from __future__ import annotations
 
-from typing import Any
-
 from harvester.learners.csv import csv_cell, write_csv
 from harvester.learners.export import PAGE_SIZE, LearnerExport
 from harvester.learners.files import (
@@ -158,14 +156,3 @@ __all__ = [
     "private_dir",
     "write_csv",
 ]
-
-#: Names that moved to :mod:`harvester.display`, still importable from here.
-_MOVED = {"format_summary": "learners_summary", "progress_display": "learners_progress"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from harvester import display
-
-        return getattr(display, _MOVED[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

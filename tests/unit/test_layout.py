@@ -2,6 +2,7 @@
 
 - ``harvester/sim`` imports nothing from the rest of ``harvester`` (it is a stand-alone
   server the tests and users run against the harvester).
+- Imports flow one way: the modules a module loads never lead back to it.
 - Only ``harvester/pipeline/`` creates tasks (``create_task``, ``TaskGroup``).
 - Only ``harvester/client.py`` touches aiohttp (the simulator, a server, aside): library
   errors are translated at that one boundary.
@@ -114,3 +115,45 @@ def test_no_function_grows_past_the_limit(path: Path) -> None:
 def test_the_long_function_list_names_real_functions() -> None:
     known = {name for path in modules() for name, _ in functions(path)}
     assert set(LONG_FUNCTIONS) <= known, sorted(set(LONG_FUNCTIONS) - known)
+
+
+def _module_name(path: Path) -> str:
+    parts = ("harvester", *path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _load_time_imports(path: Path, known: set[str]) -> set[str]:
+    """The harvester modules ``path`` imports when it is loaded: module level only (an
+    ``if TYPE_CHECKING:`` block or a function body runs later, if ever)."""
+    found: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in known)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # ``from harvester.sim import vocab`` needs the submodule, not what the
+            # package's ``__init__`` defines (Python loads a parent package first anyway).
+            subs = {f"{node.module}.{a.name}" for a in node.names} & known
+            found.update(subs)
+            if node.module in known and len(subs) < len(node.names):
+                found.add(node.module)
+    return found
+
+
+def test_the_module_graph_has_no_cycles() -> None:
+    paths = {_module_name(p): p for p in modules()}
+    known = set(paths)
+    graph = {name: _load_time_imports(path, known) - {name} for name, path in paths.items()}
+    done: set[str] = set()
+
+    def visit(name: str, stack: list[str]) -> None:
+        if name in stack:
+            cycle = [*stack[stack.index(name):], name]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            visit(target, [*stack, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
