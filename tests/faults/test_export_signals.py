@@ -26,6 +26,7 @@ _RUNNER = r"""
 import os, signal, sys
 import harvester.sinks as sinks
 from harvester import cli
+from harvester.cli import tools
 
 where, n, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 calls = []
@@ -51,12 +52,12 @@ elif where == "hash":
         return real_hash(path)
     sinks.sha256_file = sha256_file
 elif where == "late":
-    real_export = cli.export
+    real_export = tools.export
     def export(*args, **kw):
         counts = real_export(*args, **kw)
         fire()
         return counts
-    cli.export = export
+    tools.export = export
 elif where == "early":
     real_checkpoint = sinks.PartFile.checkpoint
     def checkpoint(self):

@@ -21,6 +21,7 @@ import yaml
 
 import harvester
 from harvester import cli
+from harvester.cli.options import cli_layer, sync_options
 from harvester.config import SCHEMA, Settings, load_settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -55,10 +56,10 @@ def check_command(argv: list[str], *, environ: dict[str, str],
         local = tmp / f"cfg{len(list(tmp.iterdir()))}.toml"
         local.write_text(files.get(str(config), ""))
         ns.config = local
-    settings, _ = load_settings(cli=cli._cli_layer(ns), environ=environ,
+    settings, _ = load_settings(cli=cli_layer(ns), environ=environ,
                                 config_file=ns.config if config is not None else None)
     if ns.command == "sync":
-        cli._sync_options(ns, settings)
+        sync_options(ns, settings)
     return settings
 
 

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harvester import cli
+from harvester.cli import jobs
 from harvester.metrics import STATUSES, MetricsFile
 from harvester.models import CONTENT_TYPES
 from harvester.sim import SimConfig, SimServer
@@ -231,7 +232,7 @@ def test_the_file_is_written_periodically_during_the_run(
         while srv.state.stats.detail_requests < 20:
             await asyncio.sleep(0)
 
-    monkeypatch.setattr(cli, "MetricsFile", functools.partial(
+    monkeypatch.setattr(jobs, "MetricsFile", functools.partial(
         MetricsFile, every=7.0, sleep=ticker_sleep))
     try:
         assert run(monkeypatch, srv, "harvest", "--out", str(tmp_path / "out"),
@@ -375,7 +376,7 @@ def test_a_signal_mid_run_writes_interrupted_with_the_counts_so_far(
         os.kill(os.getpid(), signal.SIGINT)
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(cli, "MetricsFile", functools.partial(MetricsFile, sleep=ticker_sleep))
+    monkeypatch.setattr(jobs, "MetricsFile", functools.partial(MetricsFile, sleep=ticker_sleep))
     try:
         assert run(monkeypatch, srv, "harvest", "--out", str(tmp_path / "out"),
                    "--metrics-file", str(prom)) == 130
@@ -438,7 +439,7 @@ def test_a_metrics_file_that_cannot_be_written_is_a_warning_not_the_exit_code(
             return
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(cli, "MetricsFile", functools.partial(MetricsFile, sleep=ticker_sleep))
+    monkeypatch.setattr(jobs, "MetricsFile", functools.partial(MetricsFile, sleep=ticker_sleep))
     try:
         monkeypatch.setenv("EDX_CLIENT_ID", srv.client_id)
         monkeypatch.setenv("EDX_CLIENT_SECRET", srv.client_secret)
