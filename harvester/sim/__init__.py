@@ -104,7 +104,8 @@ or ``delete``) for the real differences between two epochs; ``modified``,
 from __future__ import annotations
 
 from harvester.sim.app import build_app
-from harvester.sim.config import FAULT_KINDS, Rate, SimConfig, parse_rate
+from harvester.sim.config import FAULT_KINDS, SimConfig
+from harvester.sim.rates import Rate, parse_rate
 from harvester.sim.server import SimServer
 
 __all__ = ["FAULT_KINDS", "Rate", "SimConfig", "SimServer", "build_app", "parse_rate"]

@@ -1,4 +1,8 @@
-"""Simulator configuration: one frozen dataclass, validated once, plus rate parsing.
+"""Simulator configuration: one frozen dataclass of every knob, validated once.
+
+Owns the knobs' names, defaults, help texts and legal values, and the small derivations
+read from them (tenants' catalogs and budgets, dropped catalogs, the grant's
+``expires_in``). No I/O and no simulator state; rates parse in :mod:`.rates`.
 
 Every field is also a CLI flag (``harvester/sim/__main__.py`` builds the parser from
 ``dataclasses.fields(SimConfig)``), so a field added here is reachable from the shell too.
@@ -10,7 +14,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Final
 
-__all__ = ["FAULT_KINDS", "OMIT", "Rate", "SimConfig", "parse_rate"]
+from harvester.sim.rates import Rate, parse_rate
+
+__all__ = ["FAULT_KINDS", "OMIT", "SimConfig"]
 
 #: Every fault the simulator knows how to inject (see ``SimConfig.fault_kinds``).
 FAULT_KINDS: Final[tuple[str, ...]] = (
@@ -23,53 +29,6 @@ FAULT_KINDS: Final[tuple[str, ...]] = (
     "badjson",
     "maintenance",
 )
-
-# DRF reads only the first letter of the period ("60/minute" == "60/m"), so we do too.
-_PERIODS: Final[dict[str, float]] = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """A throttle budget: at most ``count`` requests in any ``window`` seconds."""
-
-    count: int
-    window: float
-
-
-def parse_rate(text: str) -> Rate | None:
-    """Parse a DRF-style rate such as ``"60/min"`` or ``"20/s"``.
-
-    ``"0"``, ``"none"``, ``"off"`` and ``""`` switch throttling off and return ``None``.
-    A number before the period letter scales the window (``"100/10s"``), which DRF itself
-    does not allow but is handy for tests.
-
-    Raises:
-        ValueError: when the text is not a rate.
-    """
-    cleaned = text.strip().lower()
-    if cleaned in {"", "0", "none", "off"}:
-        return None
-    num_text, sep, period_text = cleaned.partition("/")
-    if not sep or not period_text:
-        raise ValueError(f"rate must look like '60/min', got {text!r}")
-    try:
-        count = int(num_text)
-    except ValueError:
-        raise ValueError(f"rate count must be an integer, got {text!r}") from None
-    if count < 0:
-        raise ValueError(f"rate count must be >= 0, got {text!r}")
-    if count == 0:
-        return None
-    digits = ""
-    while period_text and (period_text[0].isdigit() or period_text[0] == "."):
-        digits, period_text = digits + period_text[0], period_text[1:]
-    if not period_text or period_text[0] not in _PERIODS:
-        raise ValueError(f"rate period must start with one of s/m/h/d, got {text!r}")
-    scale = float(digits) if digits else 1.0
-    window = scale * _PERIODS[period_text[0]]
-    if not math.isfinite(window) or window <= 0:
-        raise ValueError(f"rate window must be positive, got {text!r}")
-    return Rate(count=count, window=window)
 
 
 #: ``SimConfig.expires_in_value`` for "leave ``expires_in`` out of the grant".
@@ -255,10 +214,21 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         """Reject impossible settings early, with the field name in the message."""
+        self._check_finite()
+        self._check_world()
+        self._check_wire()
+        self._check_faults()
+        self._check_item_knobs()
+        self._check_tenants()
+
+    def _check_finite(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):  # inf passes >= 0
                 raise ValueError(f"{f.name}: must be a finite number, got {value!r}")
+
+    def _check_world(self) -> None:
+        """The data's shape, the token's lifetime, page clamps and budgets."""
         _check(0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)")
         _check(1 <= self.catalogs <= 1000, "catalogs", "must be in [1, 1000]")
         _check(0 <= self.items <= 10_000_000, "items", "must be in [0, 10_000_000]")
@@ -273,47 +243,42 @@ class SimConfig:
                 parse_rate(getattr(self, name))
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
+
+    def _check_wire(self) -> None:
+        """How pages and links are rendered and negotiated."""
         _check(self.limit_mode in {"ignore", "doc"}, "limit_mode", "must be 'ignore' or 'doc'")
         _check(self.accept_mode in {"doc", "backend"}, "accept_mode", "must be 'doc' or 'backend'")
         _check(self.end_marker in {"null", "empty"}, "end_marker", "must be 'null' or 'empty'")
         if self.public_base is not None:
-            _check(
-                self.public_base.startswith(("http://", "https://")),
-                "public_base",
-                "must start with http:// or https://",
-            )
+            _check(self.public_base.startswith(("http://", "https://")), "public_base",
+                   "must start with http:// or https://")
+
+    def _check_faults(self) -> None:
+        """Latency, injected faults, flaky details and order churn."""
         _check(self.latency_ms >= 0.0, "latency_ms", "must be >= 0")
         _check(self.jitter_ms >= 0.0, "jitter_ms", "must be >= 0")
         _check(0.0 <= self.fault_rate <= 1.0, "fault_rate", "must be in [0, 1]")
-        _check(
-            isinstance(self.fault_kinds, tuple) and len(self.fault_kinds) > 0,
-            "fault_kinds",
-            "must be a non-empty tuple",
-        )
+        _check(isinstance(self.fault_kinds, tuple) and len(self.fault_kinds) > 0,
+               "fault_kinds", "must be a non-empty tuple")
         unknown = sorted(set(self.fault_kinds) - set(FAULT_KINDS))
         _check(not unknown, "fault_kinds", f"unknown kinds {unknown}; known: {FAULT_KINDS}")
         _check(self.fault_scope in {"all", "details"}, "fault_scope", "must be 'all' or 'details'")
         _check(0.0 <= self.detail_404_rate <= 1.0, "detail_404_rate", "must be in [0, 1]")
-        _check(
-            self.detail_404_mode in {"transient", "permanent"},
-            "detail_404_mode",
-            "must be 'transient' or 'permanent'",
-        )
+        _check(self.detail_404_mode in {"transient", "permanent"}, "detail_404_mode",
+               "must be 'transient' or 'permanent'")
         _check(self.detail_404_times >= 0, "detail_404_times", "must be >= 0")
         _check(0.0 <= self.churn <= 1.0, "churn", "must be in [0, 1]")
-        _check(
-            all(c.isdigit() and int(c) < self.catalogs for c in self.forbid_catalogs),
-            "forbid_catalogs",
-            f"must be catalog indexes in [0, {self.catalogs})",
-        )
+
+    def _check_item_knobs(self) -> None:
+        """The catalog and item knobs, each bounded by ``catalogs`` or ``items``."""
+        _check(all(c.isdigit() and int(c) < self.catalogs for c in self.forbid_catalogs),
+               "forbid_catalogs", f"must be catalog indexes in [0, {self.catalogs})")
         _check(0.0 <= self.detail_403_rate <= 1.0, "detail_403_rate", "must be in [0, 1]")
         _check(all(isinstance(k, str) and k for k in self.detail_403_keys), "detail_403_keys",
                "must be non-empty keys")
-        _check(
-            all(_drop_spec(d, self.catalogs) is not None for d in self.drop_catalog_at_epoch),
-            "drop_catalog_at_epoch",
-            f"must be I:E pairs, I a catalog index in [0, {self.catalogs}), E an epoch >= 0",
-        )
+        _check(all(_drop_spec(d, self.catalogs) is not None for d in self.drop_catalog_at_epoch),
+               "drop_catalog_at_epoch",
+               f"must be I:E pairs, I a catalog index in [0, {self.catalogs}), E an epoch >= 0")
         _check(not self.case_twin_catalogs or self.catalogs >= 2, "case_twin_catalogs",
                "needs catalogs >= 2")
         _check(0 <= self.lie_count <= 10**15, "lie_count", "must be in [0, 10**15]")
@@ -322,7 +287,6 @@ class SimConfig:
         _check(0 <= self.head_inserts < max(1, self.items), "head_inserts",
                "must be in [0, items)")
         _check(self.head_insert_every >= 1, "head_insert_every", "must be >= 1")
-        self._check_tenants()
 
     def _check_tenants(self) -> None:
         _check(1 <= self.tenants <= 1000, "tenants", "must be in [1, 1000]")

@@ -6,7 +6,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from harvester.sim.config import Rate
+from harvester.sim.rates import Rate
 
 __all__ = ["SlidingLog", "throttle_message"]
 

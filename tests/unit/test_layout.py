@@ -21,14 +21,13 @@ ROOT = Path(__file__).resolve().parents[2] / "harvester"
 MAX_LINES = 450
 #: Still to split (issue 12); the number is a ceiling, lower it when a module shrinks.
 OVERSIZE = {
-    "client.py": 671, "sim/app.py": 634, "sinks.py": 491,
+    "client.py": 671, "sinks.py": 491,
     "writer.py": 490, "display.py": 456,
 }
 MAX_FUNCTION = 60
 #: Functions still over ``MAX_FUNCTION`` (``module:qualname``), with today's length.
 LONG_FUNCTIONS = {
-    "client.py:ApiClient._retrying": 67,
-    "sim/config.py:SimConfig.__post_init__": 70, "sim/content.py:Content._course": 71,
+    "client.py:ApiClient._retrying": 67, "sim/content.py:Content._course": 71,
     "sim/data.py:Dataset._learner_row": 85,
 }
 
