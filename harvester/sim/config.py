@@ -268,6 +268,12 @@ class SimConfig:
                "must be 'transient' or 'permanent'")
         _check(self.detail_404_times >= 0, "detail_404_times", "must be >= 0")
         _check(0.0 <= self.churn <= 1.0, "churn", "must be in [0, 1]")
+        _check(self.slow_drip_ms >= 0.0, "slow_drip_ms", "must be >= 0")
+        _check(0.0 <= self.slow_drip_rate <= 1.0, "slow_drip_rate", "must be in [0, 1]")
+        _check(0.0 <= self.bomb_rate <= 1.0, "bomb_rate", "must be in [0, 1]")
+        _check(1 <= self.bomb_mb <= 4096, "bomb_mb", "must be in [1, 4096]")
+        for name in ("client_id", "client_secret"):
+            _check(getattr(self, name) != "", name, "must not be empty")
 
     def _check_item_knobs(self) -> None:
         """The catalog and item knobs, each bounded by ``catalogs`` or ``items``."""
@@ -322,13 +328,6 @@ class SimConfig:
             if int(index) == t:
                 return parse_rate(rate)
         return self.lms_rate
-        _check(self.slow_drip_ms >= 0.0, "slow_drip_ms", "must be >= 0")
-        _check(0.0 <= self.slow_drip_rate <= 1.0, "slow_drip_rate", "must be in [0, 1]")
-        _check(0.0 <= self.bomb_rate <= 1.0, "bomb_rate", "must be in [0, 1]")
-        _check(1 <= self.bomb_mb <= 4096, "bomb_mb", "must be in [1, 4096]")
-        for name in ("client_id", "client_secret"):
-            value = getattr(self, name)
-            _check(value is None or value != "", name, "must not be empty")
 
     def expires_in_value(self) -> object:
         """What the token endpoint serves as ``expires_in`` (see the ``expires_in`` knob);

@@ -152,6 +152,13 @@ async def test_info_endpoint(sim: Sim) -> None:
         {"detail_404_mode": "sometimes"},
         {"public_base": "api.edx.org"},
         {"end_marker": "none"},
+        {"slow_drip_ms": -1.0},
+        {"slow_drip_rate": 1.5},
+        {"bomb_rate": -0.1},
+        {"bomb_mb": 0},
+        {"bomb_mb": 5000},
+        {"client_id": ""},
+        {"client_secret": ""},
     ],
 )
 def test_config_validation(overrides: dict[str, object]) -> None:
