@@ -69,8 +69,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
-        if when is None:
-            return None
         wall = time.time() if now is None else now
         seconds = when.timestamp() - wall
     if not math.isfinite(seconds):
