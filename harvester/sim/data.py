@@ -1,4 +1,4 @@
-"""The simulated world: catalogs, their membership over epochs, and learner rows.
+"""The simulated world: catalogs, their membership over epochs, tenants and credentials.
 
 Design (all O(1) in catalog size per position; O(epoch) hash evaluations at most):
 
@@ -10,7 +10,8 @@ Design (all O(1) in catalog size per position; O(epoch) hash evaluations at most
 * Every item independently gets a *real change* with probability ``mutation_rate`` per epoch;
   its version (the number of changes so far) feeds the generators in :mod:`.content`.
 
-New ids encode ``(epoch born, catalog, slot)`` so membership checks never scan.
+New ids encode ``(epoch born, catalog, slot)`` so membership checks never scan. Item fields
+are :mod:`.content`'s and learner rows :mod:`.learners`'s: this module only places them.
 """
 
 from __future__ import annotations
@@ -24,61 +25,21 @@ from typing import Any, Final
 
 from harvester.sim.config import SimConfig
 from harvester.sim.content import Content
-from harvester.sim.hashing import BASE_TIME, days, iso, iso_date, mix, rand_uuid, unit
+from harvester.sim.hashing import BASE_TIME, days, iso, mix, rand_uuid, unit
+from harvester.sim.learners import LearnerRows
 
 __all__ = ["Dataset", "SimTenant"]
 
 Json = dict[str, Any]
 
-_T_REPL, _T_GROW, _T_CHG, _T_CAT, _T_ENT, _T_LEARN, _T_CRED = range(200, 207)
+_T_REPL, _T_GROW, _T_CHG, _T_CAT, _T_ENT = range(200, 205)
+_T_CRED: Final = 206  # 205 is the learners' tag (learners.py)
 #: Listing items kept generated (a few MB): enough for a page's details to find theirs.
 ITEM_CACHE: Final = 4096
-#: Learner rows of tenant t are rows t * this onward (an offset, so no two tenants share
-#: a learner and tenant 0's rows stay what they always were).
-_TENANT_LEARNERS: Final = 10**8
 _NEW_BASE: Final = 10**11  # above every epoch-0 id (1001 catalogs x 10M items)
 _SLOT_BITS: Final = 26
 _CAT_BITS: Final = 10
 _MAX_SLOTS: Final = 1 << _SLOT_BITS
-
-_FIRST: Final = (
-    "Amélie",
-    "Bjørn",
-    "Chen",
-    "Dana",
-    "Émile",
-    "Fatima",
-    "Giulia",
-    "Hiroshi",
-    "Ines",
-    "José",
-    "Kwame",
-    "Lena",
-    "Mateo",
-    "Nadia",
-    "Oğuz",
-    "Priya",
-    "Zoë",
-)
-_LAST: Final = (
-    "Álvarez",
-    "Brown",
-    "Nguyễn",
-    "Dubois",
-    "Eriksen",
-    "Fischer",
-    "García",
-    "Horvát",
-    "Ivanova",
-    "Jäger",
-    "Kowalski",
-    "Li",
-    "Müller",
-    "O'Brien",
-    "Sato",
-)
-_COUNTRIES: Final = ("US", "GB", "DE", "FR", "IN", "BR", "JP", "CN", "ES", "NG", "CA", None)
-
 
 @dataclass(frozen=True, slots=True)
 class SimTenant:
@@ -129,6 +90,8 @@ class Dataset:
         self.tenant_by_id = {tenant.client_id: tenant for tenant in self.tenants}
         # >= 32 bytes: PyJWT warns about shorter HMAC keys (and tests turn warnings into errors).
         self.signing_key = "".join(f"{mix(seed, _T_CRED, 3, i):016x}" for i in range(4))
+        self.learner_rows = LearnerRows(cfg, self.content, self.enterprise_name,
+                                        [tenant.enterprise_uuid for tenant in self.tenants])
 
     # -- catalog structure -------------------------------------------------------------------
     def catalog_index(self, catalog_uuid: str) -> int | None:
@@ -281,101 +244,8 @@ class Dataset:
 
     # -- learners ----------------------------------------------------------------------------
     def learner_row(self, i: int, epoch: int, tenant: int = 0) -> Json:
-        """Row ``i`` of learner-summary in its default ``-last_activity_date`` order (of
-        ``tenant``'s enterprise: other learners, same shape)."""
-        row = self._learner_row(i if tenant == 0 else i + tenant * _TENANT_LEARNERS, epoch)
-        if tenant:
-            ent = self.tenants[tenant].enterprise_uuid
-            row["enterprise_customer_uuid"] = ent
-            row["course_api_url"] = row["course_api_url"].replace(self.enterprise_uuid, ent)
-            row["enterprise_name"] = f"Tenant {tenant} Ltd."
-        return row
-
-    def _learner_row(self, i: int, epoch: int) -> Json:
-        n = self.cfg.learners
-        i_rank = i % _TENANT_LEARNERS
-        rnd = random.Random(mix(self.seed, _T_LEARN, i))
-        nonnull = n - n // 10
-        today = BASE_TIME + days(epoch)
-        # Monotone in i with ~n/365 rows per day: many ties; the last tenth has no activity.
-        last_activity = (None if i_rank >= nonnull
-                         else iso_date(today - days(i_rank * 365 // nonnull)))
-        first, last = rnd.choice(_FIRST), rnd.choice(_LAST)
-        user_id = 10_000 + (mix(self.seed, _T_LEARN, i, 1) % 900_000)
-        username = f"learner{user_id}"
-        gid = mix(self.seed, _T_LEARN, i, 2) % max(1, self.items)
-        course_key = self.content.course_key(gid)
-        run = f"{rnd.randint(1, 3)}T{rnd.randint(2021, 2025)}"
-        enrolled = BASE_TIME - days(rnd.randint(20, 700))
-        start = enrolled + days(rnd.randint(-30, 30))
-        passed = rnd.random() < 0.35
-        grade = round(rnd.uniform(0.7, 1.0) if passed else rnd.uniform(0.0, 0.69), 2)
-        unenrolled = None if rnd.random() < 0.9 else iso_date(enrolled + days(rnd.randint(1, 60)))
-        price = rnd.choice(("49.00", "99.00", "199.00", "349.00"))
-        paid_by = rnd.choice(("enterprise", "enterprise", "learner"))
-        # Snowflake enrichment fails now and then: these two are null transiently.
-        enrich_ok = unit(self.seed, _T_LEARN, i, epoch, 3) >= 0.05
-        return {
-            "enrollment_id": 5_000_000 + i * 7 + self.seed % 7,
-            "enterprise_enrollment_id": 90_000 + i,
-            "is_consent_granted": rnd.random() < 0.95,
-            "paid_by": paid_by,
-            "user_current_enrollment_mode": rnd.choice(("verified", "audit")),
-            "enrollment_date": iso_date(enrolled),
-            "unenrollment_date": unenrolled,
-            "unenrollment_end_within_date": iso_date(enrolled + days(14)),
-            "is_refunded": None if unenrolled is None else rnd.random() < 0.5,
-            "seat_delivery_method": rnd.choice(("Subscription", "Learner Credit", "Coupon")),
-            "offer_id": None if rnd.random() < 0.7 else str(rnd.randint(1000, 9999)),
-            "offer_name": None,
-            "offer_type": None,
-            "coupon_code": None if rnd.random() < 0.8 else f"CODE{rnd.randint(1000, 9999)}",
-            "coupon_name": None,
-            "contract_id": None,
-            "course_list_price": price,
-            "amount_learner_paid": price if paid_by == "learner" else "0.00",
-            "course_key": course_key,
-            "courserun_key": f"course-v1:{course_key}+{run}",
-            "course_title": f"Course {gid}",
-            "course_pacing_type": rnd.choice(("self_paced", "instructor_paced")),
-            "course_start_date": iso(start),
-            "course_end_date": iso(start + days(7 * rnd.randint(4, 16))),
-            "course_duration_weeks": str(rnd.randint(4, 16)),
-            "course_max_effort": rnd.randint(5, 10),
-            "course_min_effort": rnd.randint(1, 4),
-            "course_primary_program": None,
-            "primary_program_type": None,
-            "course_primary_subject": rnd.choice(("computer-science", "business", "data")),
-            "has_passed": passed,
-            "last_activity_date": last_activity,
-            "progress_status": "Passed" if passed else rnd.choice(("In Progress", "Failed")),
-            "passed_date": iso(start + days(40)) if passed else None,
-            "current_grade": grade,
-            "letter_grade": "Pass" if passed else "Fail",
-            "enterprise_user_id": user_id + 7,
-            "user_email": f"{username}@example.com",
-            "user_account_creation_date": iso(enrolled - days(rnd.randint(1, 900))),
-            "user_country_code": rnd.choice(_COUNTRIES),
-            "user_username": username,
-            "user_first_name": first,
-            "user_last_name": last,
-            "enterprise_name": self.enterprise_name,
-            "enterprise_customer_uuid": self.enterprise_uuid,
-            "enterprise_sso_uid": None if rnd.random() < 0.5 else f"sso|{user_id:x}",
-            "created": iso(today),
-            "course_api_url": (
-                f"/enterprise/v1/enterprise-catalogs/{self.enterprise_uuid}/courses/"
-                f"course-v1:{course_key}+{run}"
-            ),
-            "total_learning_time_hours": round(rnd.uniform(0, 60), 1),
-            "is_subsidy": paid_by == "enterprise",
-            "course_product_line": rnd.choice(("OCM", "Executive Education", "Degree")),
-            "budget_id": None,
-            "enterprise_flex_group_name": None,
-            "enterprise_flex_group_uuid": None,
-            "course_progress": round(rnd.uniform(0, 1), 2) if enrich_ok else None,
-            "course_passing_grade": 0.7 if enrich_ok else None,
-        }
+        """Row ``i`` of learner-summary of ``tenant``'s enterprise (see :mod:`.learners`)."""
+        return self.learner_rows.row(i, epoch, tenant)
 
 
 class Order:
