@@ -6,7 +6,7 @@ claim is read; if both are missing the token is used until a 401. An ``expires_i
 negative or not a number is replaced by ``exp`` or, failing that, a 60 s floor (with one
 warning per run), so it never means one token request per API call. Refreshes happen under
 one lock, so a hundred workers that find the token stale cause one token request. The
-HTTP call itself is injected (``client.py`` owns HTTP).
+HTTP call itself is injected (``harvester/client/`` owns HTTP).
 """
 
 from __future__ import annotations

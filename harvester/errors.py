@@ -2,7 +2,7 @@
 
 Every failure the harvester can report is one of these. Library errors (aiohttp,
 orjson, OSError from the disk) are translated into this tree at one boundary each:
-``client.py`` for HTTP, ``sinks.py``/``state.py`` for the disk. Messages are one line,
+``harvester/client/`` for HTTP, ``sinks.py``/``state.py`` for the disk. Messages are one line,
 name what failed and never contain a secret, a token or learner data: every message,
 ``url`` and ``detail`` passes the redactor (``obs.REDACTOR``) on construction.
 
@@ -182,7 +182,7 @@ class ResponseTooLarge(ApiError):
 
 
 class NestedTooDeep(ApiError):
-    """Valid JSON nested deeper than :data:`~harvester.client.MAX_JSON_DEPTH` levels: the
+    """Valid JSON nested deeper than :data:`~harvester.client.bodies.MAX_JSON_DEPTH` levels: the
     JSON encoder that writes every output line refuses it. Never retried (the server's
     data, not the transfer, is the problem); the item or page is recorded as failed."""
 

@@ -16,7 +16,7 @@ from tests.conftest import SimStarter, settings_for
 
 
 async def test_aiohttp_still_has_the_hidden_resend_switch_we_turn_off() -> None:
-    """client.py sets this private attribute (aiohttp has no public switch): if aiohttp
+    """ApiClient sets this private attribute (aiohttp has no public switch): if aiohttp
     renamed it, the assignment would silently do nothing; this fails first."""
     async with aiohttp.ClientSession() as session:
         assert session._retry_connection is True

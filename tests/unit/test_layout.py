@@ -4,7 +4,7 @@
   server the tests and users run against the harvester).
 - Imports flow one way: the modules a module loads never lead back to it.
 - Only ``harvester/pipeline/`` creates tasks (``create_task``, ``TaskGroup``).
-- Only ``harvester/client.py`` touches aiohttp (the simulator, a server, aside): library
+- Only ``harvester/client/`` touches aiohttp (the simulator, a server, aside): library
   errors are translated at that one boundary.
 - No module over ``MAX_LINES`` and no function over ``MAX_FUNCTION``. Those still over
   are listed with today's size: they may shrink, never grow, and leave the list once split.
@@ -21,13 +21,12 @@ ROOT = Path(__file__).resolve().parents[2] / "harvester"
 MAX_LINES = 450
 #: Still to split (issue 12); the number is a ceiling, lower it when a module shrinks.
 OVERSIZE = {
-    "client.py": 671, "sinks.py": 491,
+    "sinks.py": 491,
     "writer.py": 490, "display.py": 456,
 }
 MAX_FUNCTION = 60
 #: Functions still over ``MAX_FUNCTION`` (``module:qualname``), with today's length.
 LONG_FUNCTIONS = {
-    "client.py:ApiClient._retrying": 67,
 }
 
 
@@ -57,9 +56,9 @@ def test_import_boundaries(path: Path) -> None:
         outside = {n for n in names if (n == "harvester" or n.startswith("harvester."))
                    and not n.startswith("harvester.sim")}
         assert not outside, f"the simulator imports the harvester: {sorted(outside)}"
-    elif rel(path) != "client.py":
+    elif not rel(path).startswith("client/"):
         http = {n for n in names if n == "aiohttp" or n.startswith("aiohttp.")}
-        assert not http, f"only client.py touches aiohttp: {sorted(http)}"
+        assert not http, f"only harvester/client/ touches aiohttp: {sorted(http)}"
 
 
 @pytest.mark.parametrize("path", modules(), ids=rel)
