@@ -1,4 +1,4 @@
-"""display.py renders every command's progress and summary; drawn on a fake console
+"""harvester.display renders every command's progress and summary; drawn on a fake console
 (rich into a StringIO), with run state built by hand. No sockets, no terminal."""
 
 from __future__ import annotations
@@ -45,25 +45,6 @@ def harvest_manifest(**extra: Any) -> dict[str, Any]:
                        "failed": 0, "gaps": 0, "errors": 0, "requests_total": 12,
                        "retries": 2, "throttled_429": 1, "wall_seconds": 1.5},
             **extra}
-
-
-def test_harvest_table_shows_each_catalog_and_the_run_numbers() -> None:
-    cs = CatalogState(CAT, "Data Science", count_reported=10, unique=7, pages=1,
-                      pages_planned=3, details_done=4, not_found=1)
-    cs.advance(Phase.LISTING)
-    text = draw(display.harvest_table({"items": 7, "written": 4, "requests": 20,
-                                       "throttled": 2, "eta_s": 125}, [cs], 3.25))
-    assert "items 7  written 4  requests 20 (3.2/s)  429s 2  ETA 2m05s" in text
-    assert CAT[:13] in text and "listing" in text and "1/3" in text
-
-
-def test_harvest_table_without_an_eta_and_at_most_twenty_rows() -> None:
-    cats = [CatalogState(f"{i:08d}-cccc", "t") for i in range(25)]
-    text = draw(display.harvest_table({"items": 0, "written": 0, "requests": 0,
-                                       "throttled": 0, "eta_s": None}, cats, 0.0))
-    assert "ETA -" in text
-    assert "00000019-cccc" in text and "00000020-cccc" not in text
-    assert "0/?" in text
 
 
 def test_learners_table_and_summary() -> None:

@@ -22,7 +22,7 @@ MAX_LINES = 450
 #: Still to split (issue 12); the number is a ceiling, lower it when a module shrinks.
 OVERSIZE = {
     "sinks.py": 491,
-    "writer.py": 490, "display.py": 456,
+    "writer.py": 490,
 }
 MAX_FUNCTION = 60
 #: Functions still over ``MAX_FUNCTION`` (``module:qualname``), with today's length.
