@@ -8,7 +8,8 @@ endpoint's maximum) through the harvest's own client, budgets, retries and page 
 
 The package, one concern a module (imports go down this list, never up)::
 
-    export.py    LearnerExport: the run (walks, dedupe, staging, manifest, publish)
+    export.py    LearnerExport: the run (lock, staging, outcome, manifest, publish)
+    walker.py    EnterpriseWalker: one enterprise's walks, dedupe, --pii, staged files
     files.py     the layout on disk, private modes, the --out check, publish
     state.py     EnterpriseState (walk counters shared with catalogs), Tally
     csv.py       the CSV cells and file
@@ -106,7 +107,7 @@ files a killed run left behind are removed when the next run starts.
 from __future__ import annotations
 
 from harvester.learners.csv import csv_cell, write_csv
-from harvester.learners.export import PAGE_SIZE, LearnerExport
+from harvester.learners.export import LearnerExport
 from harvester.learners.files import (
     CSV_NAME,
     LEARNERS_DIR,
@@ -129,6 +130,7 @@ from harvester.learners.pii import (
     is_pii,
 )
 from harvester.learners.state import EnterpriseState, Tally, enrollment_identity
+from harvester.learners.walker import PAGE_SIZE
 
 __all__ = [
     "CSV_NAME",

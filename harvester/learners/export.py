@@ -1,11 +1,12 @@
-"""One ``harvester learners`` run: walk each enterprise's learner summary, stage, publish.
+"""One ``harvester learners`` run: each enterprise walked into staging, then published.
 
-:class:`LearnerExport` exports enterprises one after another under the learner-summary
-budget, through the harvest's client and page walker
-(:func:`harvester.pipeline.walk_pages`, :func:`~harvester.pipeline.walk_until_complete`),
-deduplicating by enrollment identity, applying ``--pii`` before anything is written, and
-publishing every file with the manifest last (see the package docstring). Creates no
-tasks itself (the walker does). Must not print, draw progress or parse flags.
+:class:`LearnerExport` owns the run around the walks: the lock, the staging directory (a
+killed run's is removed; it is never published), one client under the learner-summary
+budget, the outcome and exit code, which failed enterprises keep the previous run's files,
+and publishing every file with the manifest last (see the package docstring). The walk of
+one enterprise (dedupe, ``--pii``, the staged files) is
+:class:`~harvester.learners.walker.EnterpriseWalker`'s. Must not print, draw progress or
+parse flags.
 
 It shares the run id (:func:`~harvester.run.new_run_id`), the walker, the walk counters
 and the error records with the catalog harvest, but not
@@ -17,31 +18,18 @@ resume by design: a run starts over and publishes whole).
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
 
 from harvester import __version__
-from harvester.client import ApiClient, ThrottleClass, learners_path
+from harvester.client import ApiClient
 from harvester.config import Settings
-from harvester.errors import (
-    ApiError,
-    ConfigError,
-    Forbidden,
-    HarvestError,
-    RequestError,
-    Unauthorized,
-)
-from harvester.learners.csv import write_csv
+from harvester.errors import ConfigError
 from harvester.learners.files import (
-    CSV_NAME,
     LEARNERS_DIR,
     MANIFEST_NAME,
-    NDJSON_NAME,
     STAGING_DIR,
     check_out,
     files_intact,
@@ -49,36 +37,24 @@ from harvester.learners.files import (
     private_dir,
     publish,
     remove_staging,
-    unlink,
 )
 from harvester.learners.options import LearnerOptions
-from harvester.learners.pii import KNOWN_FIELDS, PII_FIELDS, PiiMode, PiiPolicy
-from harvester.learners.state import EnterpriseState, enrollment_identity
-from harvester.models import Page
-from harvester.obs import REDACTOR, Stats, event
-from harvester.paginate import ListingPlan
-from harvester.pipeline import walk_pages, walk_until_complete
+from harvester.learners.pii import PII_FIELDS, PiiMode, PiiPolicy
+from harvester.learners.state import EnterpriseState
+from harvester.learners.walker import PAGE_SIZE, EnterpriseWalker
+from harvester.obs import Stats, event
 from harvester.policy import Clock, Sleep
 from harvester.run import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, RunResult, new_run_id, now_iso
-from harvester.sinks import (
-    FileInfo,
-    PartFile,
-    disk_errors,
-    encode_item,
-    ensure_dir,
-    iter_lines,
-    write_json_atomic,
-)
+from harvester.sinks import disk_errors, ensure_dir, write_json_atomic
 from harvester.state import STATE_DIR, RunLock
 
-__all__ = ["PAGE_SIZE", "LearnerExport"]
+__all__ = ["LearnerExport"]
 
-PAGE_SIZE: Final = 1000  #: the endpoint's max_page_size
 _PROGRESS_EVERY: Final = 10.0
-#: Request statistics copied into the manifest's totals.
 #: PII modes from most to least revealing: a failed enterprise keeps its previous files
 #: only if they were written under a mode at least as strict as this run's.
 _STRICTNESS: Final = {"keep": 0, "hash": 1, "drop": 2}
+#: Request statistics copied into the manifest's totals.
 _STAT_TOTALS: Final = ("requests", "requests_total", "retries", "retries_by_cause",
                        "throttled_429", "transport_errors", "bytes_in", "tokens_issued", "pages")
 
@@ -148,149 +124,23 @@ class LearnerExport:
             self._last_progress = t0
             async with ApiClient(self.settings, stats=self.stats, clock=self._clock,
                                  sleep=self._sleep, rand=self._rand) as client:
+                walker = EnterpriseWalker(
+                    client, self.staging, options=self.options, pii=self.pii,
+                    stats=self.stats, page_concurrency=self.settings.limits.page_concurrency,
+                    on_page=self._page_taken)
                 for es in self.enterprises:
-                    await self._export(client, es)
+                    await walker.export(es)
             return self._finish(self._clock() - t0)
         finally:
             remove_staging(self.staging)  # empty after a publish; else unfinished PII
             lock.release()
 
-    async def _export(self, client: ApiClient, es: EnterpriseState) -> None:
-        directory = private_dir(self.staging / es.dirname)
-        part = PartFile(directory / NDJSON_NAME, private=True)
-        committed = False
-        es.status = "listing"
-        event("learners.enterprise_start", enterprise=es.uuid)
-        try:
-            try:
-                await self._walks(client, es, part)
-            except (ApiError, RequestError) as exc:  # 401/403, or nothing arrived at all
-                self._fail(es, exc)
-                return
-            self._commit(es, part, directory)
-            committed = True
-        finally:
-            if not committed:
-                part.abandon()
-                unlink(part.path)
-        event("learners.enterprise_done", enterprise=es.uuid, status=es.status,
-              count=es.count_reported, written=es.rows_written, duplicates=es.duplicates,
-              gaps=es.gaps, walks=es.walks, pages=es.pages)
 
-    def _fail(self, es: EnterpriseState, exc: ApiError | RequestError) -> None:
-        es.status = "failed"
-        es.error = REDACTOR.scrub(str(exc))
-        es.access_denied = isinstance(exc, Forbidden | Unauthorized)
-        es.record_error("enterprise_failed", exc)
-        event("learners.enterprise_failed", logging.WARNING, enterprise=es.uuid,
-              error=type(exc).__name__, status=getattr(exc, "status", None))
-
-    async def _walks(self, client: ApiClient, es: EnterpriseState, part: PartFile) -> None:
-        seen: set[int] = set()
-        broken: list[ApiError | RequestError] = []
-
-        async def walk(n: int) -> bool:
-            es.walks = n
-            try:
-                await self._walk(client, es, part, seen, seen if n == 1 else set())
-                return True
-            except (Forbidden, Unauthorized):
-                raise  # these credentials may not read it: no page will do better
-            except (ApiError, RequestError) as exc:
-                # A page the walk could not go on without (page 1, or a later page that
-                # broke the walk): keep every row so far; a rewalk may find the rest.
-                broken.append(exc)
-                es.page_errors += 1
-                es.record_error("walk_failed", exc, page=_page_of(exc))
-                event("learners.walk_failed", logging.WARNING, enterprise=es.uuid, walk=n,
-                      error=type(exc).__name__, status=getattr(exc, "status", None))
-                return False  # cut short: it cannot show that the gap is persistent
-
-        await walk_until_complete(walk, lambda: (es.unique, es.count_reported), first=1,
-                                  max_rewalks=self.options.max_rewalks,
-                                  event_name="learners.rewalk", enterprise=es.uuid)
-        if broken and es.rows_received == 0:
-            raise broken[0]  # nothing arrived at all: the enterprise failed
-        es.gaps = max(0, (es.count_reported or 0) - es.unique)
-        unjudged = es.count_reported is None and es.page_errors > 0
-        es.status = "partial" if es.gaps or unjudged else "complete"
-        if es.gaps:
-            event("learners.gaps", logging.WARNING, enterprise=es.uuid, gaps=es.gaps,
-                  count=es.count_reported, walks=es.walks)
-
-    async def _walk(self, client: ApiClient, es: EnterpriseState, part: PartFile,
-                    seen: set[int], walk_seen: set[int]) -> None:
-        async def on_plan(plan: ListingPlan) -> None:
-            es.planned(plan)
-
-        async def on_page_error(number: int, exc: HarvestError) -> None:
-            es.page_errors += 1
-            es.record_error("page_failed", exc, page=number)
-            event("learners.page_failed", logging.WARNING, enterprise=es.uuid, page=number,
-                  error=type(exc).__name__)
-
-        async def take(page: Page) -> None:
-            self._take(es, part, page, seen, walk_seen)
-
-        # Only a refusal ends the walk: a page that keeps answering markup (a maintenance
-        # page) is one failed page, not a reason to drop the others. The walker raises
-        # the leading error of its page workers, never a group.
-        await walk_pages(client, ThrottleClass.LEARNERS, learners_path(es.uuid), PAGE_SIZE,
-                         take, parallel=self.settings.limits.page_concurrency,
-                         on_plan=on_plan, on_page_error=on_page_error,
-                         fatal=(Forbidden, Unauthorized))
-
-    def _take(self, es: EnterpriseState, part: PartFile, page: Page, seen: set[int],
-              walk_seen: set[int]) -> None:
-        meta = {"enterprise_uuid": es.uuid, "fetched_at": now_iso(), "pii": self.pii.mode.value}
-        for row in page.results:
-            es.rows_received += 1
-            digest = enrollment_identity(row)
-            if digest in walk_seen:
-                es.duplicates += 1  # the page boundaries moved within this walk
-                continue
-            new = digest not in seen  # else written by an earlier walk
-            walk_seen.add(digest)
-            seen.add(digest)
-            if not new:
-                continue
-            es.unique += 1
-            if self.options.consented_only and row.get("is_consent_granted") is not True:
-                es.not_consented += 1
-                continue
-            es.tally.add(row)
-            out = self.pii.apply(row)
-            es.extra_fields.update(k for k in out if k not in KNOWN_FIELDS)
-            part.write(encode_item(out, meta))
-            es.rows_written += 1
-            self.stats.items_written += 1
-        es.pages += 1
+    def _page_taken(self) -> None:
         now = self._clock()
         if now - self._last_progress >= _PROGRESS_EVERY:
             self._last_progress = now
             event("learners.progress", **self.progress())
-
-    def _commit(self, es: EnterpriseState, part: PartFile, directory: Path) -> None:
-        """Write the CSV from the NDJSON ``.part``, then rename both.
-
-        Runs on the event loop on purpose: enterprises are exported one at a time, so
-        nothing else is waiting, and a thread could outlive a cancelled run.
-        """
-        part.checkpoint()
-        csv_part: PartFile | None = None
-        try:
-            if self.options.csv:
-                csv_part = PartFile(directory / CSV_NAME, private=True)
-                write_csv(iter_lines(part.path), self.pii.columns(es.extra_fields), csv_part)
-            infos: list[FileInfo] = [part.commit()]
-            if csv_part is not None:
-                infos.append(csv_part.commit())
-                csv_part = None
-        finally:
-            if csv_part is not None:
-                csv_part.abandon()
-                unlink(csv_part.path)
-        es.files = {i.name: i.as_dict() for i in infos}
 
     def _outcome(self) -> tuple[str, int, int]:
         """``(status, exit code, enterprises done)``."""
@@ -403,9 +253,3 @@ class LearnerExport:
             "requests": self.stats.total_requests(),
             "throttled": self.stats.throttled,
         }
-
-
-def _page_of(exc: ApiError | RequestError) -> int | None:
-    """The page number a failed request asked for (from its URL), if any."""
-    values = parse_qs(urlsplit(exc.url).query).get("page")
-    return int(values[0]) if values and values[0].isdigit() else None

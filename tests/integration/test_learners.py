@@ -33,7 +33,8 @@ from aiohttp import web
 from yarl import URL
 
 from harvester import cli
-from harvester.learners import FIELD_ORDER, PII_FIELDS, LearnerExport
+from harvester.learners import FIELD_ORDER, PII_FIELDS
+from harvester.learners.walker import EnterpriseWalker
 from harvester.sim import SimConfig, SimServer
 from tests.integration.helpers import LoopbackProxy, LoopThread
 
@@ -539,23 +540,23 @@ def test_sigint_mid_walk_exits_130_and_leaves_no_personal_data_behind(
         world: World, run_cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGINT after the first page: exit 130, no .part, no manifest; a rerun works."""
     srv = world.sim(learners=2300)
-    original = LearnerExport._take
+    original = EnterpriseWalker._take
     fired: list[bool] = []
 
-    def take_then_interrupt(self: LearnerExport, *args: Any) -> None:
+    def take_then_interrupt(self: EnterpriseWalker, *args: Any) -> None:
         original(self, *args)
         if not fired:
             fired.append(True)
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(LearnerExport, "_take", take_then_interrupt)
+    monkeypatch.setattr(EnterpriseWalker, "_take", take_then_interrupt)
     res = run_cli(srv, "--enterprise", srv.enterprise_uuid)
     assert fired and res.code == 130, res.err
     assert "interrupted" in res.err
     assert not (res.root / "manifest.json").exists()
     assert [p for p in res.root.rglob("*") if "learner_summary" in p.name] == []
 
-    monkeypatch.setattr(LearnerExport, "_take", original)
+    monkeypatch.setattr(EnterpriseWalker, "_take", original)
     again = run_cli(srv, "--enterprise", srv.enterprise_uuid)
     assert again.code == 0, again.err
     assert len(again.rows(srv.enterprise_uuid)) == 2300
