@@ -244,9 +244,9 @@ def tenants_table(progress: Mapping[str, Mapping[str, Any]]) -> Table:
         t.add_column(col)
     for name, p in rows[:_ROWS]:
         items = p.get("items", p.get("rows", ""))
-        t.add_row(name, str(p["status"]), str(items), str(p.get("written", "")),
-                  str(p.get("requests", "")), str(p.get("throttled", "")),
-                  _eta(p.get("eta_s")) if "eta_s" in p else "-")
+        t.add_row(*map(cell, (name, p["status"], items, p.get("written", ""),
+                              p.get("requests", ""), p.get("throttled", ""),
+                              _eta(p.get("eta_s")) if "eta_s" in p else "-")))
     return t
 
 

@@ -185,9 +185,9 @@ def tenants_summary(manifest: Mapping[str, Any]) -> list[str]:
     tenants: Mapping[str, Mapping[str, Any]] = manifest.get("tenants") or {}
     lines = []
     for name, row in tenants.items():
-        tail = f"  {row['message']}" if row.get("message") else ""
+        tail = f"  {row['message']}" if row.get("message") else ""  # may quote a server
         lines.append(f"tenant {name}: {row['status']} (exit {row['exit_code']}){tail}")
     shard = f" (shard {manifest['shard']})" if manifest.get("shard") else ""
     lines.append(f"{manifest.get('kind', 'run')} of {len(tenants)} tenant(s){shard}: "
                  f"{manifest.get('status')} (exit {manifest.get('exit_code')})")
-    return lines
+    return [term_text(line) for line in lines]

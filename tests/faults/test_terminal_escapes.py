@@ -105,3 +105,19 @@ def test_every_display_string_from_a_server_is_inert() -> None:
     assert_inert(console.file.getvalue())
     assert "[2J[red]x[/]" in console.file.getvalue()  # shown as text, not applied
     assert display.term_text(HOSTILE) == "T ]0;pwned [2J[31mREDfake lineX [bold]B[/bold] 1m"
+
+
+def test_a_tenant_message_or_name_is_inert_in_its_table_and_summary() -> None:
+    """A tenant's message carries a server's error text; its name comes from the config."""
+    from rich.console import Console
+
+    manifest = {"kind": "harvest", "status": "partial", "exit_code": 3,
+                "tenants": {HOSTILE: {"status": "failed", "exit_code": 1, "message": HOSTILE}}}
+    lines = display.tenants_summary(manifest)
+    assert_inert("\n".join(lines))
+    assert len(lines) == 2
+    console = Console(file=io.StringIO(), width=300, color_system=None)
+    console.print(display.tenants_table({HOSTILE: {"status": HOSTILE, "items": 1}}))
+    assert isinstance(console.file, io.StringIO)
+    assert_inert(console.file.getvalue())
+    assert "[bold]B[/bold]" in console.file.getvalue()  # shown as text, not applied
