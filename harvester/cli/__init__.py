@@ -32,7 +32,6 @@ from harvester.errors import (
     StateError,
     UnsafePath,
 )
-from harvester.obs import REDACTOR
 from harvester.pipes import quiet_on_closed_pipe
 from harvester.run import EXIT_PARTIAL, EXIT_UNEXPECTED, EXIT_USAGE
 
@@ -64,8 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(str(exc))
         return EXIT_USAGE
     except PublishError as exc:
-        print(f"harvester: {REDACTOR.scrub(str(exc))} (the local output is intact; rerun the "
-              "same command to resume the publish)", file=sys.stderr)
+        say(f"{exc} (the local output is intact; rerun the same command to resume the "
+            "publish)")
         return EXIT_PARTIAL
     except SinkError as exc:
         say(f"{exc} (everything committed so far is kept; rerun to resume)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from harvester.cli.jobs import Interrupted, metrics_file, run_job, signal_exit
+from harvester.cli.jobs import Interrupted, metrics_file, run_job, say, signal_exit
 from harvester.cli.options import as_of, only, parse_max_age, settings_of
 from harvester.config import load_settings
 from harvester.display import (
@@ -110,7 +110,7 @@ def cmd_verify(ns: argparse.Namespace) -> int:
         try:
             report = verify(ns.target)
         except OSError as exc:  # the tree itself became unreadable (permissions, network)
-            print(f"harvester: verify: cannot read {ns.target}: {exc}", file=sys.stderr)
+            say(f"verify: cannot read {ns.target}: {exc}")
             return 1
         if metrics is not None:  # a problem found is a failed check (run_errors: how many)
             metrics.outcome = ("complete" if report.clean else "failed",

@@ -121,3 +121,29 @@ def test_a_tenant_message_or_name_is_inert_in_its_table_and_summary() -> None:
     assert isinstance(console.file, io.StringIO)
     assert_inert(console.file.getvalue())
     assert "[bold]B[/bold]" in console.file.getvalue()  # shown as text, not applied
+
+
+def test_a_verify_read_error_and_a_publish_error_are_inert(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both quote text from elsewhere (a filesystem or an object store's error)."""
+    import harvester.verify
+    from harvester.errors import PublishError
+
+    def unreadable(target: str) -> Any:
+        raise OSError(HOSTILE)
+
+    monkeypatch.setattr(harvester.verify, "verify", unreadable)
+    assert cli.main(["verify", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert_inert(err)
+    assert err.count("\n") == 1
+
+    def refused(ns: object) -> int:
+        raise PublishError(HOSTILE)
+
+    monkeypatch.setitem(cli._COMMANDS, "verify", refused)
+    assert cli.main(["verify", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert_inert(err)
+    assert err.count("\n") == 1
