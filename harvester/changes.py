@@ -21,11 +21,9 @@ from typing import Any
 
 from harvester.delta import SnapshotIndex
 from harvester.models import UNKNOWN_TYPE
-from harvester.sinks import (
-    PartFile,
-    catalog_dirname,
-    encode_line,
-)
+from harvester.outputs import catalog_dirname
+from harvester.partfile import PartFile
+from harvester.sinks import encode_line
 
 
 @dataclass(slots=True)

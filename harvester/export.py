@@ -43,7 +43,8 @@ import orjson
 from harvester.delta import doc_id, safe_id
 from harvester.errors import ConfigError, SinkError
 from harvester.models import JSONDict
-from harvester.sinks import PartFile, encode_line, iter_lines
+from harvester.partfile import PartFile, iter_lines
+from harvester.sinks import encode_line
 from harvester.userpath import refuse_special
 
 FORMATS: Final = ("es-bulk", "meili", "jsonl")

@@ -14,8 +14,8 @@ from typing import Any
 
 from harvester import __version__
 from harvester.obs import REDACTOR
+from harvester.outputs import catalog_dirname
 from harvester.run import CatalogState
-from harvester.sinks import catalog_dirname
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,9 @@ from typing import Final
 import orjson
 
 from harvester.models import key_digest
+from harvester.partfile import iter_lines, recover_tail
 from harvester.run import CatalogState, Phase
-from harvester.sinks import disk_errors, fsync_dir, iter_lines, recover_tail
+from harvester.sinks import disk_errors, fsync_dir
 from harvester.state import Checkpoint, Ledger
 from harvester.writer import ERRORS_KEY, FileKey, Writer, error_rows
 

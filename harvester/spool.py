@@ -15,7 +15,7 @@ from typing import Any, Final
 import orjson
 
 from harvester.models import JSONDict
-from harvester.sinks import iter_lines
+from harvester.partfile import iter_lines
 
 _PREFIX: Final = b'{"d":'
 

@@ -24,16 +24,9 @@ import orjson
 
 from harvester.errors import SinkError, StateError
 from harvester.manifest import Manifest
+from harvester.outputs import clear_outputs, listed_catalogs
 from harvester.run import Phase
-from harvester.sinks import (
-    DIR_MODE,
-    clear_outputs,
-    disk_errors,
-    ensure_dir,
-    fsync_dir,
-    listed_catalogs,
-    write_json_atomic,
-)
+from harvester.sinks import DIR_MODE, disk_errors, ensure_dir, fsync_dir, write_json_atomic
 from harvester.state import STATE_DIR, RunLock
 
 #: What a run writes in a snapshot's ``.state`` (besides its ``spool`` directory).
@@ -43,7 +36,7 @@ _STATE_FILES: Final = ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"
 
 def remove_snapshot(snap: Path) -> None:
     """Remove what a sync wrote in ``snap``: its output by exact name (see
-    :func:`~harvester.sinks.clear_outputs`) and its ``.state``; then the directory, if
+    :func:`~harvester.outputs.clear_outputs`) and its ``.state``; then the directory, if
     that leaves it empty. A file a person put there stays, and keeps its directory."""
     clear_outputs(snap, listed_catalogs(snap))
     state = snap / STATE_DIR

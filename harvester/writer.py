@@ -29,17 +29,11 @@ import orjson
 from harvester.errors import SinkError
 from harvester.models import CONTENT_TYPES, OTHER_STEM, key_digest
 from harvester.obs import REDACTOR
+from harvester.outputs import catalog_dirname, output_path
+from harvester.partfile import FileInfo, PartFile, describe, recover_tail
 from harvester.policy import Clock
 from harvester.run import Phase
-from harvester.sinks import (
-    FileInfo,
-    PartFile,
-    catalog_dirname,
-    describe,
-    ensure_dir,
-    output_path,
-    recover_tail,
-)
+from harvester.sinks import ensure_dir
 from harvester.spool import Spool
 from harvester.state import STATE_DIR, Checkpoint, Ledger, WalkRecord
 

@@ -23,7 +23,8 @@ import orjson
 from harvester.delta.hashing import content_hash
 from harvester.errors import StateError, UnsafePath
 from harvester.models import JSONDict, key_digest
-from harvester.sinks import iter_lines, planted_link
+from harvester.partfile import iter_lines
+from harvester.sinks import planted_link
 
 __all__ = ["Indexed", "SnapshotIndex"]
 

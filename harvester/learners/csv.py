@@ -2,7 +2,7 @@
 
 Owns the cell rules (``null`` empty, booleans lower-case, nested values as JSON, a
 spreadsheet-formula guard on text). Must not choose columns (``pii.PiiPolicy.columns``
-does) or open files itself: it writes into the :class:`~harvester.sinks.PartFile` given.
+does) or open files itself: it writes into the :class:`~harvester.partfile.PartFile` given.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Final
 
 import orjson
 
-from harvester.sinks import PartFile
+from harvester.partfile import PartFile
 
 __all__ = ["csv_cell", "write_csv"]
 

@@ -19,7 +19,8 @@ from typing import Any, Final
 import orjson
 
 from harvester.errors import ConfigError, SinkError
-from harvester.sinks import PART, disk_errors, fsync_dir, sha256_file
+from harvester.partfile import sha256_file
+from harvester.sinks import PART, disk_errors, fsync_dir
 
 __all__ = ["CSV_NAME", "LEARNERS_DIR", "MANIFEST_NAME", "NDJSON_NAME", "STAGING_DIR",
            "check_out", "clear_enterprise", "files_intact", "previous_manifest", "private_dir",

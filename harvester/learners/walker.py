@@ -30,9 +30,10 @@ from harvester.learners.state import EnterpriseState, enrollment_identity
 from harvester.models import Page
 from harvester.obs import REDACTOR, Stats, event
 from harvester.paginate import ListingPlan
+from harvester.partfile import FileInfo, PartFile, iter_lines
 from harvester.pipeline import walk_pages, walk_until_complete
 from harvester.run import now_iso
-from harvester.sinks import FileInfo, PartFile, encode_item, iter_lines
+from harvester.sinks import encode_item
 
 __all__ = ["PAGE_SIZE", "EnterpriseWalker"]
 

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from harvester.obs import Stats
+from harvester.partfile import FileInfo
 from harvester.run import CatalogState, Phase, error_record
-from harvester.sinks import FileInfo, encode_line
+from harvester.sinks import encode_line
 from harvester.state import WalkRecord
 from harvester.writer import (
     ERRORS_KEY,

@@ -32,6 +32,7 @@ from harvester.errors import (
     UnexpectedXML,
 )
 from harvester.obs import Stats, event
+from harvester.partfile import FileInfo
 from harvester.pipeline.details import DetailScheduler
 from harvester.pipeline.emit import Emitter
 from harvester.pipeline.lister import CatalogLister, discover_catalogs
@@ -41,7 +42,6 @@ from harvester.pipeline.syncing import DetailDecider, FetchAll, SyncDecider
 from harvester.pipeline.walk import leading_error
 from harvester.policy import Clock, RateGate, Sleep
 from harvester.run import CatalogState, Phase, RunResult, now_iso
-from harvester.sinks import FileInfo
 from harvester.writer import Message, Writer
 
 T = TypeVar("T")

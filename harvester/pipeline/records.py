@@ -11,8 +11,8 @@ from typing import Final
 import orjson
 
 from harvester.models import JSONDict
+from harvester.partfile import iter_lines
 from harvester.run import CatalogState
-from harvester.sinks import iter_lines
 from harvester.writer import Writer
 
 #: Shapes of keys the detail endpoints can route (Django URL patterns of the LMS).

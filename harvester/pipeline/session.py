@@ -21,6 +21,8 @@ from harvester.errors import StateError
 from harvester.manifest import CatalogEntry, Manifest, Totals
 from harvester.models import Catalog
 from harvester.obs import event
+from harvester.outputs import catalog_dirname, clear_outputs, listed_catalogs
+from harvester.partfile import PartFile
 from harvester.pipeline.emit import NOT_FAILURES
 from harvester.reopen import ERRORS_IN_LEDGER, reopen_failures
 from harvester.run import (
@@ -35,16 +37,7 @@ from harvester.run import (
     new_run_id,
     read_json,
 )
-from harvester.sinks import (
-    PartFile,
-    catalog_dirname,
-    clear_dir,
-    clear_outputs,
-    disk_errors,
-    encode_line,
-    listed_catalogs,
-    write_json_atomic,
-)
+from harvester.sinks import clear_dir, disk_errors, encode_line, write_json_atomic
 from harvester.state import STATE_DIR, Ledger, RunLock
 from harvester.writer import ERRORS_KEY, ITEM_TYPES, FileKey, Writer, leftovers
 

@@ -45,10 +45,10 @@ import orjson
 
 from harvester.errors import PublishError
 from harvester.learners.files import CSV_NAME, NDJSON_NAME
+from harvester.outputs import CATALOG_FILES, TOP_FILES, catalog_dirname, is_catalog_dirname
 from harvester.publish.mirror import INDEX_NAME, MANIFEST_NAME, guard, publish_dir
 from harvester.publish.target import PublishReport, Target, check_target
 from harvester.run import RunResult, SyncResult
-from harvester.sinks import CATALOG_FILES, TOP_FILES, catalog_dirname, is_catalog_dirname
 
 __all__ = ["INDEX_NAME", "LATEST_NAME", "PublishReport", "Target", "check_target",
            "publish_night", "publish_result", "publish_snapshot", "publish_tenants"]

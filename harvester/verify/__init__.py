@@ -20,7 +20,7 @@ from pathlib import PurePosixPath
 from typing import Any, Final, TypeGuard
 
 from harvester.errors import ConfigError
-from harvester.sinks import catalog_dirname
+from harvester.outputs import catalog_dirname
 from harvester.verify.check import PUBLISH_INDEX, Check, Report
 from harvester.verify.trees import FsspecTree, LocalTree, Tree, open_tree
 

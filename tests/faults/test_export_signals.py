@@ -24,7 +24,7 @@ from harvester import cli
 #: at one point: after the N-th rename, during the first hash, or once export() returned.
 _RUNNER = r"""
 import os, signal, sys
-import harvester.sinks as sinks
+import harvester.partfile as partfile
 from harvester import cli
 from harvester.cli import tools
 
@@ -44,13 +44,13 @@ if where == "rename":
             fire()
     os.replace = replace
 elif where == "hash":
-    real_hash = sinks.sha256_file
+    real_hash = partfile.sha256_file
     def sha256_file(path):
         calls.append(path)
         if len(calls) == n:
             fire()
         return real_hash(path)
-    sinks.sha256_file = sha256_file
+    partfile.sha256_file = sha256_file
 elif where == "late":
     real_export = tools.export
     def export(*args, **kw):
@@ -59,13 +59,13 @@ elif where == "late":
         return counts
     tools.export = export
 elif where == "early":
-    real_checkpoint = sinks.PartFile.checkpoint
+    real_checkpoint = partfile.PartFile.checkpoint
     def checkpoint(self):
         calls.append(self)
         if len(calls) == n:
             fire()
         return real_checkpoint(self)
-    sinks.PartFile.checkpoint = checkpoint
+    partfile.PartFile.checkpoint = checkpoint
 sys.exit(cli.main(["export", *argv]))
 """
 

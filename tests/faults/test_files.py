@@ -22,9 +22,11 @@ import pytest
 
 from harvester import cli
 from harvester.errors import SinkError
+from harvester.outputs import catalog_dirname
+from harvester.partfile import PartFile
 from harvester.pipeline import Harvest
 from harvester.sim import SimConfig, SimServer
-from harvester.sinks import PartFile, catalog_dirname, write_json_atomic
+from harvester.sinks import write_json_atomic
 from harvester.state import Ledger, RunLock
 from tests.conftest import SimStarter, settings_for
 from tests.integration.helpers import LoopThread, assert_exactly_once, read_lines, truth

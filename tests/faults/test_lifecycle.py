@@ -27,9 +27,9 @@ from harvester import cli
 from harvester.client import detail_path
 from harvester.delta import SyncOptions
 from harvester.models import key_digest
+from harvester.outputs import catalog_dirname
 from harvester.pipeline import Harvest
 from harvester.sim import SimConfig, SimServer
-from harvester.sinks import catalog_dirname
 from harvester.state import Ledger
 from harvester.writer import ERRORS_KEY, Write, Writer
 from tests.conftest import SimStarter, settings_for

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from harvester.outputs import catalog_dirname
 from harvester.pipeline import Harvest
-from harvester.sinks import catalog_dirname
 from harvester.store import Store
 from tests.conftest import SimStarter, settings_for
 from tests.integration.helpers import read_lines, truth

@@ -16,8 +16,8 @@ from harvester.client import ApiClient, ThrottleClass
 from harvester.config import load_settings
 from harvester.errors import AuthError, Forbidden, UnexpectedXML
 from harvester.obs import Stats
+from harvester.outputs import catalog_dirname
 from harvester.pipeline import Harvest
-from harvester.sinks import catalog_dirname
 
 
 class CompatResponse(aiohttp.ClientResponse):

@@ -13,7 +13,8 @@ from harvester.auth import Grant, TokenManager, parse_grant, refresh_margin
 from harvester.client import content_path, detail_path, learners_path
 from harvester.config import Rate, Secret, load_settings
 from harvester.errors import AuthError, ConfigError
-from harvester.sinks import PartFile, catalog_dirname, iter_lines
+from harvester.outputs import catalog_dirname
+from harvester.partfile import PartFile, iter_lines
 from tests.conftest import FakeTime
 
 # --- config ------------------------------------------------------------------------------

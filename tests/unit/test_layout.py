@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[2] / "harvester"
 MAX_LINES = 450
 #: Still to split (issue 12); the number is a ceiling, lower it when a module shrinks.
 OVERSIZE = {
-    "sinks.py": 491,
     "writer.py": 490,
 }
 MAX_FUNCTION = 60

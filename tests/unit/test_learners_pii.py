@@ -26,7 +26,7 @@ from harvester.learners import (
     write_csv,
 )
 from harvester.obs import REDACTOR
-from harvester.sinks import PartFile
+from harvester.partfile import PartFile
 
 KEY = "k3y-for-unit-tests-0123456789"
 ENT = "6f1c2a55-0b7e-4d1a-9d5e-1c2b3a4d5e6f"

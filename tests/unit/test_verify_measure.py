@@ -9,7 +9,7 @@ import random
 import tracemalloc
 from pathlib import Path
 
-from harvester.sinks import PartFile
+from harvester.partfile import PartFile
 from harvester.verify import LocalTree
 from harvester.verify.check import measure
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harvester.errors import SinkError
-from harvester.sinks import PartFile
+from harvester.partfile import PartFile
 from harvester.state import Checkpoint, Ledger
 from harvester.writer import Write, Writer
 
@@ -92,6 +92,6 @@ def test_lines_written_after_the_last_checkpoint_survive_a_kill(tmp_path: Path,
     infos = resumed.commit_catalog(CAT)
     name = "courses.ndjson.gz" if compress else "courses.ndjson"
     assert infos[name].lines == 3
-    from harvester.sinks import iter_lines
+    from harvester.partfile import iter_lines
     got = list(iter_lines(tmp_path / f"catalog={CAT}" / name, compressed=compress))
     assert got == [_item(0), _item(1), _item(2)]
