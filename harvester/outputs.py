@@ -3,18 +3,21 @@
 * :func:`catalog_dirname` routes a catalog to ``catalog=<uuid>``; anything that is not a
   canonical (lowercase) UUID is percent-encoded and tagged with a hash of the exact id, so
   nothing a server sends can name a path outside OUT and no two ids share a directory.
-* :func:`output_path`, :data:`CATALOG_FILES`, :data:`TOP_FILES`: every name of ours.
-* :func:`clear_outputs` removes exactly those names and nothing else; no link is followed.
+* :func:`output_path`, :data:`ITEM_NAMES`, :data:`CATALOG_FILES`, :data:`TOP_FILES`:
+  every name of ours.
+* :func:`leftovers` finds an earlier run's outputs; :func:`clear_outputs` removes exactly
+  our names and nothing else. No link is followed.
 
 Names only: files are written elsewhere (:mod:`harvester.sinks`, :mod:`harvester.partfile`);
-the only things done to the disk here are reading a finished run's lists and unlinking
-files of ours.
+the only things done to the disk here are looking at OUT, reading a finished run's lists
+and unlinking files of ours.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -52,13 +55,17 @@ def output_path(out: Path, catalog_uuid: str, content_type: str, *, compress: bo
     return out / catalog_dirname(catalog_uuid) / f"{file_stem(content_type)}{ext}"
 
 
+#: The content types whose items a catalog's files hold (``other`` for the rest).
+ITEM_TYPES: Final = ("course", "courserun", "program", "learnerpathway", "other")
+#: Their file stems (``changes`` and any other file there are not items).
+ITEM_STEMS: Final = frozenset(stem for stem, _ in CONTENT_TYPES.values()) | {OTHER_STEM}
+#: The committed item files' exact names (plain or gzip).
+ITEM_NAMES: Final = frozenset(f"{stem}{ext}" for stem in ITEM_STEMS
+                              for ext in (".ndjson", ".ndjson.gz"))
 #: Every file a harvest writes in a catalog directory: the item files (plain or gzip) and
 #: the change feed, each also as its ``.part``. Nothing else there is ours.
-CATALOG_FILES: Final = frozenset(
-    f"{stem}{ext}{part}"
-    for stem in [*(s for s, _ in CONTENT_TYPES.values()), OTHER_STEM]
-    for ext in (".ndjson", ".ndjson.gz") for part in ("", PART)
-) | {"changes.ndjson", "changes.ndjson" + PART}
+CATALOG_FILES: Final = frozenset(f"{name}{part}" for name in ITEM_NAMES for part in ("", PART)
+                                 ) | {"changes.ndjson", "changes.ndjson" + PART}
 #: What a harvest writes at the top of OUT (besides catalog directories and ``.state``).
 TOP_FILES: Final = ("manifest.json", ".manifest.json.tmp", "catalogs.ndjson",
                     "errors.ndjson", "catalogs.ndjson.part", "errors.ndjson.part",
@@ -115,3 +122,18 @@ def clear_outputs(out: Path, catalogs: Iterable[str] = ()) -> None:
             if (out / name).is_symlink() or (out / name).is_file():
                 (out / name).unlink()
         clear_dir(out / ".state" / "spool")
+
+
+#: Names a harvest writes at the top of OUT (besides ``catalog=*`` directories).
+_TOP_NAMES: Final = ("manifest.json", ".manifest.json.tmp", "catalogs.ndjson",
+                     "catalogs.ndjson.part", "errors.ndjson", "errors.ndjson.part",
+                     ".errors.ndjson.part.tmp", "index.sqlite")
+
+
+def leftovers(out: Path) -> list[str]:
+    """Entries of OUT a harvest would write, by name: an earlier run's output, which a run
+    without a ledger must not adopt (links count too; nothing is followed)."""
+    if not out.is_dir():
+        return []
+    found = sorted(p.name for p in out.glob("catalog=*"))
+    return [n for n in _TOP_NAMES if os.path.lexists(out / n)] + found

@@ -30,18 +30,19 @@ from typing import Final
 
 import orjson
 
+from harvester.messages import ERRORS_KEY, FileKey, error_rows
 from harvester.models import key_digest
 from harvester.partfile import iter_lines, recover_tail
 from harvester.run import CatalogState, Phase
 from harvester.sinks import disk_errors, fsync_dir
 from harvester.state import Checkpoint, Ledger
-from harvester.writer import ERRORS_KEY, FileKey, Writer, error_rows
+from harvester.writer import Writer
 
 #: Error kinds whose catalog is listed again on a rerun.
 RELIST_KINDS: Final = frozenset({"catalog_failed", "page_failed", "gap"})
 #: Error kinds whose item is fetched again on a rerun.
 REFETCH_KINDS: Final = frozenset({"detail_failed", "not_found"})
-#: Item file types of a catalog (``writer.FileKey`` ``("out", catalog, type)``).
+#: Item file types of a catalog (``messages.FileKey`` ``("out", catalog, type)``).
 ITEM_TYPES: Final = ("course", "courserun", "program", "learnerpathway", "other")
 _COMMITTED: Final = frozenset({Phase.COMMITTING, Phase.DONE})
 

@@ -16,141 +16,40 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from harvester.errors import SinkError
+from harvester.messages import (
+    ERRORS_KEY,
+    Barrier,
+    CatalogInfo,
+    CommitCatalog,
+    CommitErrors,
+    FileKey,
+    Message,
+    PageDone,
+    PhaseChange,
+    WalkPlanned,
+    Write,
+    error_rows,
+)
 from harvester.models import CONTENT_TYPES, OTHER_STEM, key_digest
 from harvester.obs import REDACTOR
-from harvester.outputs import catalog_dirname, output_path
+from harvester.outputs import ITEM_NAMES, ITEM_TYPES, catalog_dirname, output_path
 from harvester.partfile import FileInfo, PartFile, describe, recover_tail
 from harvester.policy import Clock
 from harvester.run import Phase
 from harvester.sinks import ensure_dir
 from harvester.spool import Spool
-from harvester.state import STATE_DIR, Checkpoint, Ledger, WalkRecord
+from harvester.state import STATE_DIR, Checkpoint, Ledger
 
-#: ("out", catalog, content_type) | ("spool", catalog) | ("errors",)
-FileKey = tuple[str, ...]
-ERRORS_KEY: Final[FileKey] = ("errors",)
 T = TypeVar("T")
-#: The item files of a catalog directory (changes.ndjson and others are not items).
-#: The content types whose items a catalog's files hold (``other`` for the rest).
-ITEM_TYPES: Final = ("course", "courserun", "program", "learnerpathway", "other")
-ITEM_STEMS: Final = frozenset(stem for stem, _ in CONTENT_TYPES.values()) | {OTHER_STEM}
-#: The committed item files' exact names (plain or gzip).
-ITEM_NAMES: Final = frozenset(f"{stem}{ext}" for stem in ITEM_STEMS
-                              for ext in (".ndjson", ".ndjson.gz"))
-
-
-@dataclass(slots=True)
-class Write:
-    """Append ``data`` (one or more complete lines) to a file; ``done`` marks an item
-    ``(catalog, digest)`` as finished once these bytes are durable."""
-
-    key: FileKey
-    data: bytes
-    done: tuple[str, int] | None = None
-
-
-@dataclass(slots=True)
-class PageDone:
-    """Every item of this page has been sent to the writer before this message."""
-
-    catalog: str
-    walk: int
-    page: int
-
-
-@dataclass(slots=True)
-class WalkPlanned:
-    """Page 1 of a walk arrived; remember its plan."""
-
-    catalog: str
-    walk: int
-    plan: WalkRecord
-
-
-@dataclass(slots=True)
-class CatalogInfo:
-    """The latest counters of a catalog (for the manifest and resume)."""
-
-    catalog: str
-    info: dict[str, Any]
-
-
-@dataclass(slots=True)
-class PhaseChange:
-    """A catalog moved to another phase (``listed``, ``failed``...)."""
-
-    catalog: str
-    phase: Phase
-
-
-@dataclass(slots=True)
-class Barrier:
-    """Checkpoint now and resolve the future (used before reading a spool back)."""
-
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop()
-                                       .create_future())
-
-
-@dataclass(slots=True)
-class CommitErrors:
-    """Commit ``errors.ndjson`` (the last message of a run)."""
-
-    done: asyncio.Future[FileInfo] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-@dataclass(slots=True)
-class CommitCatalog:
-    """Commit a finished catalog's files under their final names."""
-
-    catalog: str
-    done: asyncio.Future[dict[str, FileInfo]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-Message = (Write | PageDone | WalkPlanned | CatalogInfo | PhaseChange | Barrier | CommitCatalog
-           | CommitErrors)
-
-
-#: Names a harvest writes at the top of OUT (besides ``catalog=*`` directories).
-_TOP_NAMES: Final = ("manifest.json", ".manifest.json.tmp", "catalogs.ndjson",
-                     "catalogs.ndjson.part", "errors.ndjson", "errors.ndjson.part",
-                     ".errors.ndjson.part.tmp", "index.sqlite")
-
-
-def leftovers(out: Path) -> list[str]:
-    """Entries of OUT a harvest would write, by name: an earlier run's output, which a run
-    without a ledger must not adopt (links count too; nothing is followed)."""
-    if not out.is_dir():
-        return []
-    found = sorted(p.name for p in out.glob("catalog=*"))
-    return [n for n in _TOP_NAMES if os.path.lexists(out / n)] + found
-
-
-def error_rows(data: bytes) -> list[tuple[str | None, str | None, bytes]]:
-    """``(catalog, kind, line)`` of each error line in ``data``, for the ledger."""
-    rows: list[tuple[str | None, str | None, bytes]] = []
-    for line in data.splitlines(keepends=True):
-        try:
-            rec = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            rec = None
-        rec = rec if isinstance(rec, dict) else {}
-        cat, kind = rec.get("catalog_uuid"), rec.get("kind")
-        rows.append((cat if isinstance(cat, str) else None,
-                     kind if isinstance(kind, str) else None, line))
-    return rows
 
 
 def _settle(done: asyncio.Future[T], work: Callable[[], T]) -> None:

@@ -12,12 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Final
 
-from harvester.obs import Stats
-from harvester.partfile import FileInfo
-from harvester.run import CatalogState, Phase, error_record
-from harvester.sinks import encode_line
-from harvester.state import WalkRecord
-from harvester.writer import (
+from harvester.messages import (
     ERRORS_KEY,
     Barrier,
     CatalogInfo,
@@ -29,6 +24,11 @@ from harvester.writer import (
     WalkPlanned,
     Write,
 )
+from harvester.obs import Stats
+from harvester.partfile import FileInfo
+from harvester.run import CatalogState, Phase, error_record
+from harvester.sinks import encode_line
+from harvester.state import WalkRecord
 
 #: Error kinds reported in errors.ndjson that do not make a run partial: a keyless row
 #: is the server's data, and no rerun could ever fetch it.

@@ -31,6 +31,7 @@ from harvester.errors import (
     Unauthorized,
     UnexpectedXML,
 )
+from harvester.messages import Message
 from harvester.obs import Stats, event
 from harvester.partfile import FileInfo
 from harvester.pipeline.details import DetailScheduler
@@ -42,7 +43,7 @@ from harvester.pipeline.syncing import DetailDecider, FetchAll, SyncDecider
 from harvester.pipeline.walk import leading_error
 from harvester.policy import Clock, RateGate, Sleep
 from harvester.run import CatalogState, Phase, RunResult, now_iso
-from harvester.writer import Message, Writer
+from harvester.writer import Writer
 
 T = TypeVar("T")
 

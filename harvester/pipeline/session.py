@@ -19,9 +19,10 @@ from harvester import __version__
 from harvester.config import Settings
 from harvester.errors import StateError
 from harvester.manifest import CatalogEntry, Manifest, Totals
+from harvester.messages import ERRORS_KEY, FileKey
 from harvester.models import Catalog
 from harvester.obs import event
-from harvester.outputs import catalog_dirname, clear_outputs, listed_catalogs
+from harvester.outputs import ITEM_TYPES, catalog_dirname, clear_outputs, leftovers, listed_catalogs
 from harvester.partfile import PartFile
 from harvester.pipeline.emit import NOT_FAILURES
 from harvester.reopen import ERRORS_IN_LEDGER, reopen_failures
@@ -39,7 +40,7 @@ from harvester.run import (
 )
 from harvester.sinks import clear_dir, disk_errors, encode_line, write_json_atomic
 from harvester.state import STATE_DIR, Ledger, RunLock
-from harvester.writer import ERRORS_KEY, ITEM_TYPES, FileKey, Writer, leftovers
+from harvester.writer import Writer
 
 _WHAT = {"complete": "a complete harvest", "finished-partial": "a partial run"}
 

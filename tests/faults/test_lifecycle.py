@@ -26,12 +26,13 @@ from yarl import URL
 from harvester import cli
 from harvester.client import detail_path
 from harvester.delta import SyncOptions
+from harvester.messages import ERRORS_KEY, Write
 from harvester.models import key_digest
 from harvester.outputs import catalog_dirname
 from harvester.pipeline import Harvest
 from harvester.sim import SimConfig, SimServer
 from harvester.state import Ledger
-from harvester.writer import ERRORS_KEY, Write, Writer
+from harvester.writer import Writer
 from tests.conftest import SimStarter, settings_for
 from tests.integration.helpers import (
     LoopbackProxy,

@@ -13,13 +13,14 @@ from typing import Any, cast
 from harvester.client import ApiClient, ThrottleClass
 from harvester.config import Settings, load_settings
 from harvester.errors import HarvestError, InvalidPage
+from harvester.messages import Message
 from harvester.models import JSONDict, Page, Response
 from harvester.obs import Stats
 from harvester.paginate import PageRequest
 from harvester.pipeline.emit import Emitter
 from harvester.policy import Cutoff
 from harvester.state import Ledger
-from harvester.writer import Message, Writer
+from harvester.writer import Writer
 
 
 def settings(out: Path, **extra: object) -> Settings:

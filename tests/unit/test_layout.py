@@ -20,9 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "harvester"
 MAX_LINES = 450
 #: Still to split (issue 12); the number is a ceiling, lower it when a module shrinks.
-OVERSIZE = {
-    "writer.py": 490,
-}
+OVERSIZE: dict[str, int] = {}
 MAX_FUNCTION = 60
 #: Functions still over ``MAX_FUNCTION`` (``module:qualname``), with today's length.
 LONG_FUNCTIONS: dict[str, int] = {}

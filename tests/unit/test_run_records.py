@@ -137,9 +137,9 @@ async def test_the_emitter_records_only_legal_moves() -> None:
     """A phase reaches the ledger's queue only through the phase machine."""
     import asyncio
 
+    from harvester.messages import Message, PhaseChange
     from harvester.obs import Stats
     from harvester.pipeline.emit import Emitter
-    from harvester.writer import Message, PhaseChange
 
     queue: asyncio.Queue[Message | None] = asyncio.Queue()
     emit = Emitter(queue, stats=Stats(), now=lambda: "T")

@@ -10,12 +10,12 @@ import orjson
 import pytest
 
 from harvester.errors import NotFound, ServerError
+from harvester.messages import ERRORS_KEY
 from harvester.partfile import iter_lines
 from harvester.pipeline.details import DetailScheduler
 from harvester.pipeline.lister import CatalogLister
 from harvester.pipeline.syncing import FetchAll
 from harvester.run import CatalogState, Phase
-from harvester.writer import ERRORS_KEY
 
 from .stagekit import ScriptedClient, rig, row, settings
 

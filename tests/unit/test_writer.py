@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from harvester.errors import SinkError
+from harvester.messages import Write
 from harvester.partfile import PartFile
 from harvester.state import Checkpoint, Ledger
-from harvester.writer import Write, Writer
+from harvester.writer import Writer
 
 CAT = "3f56a21c-76c8-47c0-add8-a99714d40d94"
 
