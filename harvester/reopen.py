@@ -32,6 +32,7 @@ import orjson
 
 from harvester.messages import ERRORS_KEY, FileKey, error_rows
 from harvester.models import key_digest
+from harvester.outputs import ITEM_TYPES
 from harvester.partfile import iter_lines, recover_tail
 from harvester.run import CatalogState, Phase
 from harvester.sinks import disk_errors, fsync_dir
@@ -42,8 +43,6 @@ from harvester.writer import Writer
 RELIST_KINDS: Final = frozenset({"catalog_failed", "page_failed", "gap"})
 #: Error kinds whose item is fetched again on a rerun.
 REFETCH_KINDS: Final = frozenset({"detail_failed", "not_found"})
-#: Item file types of a catalog (``messages.FileKey`` ``("out", catalog, type)``).
-ITEM_TYPES: Final = ("course", "courserun", "program", "learnerpathway", "other")
 _COMMITTED: Final = frozenset({Phase.COMMITTING, Phase.DONE})
 
 
