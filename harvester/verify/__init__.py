@@ -73,6 +73,30 @@ def _change_line(rec: Any) -> str | None:
     return f"a change without {', '.join(missing)}" if missing else None
 
 
+def _parts(c: Check, rel: str, data: dict[str, Any], kind: str, expected: dict[str, Any]
+           ) -> list[tuple[str, dict[str, Any]]]:
+    """The catalogs (or enterprises) a manifest lists, as (dir, entry), their files added
+    to ``expected``; a part without a usable dir, or a file name that would leave it, is a
+    problem."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    parts = data.get(f"{kind}s")
+    if not isinstance(parts, dict):
+        c.problem(_join(rel, "manifest.json"), f"has no {kind}s")
+        parts = {}
+    for uuid, part in parts.items():
+        d = part.get("dir") if isinstance(part, dict) else None
+        if not _safe_name(d):
+            c.problem(_join(rel, "manifest.json"), f"{kind} {uuid!r} has no usable dir")
+            continue
+        for name, spec in (part.get("files") or {}).items():
+            if _safe_name(name):
+                expected[_join(rel, d, name)] = spec
+            else:
+                c.problem(_join(rel, "manifest.json"), f"names a file outside {d}: {name!r}")
+        found.append((d, part))
+    return found
+
+
 def _named(c: Check, rel: str, data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The files a harvest or snapshot manifest names, with their entries; and the change
     feeds it names without one (a snapshot written before feeds were measured)."""
@@ -83,22 +107,9 @@ def _named(c: Check, rel: str, data: dict[str, Any]) -> tuple[dict[str, Any], li
         else:
             c.problem(_join(rel, "manifest.json"), f"names a file outside it: {name!r}")
     unmeasured: list[str] = []
-    catalogs = data.get("catalogs")
-    if not isinstance(catalogs, dict):
-        c.problem(_join(rel, "manifest.json"), "has no catalogs")
-        catalogs = {}
     feeds = {_join(rel, catalog_dirname(u), _FEED): g.get("feed")
              for u, g in (data.get("gone_catalogs") or {}).items() if isinstance(g, dict)}
-    for uuid, cat in catalogs.items():
-        d = cat.get("dir") if isinstance(cat, dict) else None
-        if not _safe_name(d):
-            c.problem(_join(rel, "manifest.json"), f"catalog {uuid!r} has no usable dir")
-            continue
-        for name, spec in (cat.get("files") or {}).items():
-            if _safe_name(name):
-                expected[_join(rel, d, name)] = spec
-            else:
-                c.problem(_join(rel, "manifest.json"), f"names a file outside {d}: {name!r}")
+    for d, cat in _parts(c, rel, data, "catalog", expected):
         if isinstance(cat.get("sync"), dict):
             feeds[_join(rel, d, _FEED)] = cat["sync"].get("feed")
     for path, spec in feeds.items():
@@ -128,20 +139,7 @@ def _output(c: Check, rel: str, data: dict[str, Any], *, skip: frozenset[str]) -
 def _learners(c: Check, rel: str, data: dict[str, Any]) -> None:
     """A learner export (``OUT/learners``): the files of each enterprise, nothing else."""
     expected: dict[str, Any] = {}
-    enterprises = data.get("enterprises")
-    if not isinstance(enterprises, dict):
-        c.problem(_join(rel, "manifest.json"), "has no enterprises")
-        enterprises = {}
-    for uuid, ent in enterprises.items():
-        d = ent.get("dir") if isinstance(ent, dict) else None
-        if not _safe_name(d):
-            c.problem(_join(rel, "manifest.json"), f"enterprise {uuid!r} has no usable dir")
-            continue
-        for name, spec in (ent.get("files") or {}).items():
-            if _safe_name(name):
-                expected[_join(rel, d, name)] = spec
-            else:
-                c.problem(_join(rel, "manifest.json"), f"names a file outside {d}: {name!r}")
+    _parts(c, rel, data, "enterprise", expected)
     for path, spec in expected.items():
         c.file(path, spec)
     state = _join(rel, ".state")
