@@ -133,7 +133,7 @@ class LoopbackProxy:
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(auto_decompress=self.decompress)
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.handle)  # any path, newlines too
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
