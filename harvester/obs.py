@@ -5,21 +5,29 @@ text formatter prints ``event k=v``, the JSON formatter one object per line. The
 redactor masks every registered secret (client secret, each issued token) and anything
 shaped like a credential (a JWT, ``Bearer <x>``, ``access_token=<x>``): as a filter on
 every log line whatever code path put it there, and for the writers of error records and
-manifests, so nothing a server sends reaches a file or a log unredacted. Nothing here
-changes control flow.
+manifests, so nothing a server sends reaches a file or a log unredacted. A secret is
+registered with the forms it travels or is echoed in (form- and percent-encoded, base64,
+HTTP Basic, JSON and repr escapes). The one definition of the characters a terminal acts
+on rather than shows (:func:`is_unsafe`) lives here too: both formatters escape them, so
+server text in a log line can neither drive a terminal nor forge a line, and the terminal
+gate (``display.text.term_text``) removes them. Nothing here changes control flow.
 """
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import logging
 import re
 import sys
 import threading
 import time
+import unicodedata
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO, TypeVar
+from urllib.parse import quote, quote_plus
 
 import orjson
 
@@ -111,6 +119,63 @@ _PROBE: Final = 16
 _GRAM: Final = 8
 
 
+#: Unicode categories a terminal (or a log reader) acts on rather than shows: controls
+#: (C0 with ESC, BEL, CR, LF; DEL; C1 with CSI and NEL), format characters (bidi
+#: overrides, isolates and marks, zero-width characters, BOM, tags), lone surrogates, and
+#: the line and paragraph separators. Unicode's own classes, so no hand list falls behind.
+UNSAFE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def is_unsafe(ch: str) -> bool:
+    """Whether one character would act on a terminal or a log reader instead of showing."""
+    return unicodedata.category(ch) in UNSAFE_CATEGORIES
+
+
+def replace_unsafe(text: str, repl: Callable[[str], str]) -> str:
+    """``text`` with every unsafe character (:func:`is_unsafe`) replaced by ``repl(ch)``."""
+    if text.isprintable():  # in C, and false for every unsafe character: the usual case
+        return text
+    return "".join(repl(ch) if is_unsafe(ch) else ch for ch in text)
+
+
+def _backslashed(ch: str) -> str:
+    return ch.encode("unicode_escape").decode("ascii")  # \n, \x1b, \u202e, \U000e0001
+
+
+def _json_escaped(ch: str) -> str:
+    units = ch.encode("utf-16-be", "surrogatepass")
+    return "".join(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2))
+
+
+def escape_unsafe(text: str) -> str:
+    """``text`` with every unsafe character shown as its backslash escape (``\\x1b``,
+    ``\\n``, ``\\u202e``): what a text log line prints, visible and inert."""
+    return replace_unsafe(text, _backslashed)
+
+
+def encoded_forms(secret: str) -> set[str]:
+    """The forms ``secret`` travels or is echoed back in: itself; form-encoded as the
+    token request sends it (aiohttp's form body is ``quote_plus``); percent-encoded, with
+    either case of hex; escaped in a JSON string or a Python repr; and base64 (standard
+    and URL-safe) at each of the three alignments it can take inside a longer value, so
+    HTTP Basic's ``base64(id:secret)`` (also with the RFC 6749 form-encoded secret) is
+    covered whatever the id."""
+    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    forms |= {_LOWER_HEX.sub(lambda m: m[0].lower(), f) for f in forms}
+    forms |= {orjson.dumps(secret).decode()[1:-1], repr(secret)[1:-1]}
+    for raw in {secret.encode(), quote_plus(secret).encode()}:
+        for k in range(3):
+            # base64 of k other bytes then raw: keep the characters that encode raw alone
+            enc = base64.b64encode(b"\0" * k + raw).decode()
+            inner = enc[-(-8 * k // 6):8 * (k + len(raw)) // 6]
+            forms |= {inner, inner.translate(_URLSAFE)}
+    return forms
+
+
+_LOWER_HEX: Final = re.compile("%[0-9A-F]{2}")
+_URLSAFE: Final = str.maketrans("+/", "-_")
+
+
 def _mask(m: re.Match[str]) -> str:
     if m.group("userinfo"):
         return "://***@"
@@ -135,11 +200,13 @@ class Redactor(logging.Filter):
         self._lock = threading.Lock()
 
     def add(self, secret: str) -> None:
-        """Never print this string (ignored when too short to be a real secret)."""
+        """Never print this string nor any of its :func:`encoded_forms` (ignored when too
+        short to be a real secret)."""
         if len(secret) >= 6 and secret not in self._secrets:
+            forms = {f for f in encoded_forms(secret) if len(f) >= 6}
             with self._lock:
                 # Longest first, so a secret that contains another is masked whole.
-                self._secrets = tuple(sorted({*self._secrets, secret}, key=len, reverse=True))
+                self._secrets = tuple(sorted({*self._secrets, *forms}, key=len, reverse=True))
                 # As the secret appears inside a JSON string that orjson wrote.
                 self._needles = tuple(orjson.dumps(s)[1:-1] for s in self._secrets)
                 groups: dict[bytes, list[bytes]] = {}
@@ -256,8 +323,9 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", None) or {}
         tail = " ".join(f"{k}={v}" for k, v in fields.items())
         line = f"{ts} {record.levelname.lower():7s} {record.getMessage()}"
-        # The final line too: a field may be any object whose str() quotes a server.
-        return REDACTOR.scrub(f"{line} {tail}" if tail else line)
+        # The final line too: a field may be any object whose str() quotes a server. Then
+        # escaped, so what a server sent can neither drive a terminal nor start a line.
+        return escape_unsafe(REDACTOR.scrub(f"{line} {tail}" if tail else line))
 
 
 class JsonFormatter(logging.Formatter):
@@ -273,7 +341,10 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             data.update(fields)
-        return REDACTOR.scrub(orjson.dumps(data, default=str).decode())
+        # orjson escapes only C0: DEL, C1, bidi and separators become \u escapes here, so
+        # the line is inert on a terminal and still parses to the same values.
+        return replace_unsafe(REDACTOR.scrub(orjson.dumps(data, default=str).decode()),
+                              _json_escaped)
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -1,6 +1,6 @@
 """The one gate between what a server sends and a terminal.
 
-Owns :func:`term_text` (control characters removed) and :func:`cell` (a rich table cell
+Owns :func:`term_text` (what a terminal acts on removed) and :func:`cell` (a rich table cell
 that is never read as markup). Every live view and summary passes server text (titles,
 ids, types, error text) through here. Must not draw, print or import ``rich`` at import
 time.
@@ -8,24 +8,28 @@ time.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
+
+from harvester.obs import replace_unsafe
 
 if TYPE_CHECKING:
     from rich.text import Text
 
 __all__ = ["cell", "term_text"]
 
-#: What a terminal would act on rather than show: C0/C1 controls (escape sequences, bells,
-#: carriage returns), DEL, and the zero-width and bidi controls that hide or reorder text.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
-
 
 def term_text(value: object) -> str:
-    """A value as it may reach a terminal: every control character removed. The one
-    gate for what a server sends (titles, ids, types, error text) on its way to a screen;
-    rich cells also go through :func:`cell`, so ``[bold]`` stays text, not markup."""
-    return _CONTROLS.sub("", str(value))
+    """A value as it may reach a terminal: every character a terminal would act on rather
+    than show removed (C0/C1 controls, DEL, bidi and zero-width controls, line and
+    paragraph separators: :func:`harvester.obs.is_unsafe`, the same definition the log
+    lines escape). The one gate for what a server sends (titles, ids, types, error text)
+    on its way to a screen; rich cells also go through :func:`cell`, so ``[bold]`` stays
+    text, not markup."""
+    return replace_unsafe(str(value), _removed)
+
+
+def _removed(_ch: str) -> str:
+    return ""
 
 
 def cell(value: object) -> Text:
