@@ -153,6 +153,23 @@ def escape_unsafe(text: str) -> str:
     return replace_unsafe(text, _backslashed)
 
 
+def inert_json(data: bytes) -> bytes:
+    """JSON as orjson wrote it (C0 already escaped inside strings) with every other unsafe
+    character written as a ``\\u`` escape: the same values, inert when a person shows
+    the file on a terminal (``cat errors.ndjson``)."""
+    if data.isascii() and b"\x7f" not in data:
+        return data
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+    return _NOT_ASCII.sub(lambda m: _json_escaped(m[0]) if is_unsafe(m[0]) else m[0],
+                          text).encode("utf-8")
+
+
+_NOT_ASCII: Final = re.compile("[^\x00-\x7e]")
+
+
 def encoded_forms(secret: str) -> set[str]:
     """The forms ``secret`` travels or is echoed back in: itself; form-encoded as the
     token request sends it (aiohttp's form body is ``quote_plus``); percent-encoded, with

@@ -34,6 +34,7 @@ import orjson
 
 from harvester.errors import NestedTooDeep, SinkError, UnsafePath
 from harvester.models import JSONDict
+from harvester.obs import inert_json
 
 PART: Final = ".part"
 DIR_MODE: Final = 0o750
@@ -203,7 +204,7 @@ def write_json_atomic(path: Path, data: Any, *, private: bool = False,
                       root: Path | None = None) -> None:
     """Write JSON to ``path`` atomically: temp file, fsync, rename, fsync the directory."""
     payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-    write_bytes_atomic(path, payload, private=private, root=root)
+    write_bytes_atomic(path, inert_json(payload), private=private, root=root)
 
 
 def write_bytes_atomic(path: Path, payload: bytes, *, private: bool = False,

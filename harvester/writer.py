@@ -40,7 +40,7 @@ from harvester.messages import (
     error_rows,
 )
 from harvester.models import CONTENT_TYPES, OTHER_STEM, key_digest
-from harvester.obs import REDACTOR
+from harvester.obs import REDACTOR, inert_json
 from harvester.outputs import ITEM_NAMES, ITEM_TYPES, catalog_dirname, output_path
 from harvester.partfile import FileInfo, PartFile, describe, recover_tail
 from harvester.policy import Clock
@@ -241,7 +241,7 @@ class Writer:
             if msg.key == ERRORS_KEY:
                 # Error records quote servers: the last line of redaction, whoever built
                 # them. The ledger gets them in the same checkpoint as the work they fail.
-                data = REDACTOR.scrub_line(data)
+                data = inert_json(REDACTOR.scrub_line(data))  # people cat this file
                 pending.errors.extend(error_rows(data))
             f.write(data)
             if not f.compressed:

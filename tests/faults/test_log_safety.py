@@ -8,7 +8,8 @@
   no newline that forges a second line, no C1, bidi override/isolate, zero-width or
   line/paragraph separator. JSON log lines escape the same characters and still parse
   to the values that were logged. The terminal gate (``term_text``) and the log lines use
-  one definition of those characters.
+  one definition of those characters. errors.ndjson and manifest.json, which people show
+  on a terminal, hold them as JSON escapes.
 """
 
 from __future__ import annotations
@@ -211,7 +212,12 @@ def test_a_hostile_server_echoing_the_secret_and_control_chars_is_inert_and_mask
         loop.run(srv.close())
     assert code == 3, err
     assert proxy.sent_secret == quote_plus(SECRET)
-    assert [e["kind"] for e in read_lines(out / "errors.ndjson")] == ["catalog_failed"]
+    errors = read_lines(out / "errors.ndjson")
+    assert [(e["kind"], e["catalog_uuid"]) for e in errors] == [("catalog_failed", EVIL)]
+    assert EVIL in orjson.loads((out / "manifest.json").read_bytes())["catalogs"]
+    for name in ("errors.ndjson", "manifest.json"):  # people cat these: the same values,
+        text = (out / name).read_text()                # every unsafe character escaped
+        assert not any(ch in text for ch in UNSAFE if ch != "\n"), (name, ascii(text))
     forms = {**encoded_forms(SECRET), "echoed form body": proxy.sent_secret}
     for name, data in [*everything_under(out), ("stderr", err.encode())]:
         text = data.decode(errors="replace")
@@ -223,3 +229,13 @@ def test_a_hostile_server_echoing_the_secret_and_control_chars_is_inert_and_mask
             assert re.match(r"\d\d:\d\d:\d\d (info|warning|error) ", line), ascii(line)
         else:
             orjson.loads(line)
+
+
+def test_inert_json_escapes_unsafe_characters_and_keeps_the_values() -> None:
+    from harvester.obs import inert_json
+
+    value = {"t": f"Café {UNSAFE} 東京", EVIL: [1, "\u00a0"]}
+    data = orjson.dumps(value, option=orjson.OPT_INDENT_2)
+    assert not any(ch in inert_json(data).decode() for ch in UNSAFE if ch != "\n")
+    assert orjson.loads(inert_json(data)) == value
+    assert inert_json(b'{"a": 1}\n') == b'{"a": 1}\n'
