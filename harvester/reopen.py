@@ -77,13 +77,16 @@ def error_lines(out: Path, ledger: Ledger) -> list[bytes]:
 
 
 def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[CatalogState],
-                    *, details: bool, settled: frozenset[str] = frozenset()) -> Reopened:
+                    *, details: bool, settled: frozenset[str] = frozenset(),
+                    redo: frozenset[str] = frozenset()) -> Reopened:
     """Reopen everything that failed in earlier sessions, so this one retries it; except
     the ``settled`` catalogs, whose failure this run already answered (a sync carried
-    their previous records forward)."""
-    lines = error_lines(out, ledger)
+    their previous records forward). ``redo``: catalogs of a finished run that start
+    over (their files were damaged): listed again, their old lines dropped."""
+    lines = [line for line in error_lines(out, ledger)
+             if orjson.loads(line).get("catalog_uuid") not in redo]
     known = {cs.uuid for cs in catalogs} - settled
-    relist = {cs.uuid for cs in catalogs if cs.phase == Phase.FAILED} - settled
+    relist = ({cs.uuid for cs in catalogs if cs.phase == Phase.FAILED} | redo) - settled
     refetch: dict[str, set[int]] = {}
     for line in lines:
         e = orjson.loads(line)

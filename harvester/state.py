@@ -279,6 +279,23 @@ class Ledger:
             self._db.execute("DELETE FROM errors")
             self._record(cp)
 
+    def redo_catalogs(self, catalogs: Iterable[str], forget: Iterable[str]) -> None:
+        """A finished run whose output lost files: these catalogs start over (their
+        walks, pages, done items and counters forgotten, back to listing; tracked files
+        whose path starts with one of ``forget`` forgotten) and the run is ``running``
+        again, in one transaction, so a crash before the output is rebuilt never leaves
+        a ledger that still says ``complete``."""
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('status', 'running')")
+            for catalog in catalogs:
+                for table in ("walks", "pages", "done"):
+                    self._db.execute(f"DELETE FROM {table} WHERE catalog=?", (catalog,))
+                self._db.execute("UPDATE catalogs SET phase='listing', info='{}' "
+                                 "WHERE uuid=?", (catalog,))
+            for prefix in forget:
+                self._db.execute("DELETE FROM files WHERE substr(path, 1, ?) = ?",
+                                 (len(prefix), prefix))
+
     def record(self, cp: Checkpoint) -> None:
         """Record a checkpoint atomically. Call only after its files are fsynced."""
         with self._tx():

@@ -18,6 +18,7 @@ import orjson
 from harvester import __version__
 from harvester.config import Settings
 from harvester.errors import StateError
+from harvester.intact import check_finished, drop_item_files
 from harvester.manifest import CatalogEntry, Manifest, Totals
 from harvester.messages import ERRORS_KEY, FileKey
 from harvester.models import Catalog
@@ -58,6 +59,8 @@ class RunSession:
         self.run_id = ""
         self.started_at = ""
         self.resumed = False
+        #: catalogs of a finished run harvested again (their files were damaged)
+        self.redo: frozenset[str] = frozenset()
         self._ledger: Ledger | None = None
 
     @property
@@ -92,10 +95,12 @@ class RunSession:
         elif ledger.is_empty():
             self._refuse_leftovers()
         elif ledger.meta("status") == "complete" and ledger.meta("fingerprint") == fp:
-            return RunResult("complete", EXIT_OK, self.out, read_json(self.out / "manifest.json"),
-                             f"{self.out} already holds a complete harvest "
-                             f"(run {ledger.meta('run_id')}); nothing to do. "
-                             "Use --restart to harvest again.")
+            if not self._damaged():
+                return RunResult("complete", EXIT_OK, self.out,
+                                 read_json(self.out / "manifest.json"),
+                                 f"{self.out} already holds a complete harvest "
+                                 f"(run {ledger.meta('run_id')}); nothing to do. "
+                                 "Use --restart to harvest again.")
         elif ledger.meta("fingerprint") != fp:
             old = orjson.loads(ledger.meta("fingerprint_parts") or "{}")
             what = _WHAT.get(ledger.meta("status") or "", "an unfinished run")
@@ -109,6 +114,22 @@ class RunSession:
         else:
             self._resume()
         return None
+
+    def _damaged(self) -> bool:
+        """A complete run is answered "nothing to do" only if its output is still what
+        the ledger says: else this session rebuilds the top files from the ledger and
+        harvests again the catalogs whose files are missing, changed or links."""
+        found = check_finished(self.out, self.ledger)
+        if not found:
+            return False
+        event("harvest.repair", out=str(self.out), problems="; ".join(found.problems[:5]),
+              catalogs_redone=len(found.redo))
+        self.redo = frozenset(found.redo)
+        # Their files and spools (a finished run's spools are gone) start afresh.
+        self.ledger.redo_catalogs(found.redo, [p for u in found.redo for p in (
+            f"{catalog_dirname(u)}/", f"{STATE_DIR}/spool/{catalog_dirname(u)}.")])
+        drop_item_files(self.out, found.redo)
+        return True
 
     def _start(self, fp: str) -> None:
         self.run_id = new_run_id()
@@ -162,7 +183,7 @@ class RunSession:
             again = reopen_failures(self.out, self.ledger, writer, catalogs,
                                     details=self.settings.harvest.details,
                                     settled=frozenset(cs.uuid for cs in catalogs
-                                                      if settled(cs)))
+                                                      if settled(cs)), redo=self.redo)
             if again.relist or again.refetch:
                 event("harvest.retry", catalogs_relisted=len(again.relist),
                       items_refetched=again.refetch, errors_kept=again.kept)

@@ -63,11 +63,14 @@ def publish_result(target: Target | None, result: RunResult, *,
     """After a harvest (or, with ``learners``, a learner export, whose ``result.out`` is
     ``OUT/learners``): mirror what its manifest describes under the URL (``URL/learners``
     for learner data, which a harvest's publish never includes). A partial run is
-    published too, its manifest saying ``partial`` and ``errors.ndjson`` beside it; a run
-    that wrote no manifest publishes nothing. None: no URL, or nothing to publish."""
-    if target is None or result.manifest is None or result.status not in ("complete",
-                                                                          "partial"):
+    published too, its manifest saying ``partial`` and ``errors.ndjson`` beside it; a
+    finished run without a manifest is a :class:`PublishError`, never "nothing
+    published". None: no URL, or a run that did not finish."""
+    if target is None or result.status not in ("complete", "partial"):
         return None
+    if result.manifest is None:  # a finished run must have one: never "published nothing"
+        raise PublishError(f"{result.out} holds no readable manifest.json to publish",
+                           result=result)
     def work() -> PublishReport:
         assert target is not None
         if learners:

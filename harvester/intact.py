@@ -1,0 +1,121 @@
+"""Is a finished run's output still what its ledger says it wrote?
+
+A run the ledger records as ``complete`` answers "nothing to do" on a rerun only when that
+is true: ``manifest.json`` is there, a regular file of this run that says ``complete``,
+``catalogs.ndjson`` and ``errors.ndjson`` are the regular files it describes, and every
+catalog's item files are the regular files (size and sha256) its ledger entry recorded.
+:func:`check_finished` says what is not; the session then rebuilds the top files from the
+ledger, and :meth:`~harvester.state.Ledger.redo_catalogs` plus :func:`drop_item_files`
+harvest a damaged catalog again. Reads OUT, never follows a link; removes only our exact
+item names in a catalog being redone.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harvester.errors import StateError
+from harvester.outputs import ITEM_NAMES, catalog_dirname
+from harvester.partfile import sha256_file
+from harvester.run import read_json
+from harvester.sinks import PART, disk_errors, fsync_dir
+from harvester.state import Ledger
+
+__all__ = ["Damage", "check_finished", "drop_item_files"]
+
+#: The top files a finished run's manifest describes (besides itself).
+_TOP = ("catalogs.ndjson", "errors.ndjson")
+
+
+@dataclass(slots=True)
+class Damage:
+    """What of a finished run's output no longer matches its ledger."""
+
+    problems: list[str] = field(default_factory=list)  #: one phrase each, for the log
+    #: catalogs whose item files are damaged: the names to remove before redoing them
+    redo: dict[str, set[str]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.problems)
+
+
+def _mismatch(path: Path, info: Mapping[str, Any] | None) -> str | None:
+    """Why ``path`` is not the regular file ``info`` (bytes, sha256) describes, if not."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return exc.strerror or "unreadable"
+    if not stat.S_ISREG(st.st_mode):
+        return "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+    if not isinstance(info, Mapping):
+        return "not described"
+    if st.st_size != info.get("bytes"):
+        return "changed (size)"
+    if sha256_file(path) != info.get("sha256"):
+        return "changed (sha256)"
+    return None
+
+
+def _catalog_dir(out: Path, uuid: str) -> Path:
+    where = out / catalog_dirname(uuid)
+    if where.is_symlink():
+        raise StateError(f"{where} is a symbolic link; refusing to follow it (remove it, "
+                         "or use --restart)")
+    return where
+
+
+def check_finished(out: Path, ledger: Ledger) -> Damage:
+    """Compare a finished run's output with its ledger (and its manifest)."""
+    found = Damage()
+    manifest_path = out / "manifest.json"
+    manifest = None if manifest_path.is_symlink() else read_json(manifest_path)
+    if manifest is None:
+        found.problems.append("manifest.json missing, a link or unreadable")
+    elif manifest.get("run_id") != ledger.meta("run_id") or manifest.get("status") != "complete":
+        found.problems.append("manifest.json is not this complete run's")
+        manifest = None
+    described = manifest.get("catalogs") if manifest is not None else None
+    files = manifest.get("files") if manifest is not None else None
+    for name in _TOP if manifest is not None else ():  # else all are rebuilt anyway
+        why = _mismatch(out / name, files.get(name) if isinstance(files, dict) else None)
+        if why is not None:
+            found.problems.append(f"{name} {why}")
+    for uuid, _, _, info in ledger.catalogs():
+        recorded = info.get("files") or {}
+        entry = described.get(uuid) if isinstance(described, dict) else None
+        if manifest is not None and (not isinstance(entry, dict)
+                                     or entry.get("files") != recorded):
+            found.problems.append(f"manifest.json misdescribes catalog {uuid}")
+        where = _catalog_dir(out, uuid)
+        bad = [f"{name} {why}" for name, file_info in recorded.items()
+               if (why := _mismatch(where / name, file_info)) is not None]
+        # A link of one of our names that the run never wrote (a user's plain file of
+        # such a name is theirs, and stays).
+        bad += [f"{name} a symbolic link" for name in sorted(ITEM_NAMES - set(recorded))
+                if (where / name).is_symlink()]
+        if bad:
+            found.problems += [f"{catalog_dirname(uuid)}/{b}" for b in bad]
+            found.redo[uuid] = set(recorded) | {
+                n for n in ITEM_NAMES if (where / n).is_symlink()}
+    return found
+
+
+def drop_item_files(out: Path, redo: Mapping[str, Iterable[str]]) -> None:
+    """Remove the item files (and their ``.part``) of catalogs harvested again: the names
+    the run wrote there (and links of our names), each unlinked (a link goes, never its
+    target)."""
+    for uuid, names in redo.items():
+        where = _catalog_dir(out, uuid)
+        for name in sorted(names):
+            for path in (where / name, where / (name + PART)):
+                with disk_errors(path):
+                    path.unlink(missing_ok=True)
+        if where.is_dir():
+            fsync_dir(where)
