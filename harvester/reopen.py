@@ -87,16 +87,7 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
              if orjson.loads(line).get("catalog_uuid") not in redo]
     known = {cs.uuid for cs in catalogs} - settled
     relist = ({cs.uuid for cs in catalogs if cs.phase == Phase.FAILED} | redo) - settled
-    refetch: dict[str, set[int]] = {}
-    for line in lines:
-        e = orjson.loads(line)
-        cat, kind = e.get("catalog_uuid"), e.get("kind")
-        if cat not in known:
-            continue
-        if kind in RELIST_KINDS:
-            relist.add(cat)
-        elif kind in REFETCH_KINDS and (d := _digest(e)) is not None:
-            refetch.setdefault(cat, set()).add(d)
+    refetch = _failed_work(lines, known, relist)
     for cat, digests in refetch.items():
         # An item with a line in the output (a record kept stale) stays as it is, and so
         # does its error line: fetching it again would write it twice.
@@ -139,6 +130,23 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
     ledger.record(Checkpoint({errors_rel: (size, len(kept))}, [], [], [], {}, {}))
     writer.retrack()
     return Reopened(relist, sum(len(ds) for ds in refetch.values()), len(kept))
+
+
+def _failed_work(lines: list[bytes], known: set[str], relist: set[str]
+                 ) -> dict[str, set[int]]:
+    """The work the error lines name, in the ``known`` catalogs: catalogs to list again
+    (added to ``relist``), and by catalog the digests of the items to fetch again."""
+    refetch: dict[str, set[int]] = {}
+    for line in lines:
+        e = orjson.loads(line)
+        cat, kind = e.get("catalog_uuid"), e.get("kind")
+        if cat not in known:
+            continue
+        if kind in RELIST_KINDS:
+            relist.add(cat)
+        elif kind in REFETCH_KINDS and (d := _digest(e)) is not None:
+            refetch.setdefault(cat, set()).add(d)
+    return refetch
 
 
 def _reset(cs: CatalogState, *, relist: bool) -> None:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from harvester.config import PublishConfig
-from harvester.errors import ConfigError
+from harvester.errors import ConfigError, PublishError
 from harvester.publish import (
     INDEX_NAME,
     check_target,
@@ -71,12 +71,15 @@ def test_only_what_a_run_wrote_is_published_never_state_temp_or_a_users_files(
         b"pii\n"
 
 
-def test_a_run_without_a_manifest_publishes_nothing(tmp_path: Path) -> None:
+def test_a_finished_run_without_a_manifest_is_a_failed_publish_not_a_silent_one(
+        tmp_path: Path) -> None:
     out, dest = tmp_path / "out", tmp_path / "dest"
     tree(out, {f"{CAT_A}/courses.ndjson": b"x\n"})
     target = check_target(PublishConfig(url=f"file://{dest}"))
-    failed = RunResult("partial", 3, out, None)
-    assert publish_result(target, failed) is None
+    for status, code in (("partial", 3), ("complete", 0)):
+        with pytest.raises(PublishError, match="no readable manifest"):
+            publish_result(target, RunResult(status, code, out, None))
+    assert publish_result(target, RunResult("failed", 2, out, None)) is None
     assert publish_result(None, finished(out)) is None
     assert remote(dest) == set()
 

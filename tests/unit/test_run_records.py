@@ -3,6 +3,7 @@ persisted counters, the manifest round trip, and RunSession's resume decisions."
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import orjson
@@ -102,7 +103,9 @@ def test_a_session_starts_refuses_mixed_settings_and_says_when_nothing_is_left(
     with first.hold():
         assert first.open() is None
         assert first.run_id and not first.resumed
-        result = first.finish([], [], errors=0, errors_file={}, stats={}, extra={},
+        (tmp_path / "errors.ndjson").write_bytes(b"")  # as the writer commits it
+        empty = {"lines": 0, "bytes": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+        result = first.finish([], [], errors=0, errors_file=empty, stats={}, extra={},
                               keep_spool=True)
     assert (result.status, result.exit_code) == ("complete", 0)
     assert orjson.loads((tmp_path / "manifest.json").read_bytes())["run_id"] == first.run_id
