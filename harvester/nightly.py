@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -39,6 +39,9 @@ from harvester.state import Ledger
 from harvester.store import Store, settle_night
 
 __all__ = ["SyncNight"]
+
+#: Why a snapshot without a manifest is not resumed: its run finished (then lost it).
+_FINISHED: Final = "its run finished"
 
 
 class SyncNight:
@@ -102,6 +105,13 @@ class SyncNight:
             if why is None:
                 event("sync.resume", snapshot=snap.name)
                 return snap
+            if why == _FINISHED:
+                # A finished run that lost its manifest: no run to resume, and nothing
+                # to delete (it may be latest; its index still serves tonight).
+                self.notice = (f"snapshot {snap.name} finished but lost its manifest.json; "
+                               "left as it is; starting a new one")
+                event("sync.finished_without_manifest", logging.WARNING, snapshot=snap.name)
+                return self.store.new_snapshot(self.options.at())
             self.store.abandon(snap)
             self.notice = (f"abandoned unfinished snapshot {snap.name} ({why}; it never "
                            "became latest); starting a new one")
@@ -130,6 +140,8 @@ class SyncNight:
             except orjson.JSONDecodeError:
                 old = {}
             return f"{describe_change(old, fingerprint_parts(self.settings, extra))} changed"
+        if status in ("complete", "finished-partial"):
+            return _FINISHED
         if status != "running":
             return "its run ended without a manifest"
         return None

@@ -208,3 +208,27 @@ def test_a_damaged_catalog_of_a_run_with_details_is_fetched_again_whole(
     assert run_cli("verify", str(out)).code == 0
     assert_exactly_once(out, world.lt.run(truth(world.srv)))
     assert "nothing to do" in run_cli("harvest", "--out", str(out)).err
+
+
+def test_a_sync_store_whose_latest_lost_its_manifest_syncs_a_new_night(
+        world: World, run_cli: Callable[..., Outcome], tmp_path: Path) -> None:
+    """The latest snapshot finished, then lost its manifest: it is no unfinished run to
+    resume or abandon (that refused the store every night, exit 2), and nothing of it is
+    deleted; the next night is a new snapshot that becomes latest and is published."""
+    store, pub = tmp_path / "store", tmp_path / "pub"
+    assert run_cli("sync", "--store", str(store), "--no-details").code == 0
+    old = (store / "latest").resolve()
+    (old / "manifest.json").unlink()
+    kept = sorted(p.relative_to(old) for p in old.rglob("*"))
+    pub.mkdir()
+    night = run_cli("sync", "--store", str(store), "--no-details", "--publish",
+                    f"file://{pub}")
+    assert night.code == 0, night.err
+    assert "published to" in night.out and "latest.json" in night.out
+    new = (store / "latest").resolve()
+    assert new != old and orjson.loads((new / "manifest.json").read_bytes())[
+        "status"] == "complete"
+    assert sorted(p.relative_to(old) for p in old.rglob("*")) == kept, "left as it was"
+    latest = orjson.loads((pub / "latest.json").read_bytes())
+    assert latest["snapshot"] == new.name
+    assert run_cli("verify", f"file://{pub}").code == 0
