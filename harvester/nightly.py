@@ -78,6 +78,7 @@ class SyncNight:
         lock = self.store.lock()
         lock.acquire()
         try:
+            self.store.check()
             snap = self.snapshot = self._choose()
             self.previous = self.store.previous_of(snap)
             settings = replace(self.settings, output=replace(self.settings.output, out=snap))

@@ -1,6 +1,7 @@
 """The sync store, and what a finished night means for it.
 
-:class:`Store` keeps dated snapshots and ``latest`` (a symlink); only a good run becomes
+:class:`Store` keeps dated snapshots and ``latest`` (a symlink), and refuses a planted
+link or path at any of its names (:meth:`Store.check`); only a good run becomes
 latest, ``--keep N`` prunes the oldest (never latest, never the one just written), and
 an unfinished snapshot a changed command cannot resume is abandoned. One sync at a time
 per store (:class:`StoreLock`). :func:`settle_night` reads the night's
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +24,7 @@ from typing import Any, Final
 
 import orjson
 
-from harvester.errors import SinkError, StateError
+from harvester.errors import SinkError, StateError, UnsafePath
 from harvester.manifest import Manifest
 from harvester.outputs import clear_outputs, listed_catalogs
 from harvester.run import Phase
@@ -62,6 +64,19 @@ class StoreLock(RunLock):
                 f"{self.path.parent.parent}; wait for it to finish")
 
 
+def _our_link(path: Path) -> None:
+    """Refuse anything but a symbolic link (or nothing) at ``path``: the only links we
+    create are ``latest`` and its temp, and a directory or file there is not ours."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISLNK(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "not a symbolic link"
+        raise UnsafePath(f"refusing to replace {path}: it is {what} the harvester did not "
+                         "create (remove it, or choose another --store)")
+
+
 class Store:
     """``STORE/snapshots/<id>/`` (each a complete harvest output) and ``STORE/latest``."""
 
@@ -69,6 +84,22 @@ class Store:
         self.root = root
         self.snapshots = root / "snapshots"
         self.latest_link = root / "latest"
+        self._latest_tmp = root / ".latest.tmp"
+
+    def check(self) -> None:
+        """Refuse a store whose own names were planted (UnsafePath, exit 2), before the
+        night starts: ``snapshots`` must be a real directory (created if missing; never a
+        link, so no snapshot, feed, index or prune goes through one), ``latest`` and
+        ``.latest.tmp`` our symlinks or absent, and ``latest`` must lead to a snapshot
+        of this store (the previous night is read from it, and pruning spares it)."""
+        ensure_dir(self.snapshots, root=self.root)
+        _our_link(self.latest_link)
+        _our_link(self._latest_tmp)
+        latest = self.latest()
+        if latest is not None and latest.parent != self.snapshots.resolve():
+            raise UnsafePath(f"refusing to use {self.latest_link}: it leads to {latest}, "
+                             "outside the store's snapshots/ (through a symbolic link the "
+                             "harvester did not create)")
 
     def lock(self) -> StoreLock:
         """The store's lock (acquire it before anything else)."""
@@ -83,7 +114,7 @@ class Store:
 
     def _dirs(self) -> list[Path]:
         """Snapshot directories, oldest name first (never a link planted there)."""
-        if not self.snapshots.is_dir():
+        if self.snapshots.is_symlink() or not self.snapshots.is_dir():
             return []
         return sorted(s for s in self.snapshots.iterdir() if s.is_dir() and not s.is_symlink())
 
@@ -104,7 +135,7 @@ class Store:
         while path.exists() or path.is_symlink():
             n += 1
             path = self.snapshots / f"{stamp}-{n}"
-        ensure_dir(self.snapshots)
+        ensure_dir(self.snapshots, root=self.root)
         try:
             path.mkdir(mode=DIR_MODE)
         except OSError as exc:
@@ -166,10 +197,12 @@ class Store:
         """Point ``latest`` at ``snap`` atomically (a new symlink renamed over the old), and
         durably: a power cut after this returns still finds ``latest`` there."""
         fsync_dir(self.snapshots)  # the snapshot's own entry first
-        tmp = self.root / ".latest.tmp"
-        tmp.unlink(missing_ok=True)
-        os.symlink(Path("snapshots") / snap.name, tmp)
-        os.replace(tmp, self.latest_link)
+        self.check()  # again: a path planted during the night is refused, not replaced
+        tmp = self._latest_tmp
+        with disk_errors(tmp):
+            tmp.unlink(missing_ok=True)
+            os.symlink(Path("snapshots") / snap.name, tmp)
+            os.replace(tmp, self.latest_link)
         fsync_dir(self.root)
 
     def prune(self, keep: int, *, current: Path | None = None) -> list[str]:

@@ -10,8 +10,9 @@ members inflated; a CSV's are records, quoted newlines included). It also report
 leftover ``.part`` or temp file, a file no manifest names (``.state/`` is the harvester's
 own), an ``errors.ndjson`` or ``changes.ndjson`` line that is not the JSON the README
 documents, a symbolic link, and for a store a ``latest`` link (or a published store's
-``latest.json``) that does not resolve to a snapshot with a manifest. Read only: it never
-writes, and never follows a link.
+``latest.json``) that does not resolve to a snapshot with a manifest. A target in which
+no manifest could be read is a problem, never clean. Read only: it never writes, and
+never follows a link.
 """
 
 from __future__ import annotations
@@ -172,7 +173,10 @@ def _latest(c: Check, rel: str) -> str | None:
             c.problem(where, "does not name a snapshot in snapshots/")
             continue
         snap = _join(rel, "snapshots", name)
-        if c.tree.kind(snap) != "dir":
+        if "link" in (c.tree.kind(_join(rel, "snapshots")), c.tree.kind(snap)):
+            c.problem(where, f"points to snapshots/{name} through a symbolic link (never "
+                      "followed)")
+        elif c.tree.kind(snap) != "dir":
             c.problem(where, f"dangling: it points to snapshots/{name}, which does not "
                       "exist")
         elif c.tree.kind(_join(snap, "manifest.json")) != "file":
@@ -187,6 +191,8 @@ def _store(c: Check, rel: str) -> None:
     """A sync store: ``latest`` resolves, every finished snapshot verifies."""
     _latest(c, rel)
     snaps = _join(rel, "snapshots")
+    if c.tree.kind(snaps) not in (None, "dir"):
+        c.unexpected(snaps)  # a link is reported, never followed
     names = c.tree.children(snaps) if c.tree.kind(snaps) == "dir" else []
     for name in names:
         snap = _join(snaps, name)
@@ -321,8 +327,11 @@ def verify(target: str) -> Report:
     the harvester writes (no manifest: a first run still in progress has none yet).
     """
     report = Report()
-    if not _dispatch(Check(open_tree(target), report), ""):
+    check = Check(open_tree(target), report)
+    if not _dispatch(check, ""):
         raise ConfigError(f"verify: {target} holds no manifest.json (nor a sync store, a "
                           "learner export or tenant=<name>/ outputs); a run still in "
                           "progress or interrupted has none yet")
+    if report.outputs == 0:  # a store or OUT of which nothing could be read is not clean
+        check.problem("", "nothing could be checked: no manifest was read")
     return report

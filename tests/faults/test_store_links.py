@@ -63,7 +63,7 @@ def tree(root: Path) -> dict[str, Any]:
 def one_line_refusal(capsys: pytest.CaptureFixture[str], *words: str) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith("harvester: error")]
+    lines = [ln for ln in err.splitlines() if ln.startswith("harvester: ")]
     assert len(lines) == 1, err
     assert all(w in lines[0] for w in words), lines[0]
     return lines[0]
@@ -161,3 +161,20 @@ def test_verify_of_an_out_with_nothing_checked_is_not_clean(
     printed, err = capsys.readouterr()
     assert "nothing" in printed
     assert "clean" not in err
+
+
+def test_a_latest_leading_through_a_symlinked_snapshot_is_refused(
+        sync: Callable[..., int], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``snapshots/<id>`` replaced by a link to a copy elsewhere: the night would compare
+    against (and --keep spare) a snapshot outside the store; refused, store untouched."""
+    store = tmp_path / "s"
+    assert sync(store, "2026-01-01") == 0
+    snap = (store / "latest").resolve()
+    shutil.move(snap, tmp_path / "away")
+    snap.symlink_to(tmp_path / "away")
+    before, away = tree(store), tree(tmp_path / "away")
+    capsys.readouterr()
+    assert sync(store, "2026-01-02", "--keep", "1") == 2
+    one_line_refusal(capsys, str(store / "latest"))
+    assert tree(store) == before
+    assert tree(tmp_path / "away") == away
