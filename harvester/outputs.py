@@ -121,7 +121,8 @@ def clear_outputs(out: Path, catalogs: Iterable[str] = ()) -> None:
         for name in TOP_FILES:
             if (out / name).is_symlink() or (out / name).is_file():
                 (out / name).unlink()
-        clear_dir(out / ".state" / "spool")
+        if not (out / ".state").is_symlink():  # a spool behind a planted link is not ours
+            clear_dir(out / ".state" / "spool")
 
 
 #: Names a harvest writes at the top of OUT (besides ``catalog=*`` directories).

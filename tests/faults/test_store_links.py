@@ -178,3 +178,22 @@ def test_a_latest_leading_through_a_symlinked_snapshot_is_refused(
     one_line_refusal(capsys, str(store / "latest"))
     assert tree(store) == before
     assert tree(tmp_path / "away") == away
+
+
+def test_keep_never_clears_a_spool_through_a_linked_state_directory(
+        sync: Callable[..., int], tmp_path: Path) -> None:
+    """Pruning removes what a sync wrote in the old snapshot, by name, never through a
+    link: a snapshot's ``.state`` replaced by a link leaves the files behind it alone."""
+    store = tmp_path / "s"
+    assert sync(store, "2026-01-01") == 0
+    old = (store / "latest").resolve()
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "spool").mkdir(parents=True)
+    (elsewhere / "spool" / "precious").write_text("mine")
+    (elsewhere / "lock").write_text("mine too")
+    shutil.rmtree(old / ".state")
+    (old / ".state").symlink_to(elsewhere)
+    assert sync(store, "2026-01-02", "--keep", "1") == 0
+    assert (store / "latest").resolve() != old
+    assert (elsewhere / "spool" / "precious").read_text() == "mine"
+    assert (elsewhere / "lock").read_text() == "mine too"
