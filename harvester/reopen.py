@@ -7,7 +7,9 @@ them, so a deleted, cut or replaced file loses nothing), and they name the work 
 again:
 
 * ``catalog_failed``, ``page_failed``, ``gap``: the catalog is listed again (fresh walks;
-  what is already spooled counts as seen, so only items not found yet are added);
+  what is already spooled counts as seen, so only items not found yet are added); a sync's
+  failed catalog too when its previous records were carried forward: those lines are no
+  work done, so they are cut from its files and every item is decided again;
 * ``detail_failed``, ``not_found``: the item's detail is fetched again.
 
 Those lines are dropped here, and the retried work writes them again if it still fails:
@@ -30,6 +32,7 @@ from typing import Final
 
 import orjson
 
+from harvester.carried import cut, plan_cut, to_cut
 from harvester.messages import ERRORS_KEY, FileKey, error_rows
 from harvester.models import key_digest
 from harvester.outputs import ITEM_TYPES
@@ -77,16 +80,16 @@ def error_lines(out: Path, ledger: Ledger) -> list[bytes]:
 
 
 def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[CatalogState],
-                    *, details: bool, settled: frozenset[str] = frozenset(),
-                    redo: frozenset[str] = frozenset()) -> Reopened:
-    """Reopen everything that failed in earlier sessions, so this one retries it; except
-    the ``settled`` catalogs, whose failure this run already answered (a sync carried
-    their previous records forward). ``redo``: catalogs of a finished run that start
-    over (their files were damaged): listed again, their old lines dropped."""
+                    *, details: bool, redo: frozenset[str] = frozenset()) -> Reopened:
+    """Reopen everything that failed in earlier sessions, so this one retries it. A
+    sync's failed catalog is listed again even when its previous records were carried
+    forward: those are cut from its files (see :mod:`harvester.carried`). ``redo``:
+    catalogs of a finished run that start over (their files were damaged): listed
+    again, their old lines dropped."""
     lines = [line for line in error_lines(out, ledger)
              if orjson.loads(line).get("catalog_uuid") not in redo]
-    known = {cs.uuid for cs in catalogs} - settled
-    relist = ({cs.uuid for cs in catalogs if cs.phase == Phase.FAILED} | redo) - settled
+    known = {cs.uuid for cs in catalogs}
+    relist = {cs.uuid for cs in catalogs if cs.phase == Phase.FAILED} | redo
     refetch = _failed_work(lines, known, relist)
     for cat, digests in refetch.items():
         # An item with a line in the output (a record kept stale) stays as it is, and so
@@ -116,18 +119,25 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
             _reset(cs, relist=cs.uuid in relist)
             cp.phases[cs.uuid] = cs.phase
             cp.infos[cs.uuid] = cs.info()
-        if cs.phase not in _COMMITTED and cs.uuid not in settled:
+        if cs.phase not in _COMMITTED:
             moves += _reopen_files(writer, cs.uuid, cp)  # files to take more lines
-    ledger.reopen(relist=relist, undone=[(c, d) for c, ds in refetch.items() for d in ds],
-                  forget=forget, cp=cp)
+    undone = [(c, d) for c, ds in refetch.items() for d in ds]
+    cuts = to_cut(catalogs)
+    for cs in cuts:
+        undone += plan_cut(writer, cs, cp, forget)
+    ledger.reopen(relist=relist, undone=undone, forget=forget, cp=cp)
     for final, part in moves:
         with disk_errors(final):
             os.replace(final, part)
             fsync_dir(part.parent)
+    for cs in cuts:
+        cut(writer, cs)
     ledger.set_meta(**{ERRORS_IN_LEDGER: "1"})
     size = _rewrite_errors(out, kept)
-    # Tracked at its new size: the writer appends to it as to any resumed file.
-    ledger.record(Checkpoint({errors_rel: (size, len(kept))}, [], [], [], {}, {}))
+    # Tracked at its new size: the writer appends to it as to any resumed file. The cut
+    # catalogs forget their marks only now, once their files are cut.
+    ledger.record(Checkpoint({errors_rel: (size, len(kept))}, [], [], [],
+                             {cs.uuid: cs.info() for cs in cuts}, {}))
     writer.retrack()
     return Reopened(relist, sum(len(ds) for ds in refetch.values()), len(kept))
 
@@ -155,6 +165,7 @@ def _reset(cs: CatalogState, *, relist: bool) -> None:
         cs.advance(Phase.LISTING)
         cs.gaps = 0
         cs.error = None
+        cs.sync = {}  # decided again from scratch (carried_forward included)
     elif cs.phase in _COMMITTED:
         cs.advance(Phase.DETAILS)
     # Recounted from errors.ndjson when the catalog is committed again.

@@ -146,6 +146,9 @@ class CatalogCounts(WalkCounters):
     error: str | None = None
     files: dict[str, Any] = field(default_factory=dict)
     sync: dict[str, Any] = field(default_factory=dict)
+    #: a sync's failed catalog: its item files' committed ``[size, lines]`` (by path in
+    #: OUT) before its previous records were carried in; a relist cuts them back to it
+    carried_from: dict[str, list[int]] | None = None
 
     def info(self) -> dict[str, Any]:
         """The persisted counters, as saved at every checkpoint."""

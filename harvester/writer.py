@@ -145,6 +145,13 @@ class Writer:
             self._files[key] = f
         return f
 
+    def release(self, key: FileKey) -> None:
+        """Close a file without renaming it, so the next :meth:`reopen_tracked` opens it
+        afresh at its tracked size (after its ``.part`` was cut back on disk)."""
+        f = self._files.pop(key, None)
+        if f is not None:
+            f.abandon()
+
     def retrack(self) -> None:
         """Reload which files the ledger tracks (after the ledger was changed directly)."""
         self._tracked = self.ledger.files()

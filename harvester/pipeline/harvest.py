@@ -120,8 +120,7 @@ class Harvest:
                 writer = Writer(out, self.session.ledger, compress=self.settings.output.gzip,
                                 clock=self._clock, **_SHARED_LOOP_WRITER
                                 if self.shared_loop else {})
-                failures = await self._blocking(self.session.prepare, writer, self.catalogs,
-                                                decider.settled)
+                failures = await self._blocking(self.session.prepare, writer, self.catalogs)
                 errors_file = await self._stages(client, writer, decider, failures)
                 extra = decider.finish(out, self.catalogs, gone)
             except BaseExceptionGroup as group:
@@ -168,7 +167,7 @@ class Harvest:
                            decider: DetailDecider, slots: asyncio.Semaphore) -> None:
         """List, fetch details, commit; a failure is this catalog's, not the run's."""
         if cs.phase == Phase.FAILED:
-            return  # settled (see RunSession.prepare): never committed as done
+            return  # a resume relists every failed catalog: this one is never done
         emit = self._emit
         assert self._details is not None
         try:

@@ -169,10 +169,9 @@ class RunSession:
                 "empty --out")
         clear_dir(self.out / STATE_DIR / "spool")  # a stale listing cache is not adopted
 
-    def prepare(self, writer: Writer, catalogs: list[CatalogState],
-                settled: Callable[[CatalogState], bool]) -> int:
+    def prepare(self, writer: Writer, catalogs: list[CatalogState]) -> int:
         """Reopen every file this run writes; on resume, make what failed before to do
-        again (except ``settled`` catalogs). Returns the failures already recorded."""
+        again. Returns the failures already recorded."""
         keys: list[FileKey] = []
         for cs in catalogs:
             keys.append(("spool", cs.uuid))
@@ -181,9 +180,7 @@ class RunSession:
         if self.resumed:
             # Every rerun retries what failed before, and drops those error lines first.
             again = reopen_failures(self.out, self.ledger, writer, catalogs,
-                                    details=self.settings.harvest.details,
-                                    settled=frozenset(cs.uuid for cs in catalogs
-                                                      if settled(cs)), redo=self.redo)
+                                    details=self.settings.harvest.details, redo=self.redo)
             if again.relist or again.refetch:
                 event("harvest.retry", catalogs_relisted=len(again.relist),
                       items_refetched=again.refetch, errors_kept=again.kept)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from harvester.carried import carry_mark
 from harvester.changes import changes_path, write_changes, write_gone
 from harvester.config import Settings
 from harvester.delta import (
@@ -89,9 +90,6 @@ class DetailDecider(Protocol):
     def error_extra(self, job: DetailJob) -> dict[str, Any] | None:
         """Extra fields of a failed detail's error record."""
 
-    def settled(self, cs: CatalogState) -> bool:
-        """Whether a failed catalog was already answered (a rerun must not relist it)."""
-
     def gone(self, listed: dict[str, Catalog], *, complete: bool) -> list[str]:
         """Catalogs of the previous snapshot, in scope, that the list no longer has."""
 
@@ -137,9 +135,6 @@ class FetchAll:
 
     def error_extra(self, job: DetailJob) -> dict[str, Any] | None:
         return None
-
-    def settled(self, cs: CatalogState) -> bool:
-        return False
 
     def gone(self, listed: dict[str, Catalog], *, complete: bool) -> list[str]:
         return []
@@ -236,10 +231,6 @@ class SyncDecider:
         """Whether a previous record was kept for the failed item."""
         return {"stale": job.fallback is not None}
 
-    def settled(self, cs: CatalogState) -> bool:
-        """A failed catalog carried forward is this snapshot's answer for it."""
-        return cs.phase == Phase.FAILED and "carried_forward" in cs.sync
-
     def gone(self, listed: dict[str, Catalog], *, complete: bool) -> list[str]:
         """The previous snapshot's catalogs, within this run's scope (``--catalog``,
         ``--shard``), that the catalog list no longer has. Only a complete list (as many
@@ -260,14 +251,19 @@ class SyncDecider:
                              ledger: Ledger, writer: Writer) -> None:
         """A listed catalog that failed is not gone. Its previous records go into this
         snapshot unchanged, marked stale, with no deletes; the next night retries it.
-        Items this night already wrote (a --no-details listing cut short) stay as written."""
+        Items this night already wrote (an earlier session's) stay as written. The carried
+        lines are no work done: a resume lists the catalog again and cuts them first, back
+        to the mark taken here (see :mod:`harvester.carried`)."""
         await emit.barrier()
+        cs.carried_from = carry_mark(ledger, writer, cs.uuid)
+        await emit.counters(cs)
+        await emit.barrier()  # the mark is durable before the first carried line
         written = ledger.done(cs.uuid)
         reason, at = f"catalog_failed ({describe(exc)})", emit.now()
         kept = 0
         for digest, ctype, line in self.previous.lines(cs.uuid) if self.previous else ():
             if digest not in written:
-                # Done once written: a resumed carry or listing never writes it twice.
+                # Done once written (as every line is); a resume cuts it before relisting.
                 await emit.item(cs.uuid, ctype, stale_line(line, reason, at), digest)
                 kept += 1
         infos = await emit.commit_catalog(cs.uuid)

@@ -313,8 +313,8 @@ async def test_resumed_sync_counts_the_whole_run(start_sim: SimStarter,
 
 async def test_resumed_sync_keeps_a_carried_failed_catalog_once(
         start_sim: SimStarter, tmp_path: Path) -> None:
-    """A sync's failed catalog carried forward (stale) is settled for that snapshot: a
-    resume neither turns it into 'done' nor writes its records twice."""
+    """A sync's failed catalog carried forward (stale) is listed again by a resume; still
+    failing, it is carried again: never turned into 'done', its records never twice."""
     srv = await start_sim(catalogs=2, items=150, seed=9)
     night1, night2 = tmp_path / "n1", tmp_path / "n2"
     night1.mkdir()
