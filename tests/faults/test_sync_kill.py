@@ -28,6 +28,7 @@ from harvester.delta import SyncOptions
 from harvester.pipeline import Harvest
 from harvester.run import Phase
 from harvester.sim import SimServer
+from harvester.writer import Writer
 from tests.conftest import SimStarter, settings_for
 from tests.faults.test_lifecycle import (
     assert_errors_describe_output,
@@ -94,9 +95,9 @@ def hold_at(harvest: Harvest, catalog: str, point: str) -> asyncio.Event:
 
 
 async def killed_night(srv: SimServer, out: Path, sync: SyncOptions, bad: str,
-                       point: str) -> None:
+                       point: str, **settings: object) -> None:
     """Night 2 with catalog 1 forbidden, killed at ``point`` of its carry."""
-    harvest = Harvest(settings_for(srv, out), sync=sync)
+    harvest = Harvest(settings_for(srv, out, **settings), sync=sync)
     held = hold_at(harvest, bad, point)
     task = asyncio.create_task(harvest.run())
     waiter = asyncio.create_task(held.wait())
@@ -132,19 +133,18 @@ def feed(snap: Path) -> set[tuple[str, str, str, str]]:
 
 def stale_lines(snap: Path) -> list[tuple[str, str]]:
     return [(r["_harvest"]["content_type"], r["_harvest"]["key"])
-            for f in snap.glob("catalog=*/*.ndjson") if f.name != "changes.ndjson"
+            for f in snap.glob("catalog=*/*.ndjson*")
+            if f.name.endswith((".ndjson", ".ndjson.gz")) and f.name != "changes.ndjson"
             for r in read_lines(f) if r["_harvest"].get("stale")]
 
 
-@pytest.mark.parametrize("point", KILL_POINTS)
-async def test_a_carried_catalog_that_heals_on_resume_is_listed_and_decided_again(
-        start_sim: SimStarter, tmp_path: Path, point: str) -> None:
-    srv, _, night2, sync = await two_nights(start_sim, tmp_path)
+async def assert_healed(srv: SimServer, night2: Path, **settings: object) -> None:
+    """The resume, with the catalog healed: complete, fresh, exactly the listing and
+    exactly the simulator's changes."""
     bad = srv.catalog_uuids[1]
-    await killed_night(srv, night2, sync, bad, point)
-
     await post_config(srv, forbid_catalogs=[])
-    resumed = await Harvest(settings_for(srv, night2), sync=sync).run()
+    resumed = await Harvest(settings_for(srv, night2, **settings),
+                            sync=SyncOptions(night2.parent / "n1", now=NIGHT2)).run()
     assert (resumed.status, resumed.exit_code) == ("complete", 0)
     assert stale_lines(night2) == []
     listed = await truth(srv)
@@ -157,8 +157,38 @@ async def test_a_carried_catalog_that_heals_on_resume_is_listed_and_decided_agai
     m = manifest(night2)
     assert m["stale"] == {"items": 0, "catalogs": []}
     assert m["catalogs"][bad]["status"] == "done"
+    assert "carried_forward" not in m["catalogs"][bad]["sync"]
     assert errors(night2) == []
     assert_errors_describe_output(night2)
+
+
+@pytest.mark.parametrize(("point", "gz"), [*((p, False) for p in KILL_POINTS),
+                                           ("mid_carry", True)])
+async def test_a_carried_catalog_that_heals_on_resume_is_listed_and_decided_again(
+        start_sim: SimStarter, tmp_path: Path, point: str, gz: bool) -> None:
+    srv, _, night2, sync = await two_nights(start_sim, tmp_path)
+    await killed_night(srv, night2, sync, srv.catalog_uuids[1], point, **{"output.gzip": gz})
+    await assert_healed(srv, night2, **{"output.gzip": gz})
+
+
+async def test_a_night_killed_while_cutting_and_again_while_carrying_still_heals(
+        start_sim: SimStarter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step of the cut is safe to repeat: a session killed after the ledger learned
+    of the cut but before the files were cut, then one killed while carrying again."""
+    srv, _, night2, sync = await two_nights(start_sim, tmp_path)
+    bad = srv.catalog_uuids[1]
+    await killed_night(srv, night2, sync, bad, "mid_carry")
+
+    def killed(writer: Writer, *_: object) -> None:
+        writer.close()  # as a kill closes every handle
+        raise RuntimeError("killed before the files were cut")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("harvester.reopen.cut", killed)
+        with pytest.raises(RuntimeError, match="killed before"):
+            await Harvest(settings_for(srv, night2), sync=sync).run()
+    await killed_night(srv, night2, sync, bad, "before_commit")
+    await assert_healed(srv, night2)
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
