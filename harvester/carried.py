@@ -48,11 +48,20 @@ def to_cut(catalogs: list[CatalogState]) -> list[CatalogState]:
     return [cs for cs in catalogs if cs.carried_from is not None and cs.phase == Phase.LISTING]
 
 
-def plan_cut(writer: Writer, cs: CatalogState, cp: Checkpoint,
+def plan_cut(writer: Writer, cuts: list[CatalogState], cp: Checkpoint,
              forget: list[str]) -> list[tuple[str, int]]:
-    """Record in ``cp`` and ``forget`` each item file at its mark (a file without one, or
-    gone, is forgotten); return the items of the lines after the mark, to be undone. Call after
-    the catalog's committed files were planned back to ``.part`` (``cp.files``)."""
+    """Record in ``cp`` and ``forget`` each item file of these catalogs at its mark (a
+    file without one, or gone, is forgotten); return the items of the lines after the
+    marks, to be undone. Call after the catalogs' committed files were planned back to
+    ``.part`` (``cp.files``)."""
+    undone: list[tuple[str, int]] = []
+    for cs in cuts:
+        undone += _plan_one(writer, cs, cp, forget)
+    return undone
+
+
+def _plan_one(writer: Writer, cs: CatalogState, cp: Checkpoint,
+              forget: list[str]) -> list[tuple[str, int]]:
     mark = cs.carried_from or {}
     undone: list[tuple[str, int]] = []
     for key, rel in _items(writer, cs.uuid):
@@ -73,9 +82,14 @@ def plan_cut(writer: Writer, cs: CatalogState, cp: Checkpoint,
     return undone
 
 
-def cut(writer: Writer, cs: CatalogState) -> None:
-    """Cut the catalog's ``.part`` item files back to its mark (a file without one goes),
+def cut(writer: Writer, cuts: list[CatalogState]) -> None:
+    """Cut each catalog's ``.part`` item files back to its mark (a file without one goes),
     closing any handle on them first; then forget the mark."""
+    for cs in cuts:
+        _cut_one(writer, cs)
+
+
+def _cut_one(writer: Writer, cs: CatalogState) -> None:
     mark = cs.carried_from or {}
     for key, rel in _items(writer, cs.uuid):
         writer.release(key)

@@ -121,17 +121,15 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
             cp.infos[cs.uuid] = cs.info()
         if cs.phase not in _COMMITTED:
             moves += _reopen_files(writer, cs.uuid, cp)  # files to take more lines
-    undone = [(c, d) for c, ds in refetch.items() for d in ds]
     cuts = to_cut(catalogs)
-    for cs in cuts:
-        undone += plan_cut(writer, cs, cp, forget)
-    ledger.reopen(relist=relist, undone=undone, forget=forget, cp=cp)
+    undone = [(c, d) for c, ds in refetch.items() for d in ds]
+    ledger.reopen(relist=relist, undone=undone + plan_cut(writer, cuts, cp, forget),
+                  forget=forget, cp=cp)
     for final, part in moves:
         with disk_errors(final):
             os.replace(final, part)
             fsync_dir(part.parent)
-    for cs in cuts:
-        cut(writer, cs)
+    cut(writer, cuts)
     ledger.set_meta(**{ERRORS_IN_LEDGER: "1"})
     size = _rewrite_errors(out, kept)
     # Tracked at its new size: the writer appends to it as to any resumed file. The cut

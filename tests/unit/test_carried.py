@@ -50,12 +50,12 @@ def test_a_cut_keeps_what_came_before_the_mark_and_undoes_the_rest(tmp_path: Pat
     cs.carried_from = mark
     assert to_cut([cs]) == [cs]
     cp, forget = Checkpoint.empty(), []
-    undone = plan_cut(writer, cs, cp, forget)
+    undone = plan_cut(writer, [cs], cp, forget)
     assert sorted(undone) == sorted([(CAT, key_digest("course", "old-1")),
                                      (CAT, key_digest("course", "old-2")),
                                      (CAT, key_digest("program", "old-3"))])
     ledger.reopen(relist=set(), undone=undone, forget=forget, cp=cp)
-    cut(writer, cs)
+    cut(writer, [cs])
     assert cs.carried_from is None and to_cut([cs]) == []
 
     courses = writer.part_path(("out", CAT, "course"))
