@@ -29,7 +29,7 @@ import orjson
 from harvester.errors import SinkError
 from harvester.models import CONTENT_TYPES, OTHER_STEM, file_stem
 from harvester.partfile import iter_lines
-from harvester.sinks import PART, clear_dir, disk_errors
+from harvester.sinks import PART, clear_dir, disk_errors, is_ours
 
 _CANONICAL_UUID_RE: Final = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -87,11 +87,11 @@ def listed_catalogs(out: Path) -> set[str]:
     found: set[object] = set()
     manifest, listed = out / "manifest.json", out / "catalogs.ndjson"
     with contextlib.suppress(OSError, orjson.JSONDecodeError, SinkError):
-        if manifest.is_file() and not manifest.is_symlink():
+        if is_ours(manifest):
             data = orjson.loads(manifest.read_bytes())
             if isinstance(data, dict) and isinstance(data.get("catalogs"), dict):
                 found |= set(data["catalogs"])
-        if listed.is_file() and not listed.is_symlink():
+        if is_ours(listed):
             for line in iter_lines(listed):
                 rec = orjson.loads(line)
                 if isinstance(rec, dict):

@@ -6,10 +6,11 @@
 * :func:`recover_tail` reads back the complete lines a killed writer left after its last
   checkpoint; :func:`iter_lines` and :func:`describe` read committed files.
 
-Files are created and reopened only through :mod:`harvester.sinks` (exclusive creates,
-``O_NOFOLLOW``), so a ``.part`` is always a file of ours inside OUT; a link in its place
-is never read or written through. Which files exist and where is the caller's business
-(the writer, ``writer.py``, owns the open files of a harvest).
+Files are created, reopened and read only through :mod:`harvester.sinks` (exclusive
+creates; reopens with ``O_NOFOLLOW|O_NONBLOCK`` of a regular file with one name), so a
+``.part`` is always a file of ours inside OUT; a symbolic or hard link, or a FIFO, in its
+place is never read or written through, and never blocks. Which files exist and where is
+the caller's business (the writer, ``writer.py``, owns the open files of a harvest).
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ from typing import IO, Any
 import orjson
 
 from harvester.errors import SinkError
-from harvester.sinks import PART, create_new, disk_errors, ensure_dir, fsync_dir, open_existing
+from harvester.sinks import (
+    PART,
+    create_new,
+    disk_errors,
+    ensure_dir,
+    fsync_dir,
+    is_ours,
+    open_existing,
+    open_ours,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +57,7 @@ class FileInfo:
 def sha256_file(path: Path) -> str:
     """The sha256 of a file's bytes as stored."""
     h = hashlib.sha256()
-    with disk_errors(path), path.open("rb") as fh:
+    with disk_errors(path), os.fdopen(open_ours(path), "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -149,8 +159,8 @@ def iter_lines(path: Path, *, compressed: bool = False, torn: bool = False
                ) -> Iterator[bytes]:
     """Complete lines of an NDJSON file (``.gz`` multi-member aware); with ``torn``, a
     last line without its newline too (for a reader that must not skip it)."""
-    opener: Any = gzip.open if compressed else open
-    with disk_errors(path), opener(path, "rb") as fh:
+    with disk_errors(path), os.fdopen(open_ours(path), "rb") as raw:
+        fh: Any = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         for line in fh:
             if torn or line.endswith(b"\n"):
                 yield line
@@ -172,9 +182,11 @@ def recover_tail(part: Path, size: int, *, compressed: bool) -> list[bytes]:
     after the first torn or invalid line is dropped. With gzip the tail is an unfinished
     member, read as far as its last sync flush.
     """
-    if os.path.islink(part):
-        return []  # not ours: never adopt what a link points to (PartFile replaces it)
-    with disk_errors(part), os.fdopen(os.open(part, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
+    if not is_ours(part):
+        # Not ours (a symbolic or hard link, a FIFO...): never adopt what it holds. An
+        # untracked one is replaced by a new file; a tracked one is refused on reopen.
+        return []
+    with disk_errors(part), os.fdopen(open_ours(part), "rb") as fh:
         fh.seek(size)
         tail = fh.read()
     if compressed and tail:

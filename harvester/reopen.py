@@ -33,12 +33,13 @@ from typing import Final
 import orjson
 
 from harvester.carried import cut, plan_cut, to_cut
+from harvester.errors import UnsafePath
 from harvester.messages import ERRORS_KEY, FileKey, error_rows
 from harvester.models import key_digest
 from harvester.outputs import ITEM_TYPES
 from harvester.partfile import iter_lines, recover_tail
 from harvester.run import CatalogState, Phase
-from harvester.sinks import disk_errors, fsync_dir
+from harvester.sinks import disk_errors, fsync_dir, is_ours, not_ours
 from harvester.state import Checkpoint, Ledger
 from harvester.writer import Writer
 
@@ -71,7 +72,7 @@ def error_lines(out: Path, ledger: Ledger) -> list[bytes]:
     """
     part, final = out / "errors.ndjson.part", out / "errors.ndjson"
     if ledger.meta(ERRORS_IN_LEDGER) is None:
-        src = part if part.exists() else final if final.exists() else None
+        src = part if is_ours(part) else final if is_ours(final) else None
         return recover_tail(src, 0, compressed=False) if src is not None else []
     tracked = ledger.files().get(part.name)
     tail = (recover_tail(part, tracked[0] if tracked else 0, compressed=False)
@@ -107,7 +108,7 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
     kept = _kept(lines, relist, refetch)
     cp = Checkpoint.empty()
     cp.errors = [row for line in kept for row in error_rows(line)]
-    if errors_part.is_file() and not errors_part.is_symlink():
+    if is_ours(errors_part):
         # All of it is in the ledger now: a session dying before the rewrite below must
         # not read it again as a killed session's unrecorded tail.
         cp.files[errors_rel] = (errors_part.stat().st_size, 0)
@@ -178,7 +179,7 @@ def _reopen_files(writer: Writer, catalog: str, cp: Checkpoint) -> list[tuple[Pa
     for ctype in ITEM_TYPES:
         key: FileKey = ("out", catalog, ctype)
         final, part = writer.path_for(key), writer.part_path(key)
-        if final.is_file() and not final.is_symlink() and not os.path.lexists(part):
+        if _committed(final) and not os.path.lexists(part):
             lines = sum(1 for _ in iter_lines(final, compressed=writer.compress))
             with disk_errors(final):
                 size = final.stat().st_size
@@ -187,14 +188,28 @@ def _reopen_files(writer: Writer, catalog: str, cp: Checkpoint) -> list[tuple[Pa
     return moves
 
 
+def _committed(final: Path) -> bool:
+    """Whether a committed file of ours is there to reopen; raises :class:`UnsafePath` if
+    something else is (a symbolic or hard link, a FIFO...), as for a tracked ``.part``:
+    its lines are part of the run, so it is neither followed nor silently dropped."""
+    try:
+        why = not_ours(os.lstat(final))
+    except FileNotFoundError:
+        return False
+    if why is not None:
+        raise UnsafePath(f"refusing to reopen {final}: {why} (remove it and rerun with "
+                         "--restart)")
+    return True
+
+
 def _written(writer: Writer, catalog: str, digests: set[int]) -> set[int]:
     """Which of these items of a catalog have a line in its item files."""
     found: set[int] = set()
     for ctype in ITEM_TYPES:
         key: FileKey = ("out", catalog, ctype)
         part = writer.part_path(key)
-        path = part if part.exists() else writer.path_for(key)
-        if digests and path.is_file():
+        path = part if os.path.lexists(part) else writer.path_for(key)
+        if digests and is_ours(path):  # something else is refused or replaced later
             for line in iter_lines(path, compressed=writer.compress):
                 h = orjson.loads(line)["_harvest"]
                 d = key_digest(h["content_type"], h["key"])

@@ -9,6 +9,7 @@ queues or events.
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid as uuidlib
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from harvester.config import Settings
-from harvester.errors import ApiError, IllegalPhase
+from harvester.errors import ApiError, IllegalPhase, SinkError
+from harvester.sinks import open_ours
 
 if TYPE_CHECKING:
     from harvester.manifest import Manifest
@@ -220,7 +222,9 @@ class SyncResult:
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from a file, or None if it is missing or not one."""
     try:
-        data = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        # Never through a link, never blocking on a FIFO planted in its place.
+        with os.fdopen(open_ours(path), "rb") as fh:
+            data = orjson.loads(fh.read())
+    except (OSError, SinkError, orjson.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None

@@ -2,13 +2,16 @@
 
 We write only files we created, only inside OUT, never through a link: a new file is
 created exclusively with ``O_NOFOLLOW`` (a stale temp or a planted link in its place is
-unlinked first, which removes the link, not its target), an existing file is reopened only
-with ``O_NOFOLLOW``, a directory inside OUT that is a symlink is refused, and directories
+unlinked first, which removes the link, not its target), an existing file is reopened
+(for reading too) only with ``O_NOFOLLOW|O_NONBLOCK`` and only if the opened file is a
+regular file with one name (a hard link would write into, or read, someone else's file; a
+FIFO would block for ever), a directory inside OUT that is a symlink is refused, and directories
 are created ``0750`` (``0700`` for private data) whatever the umask. Every module that
 writes output goes through these primitives; none opens a file for writing by itself.
 
-* :func:`ensure_dir`, :func:`create_new`, :func:`open_existing`, :func:`planted_link`,
-  :func:`clear_dir`: directories and files that are certainly ours.
+* :func:`ensure_dir`, :func:`create_new`, :func:`open_existing`, :func:`open_ours`,
+  :func:`is_ours`, :func:`planted_link`, :func:`clear_dir`: directories and files that are
+  certainly ours.
 * :func:`write_json_atomic` / :func:`write_bytes_atomic` write the manifest and other
   small files whole (temp file, fsync, rename).
 * :func:`encode_item` turns an API object into one line: the object's keys unchanged, plus
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Iterator
@@ -40,7 +44,9 @@ PART: Final = ".part"
 DIR_MODE: Final = 0o750
 PRIVATE_DIR_MODE: Final = 0o700
 _OPEN_NEW: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_OPEN_EXISTING: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO planted in place of a file of ours must not block for ever
+# (and leave the run deaf to SIGTERM); it is cleared again once the file is known regular.
+_OPEN_OURS: Final = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 @contextmanager
@@ -127,23 +133,65 @@ def create_new(path: Path, mode: int) -> int:
         return os.open(path, _OPEN_NEW, mode)
 
 
-def open_existing(path: Path) -> int:
-    """Reopen a file of ours read-write, never through a link; it must be a regular file."""
-    fd = os.open(path, _OPEN_EXISTING)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+def not_ours(st: os.stat_result) -> str | None:
+    """Why a file with this stat is not one of ours to reopen, or None if it may be: a
+    symbolic link, anything but a regular file, or a file with another name (a hard link
+    shares its bytes with a file the harvester did not create)."""
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link the harvester did not create"
+    if not stat.S_ISREG(st.st_mode):
+        return f"it is not a regular file ({_kind(st.st_mode)})"
+    if st.st_nlink != 1:
+        return (f"it is a hard link ({st.st_nlink} names) the harvester did not create; "
+                "it writes only files it alone holds")
+    return None
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
+def open_ours(path: Path | str, flags: int = os.O_RDONLY) -> int:
+    """Open an existing file of ours (``flags``: ``O_RDONLY`` or ``O_RDWR``), never through
+    a link and never blocking on a FIFO; raise :class:`UnsafePath` (one line naming the
+    file) unless the opened file is a regular file with exactly one name."""
+    fd = os.open(path, flags | _OPEN_OURS)
+    why = not_ours(os.fstat(fd))
+    if why is not None:
         os.close(fd)
-        raise UnsafePath(f"refusing to write {path}: it is not a regular file")
+        raise UnsafePath(f"refusing to use {path}: {why} (remove it, or rerun with "
+                         "--restart)")
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return fd
 
 
+def open_existing(path: Path) -> int:
+    """Reopen a file of ours read-write (see :func:`open_ours`)."""
+    return open_ours(path, os.O_RDWR)
+
+
+def is_ours(path: Path | str) -> bool:
+    """Whether ``path`` exists and is a file of ours (lstat: a regular file, one name)."""
+    try:
+        return not_ours(os.lstat(path)) is None
+    except FileNotFoundError:
+        return False
+
+
 def planted_link(*paths: Path) -> Path | None:
-    """The first of ``paths`` that is a symbolic link (or not a regular file), if any."""
+    """The first of ``paths`` that is a symbolic link, not a regular file, or a hard
+    link, if any."""
     for p in paths:
         try:
             st = os.lstat(p)
         except FileNotFoundError:
             continue
-        if not stat.S_ISREG(st.st_mode):
+        if not_ours(st) is not None:
             return p
     return None
 

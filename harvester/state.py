@@ -25,7 +25,6 @@ import errno
 import fcntl
 import os
 import sqlite3
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any, Final
 import orjson
 
 from harvester.errors import SinkError, StateError
-from harvester.sinks import ensure_dir, planted_link
+from harvester.sinks import ensure_dir, not_ours, planted_link
 
 STATE_DIR: Final = ".state"
 SCHEMA_VERSION: Final = 1
@@ -111,15 +110,16 @@ class RunLock:
         """Take the lock or raise StateError naming the pid that holds it."""
         state_dir(self.path.parent.parent)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise StateError(f"cannot create lock {self.path}: {exc.strerror}"
                              + (" (a symbolic link; refusing to follow it)"
                                 if exc.errno == errno.ELOOP else "")) from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        why = not_ours(os.fstat(fd))
+        if why is not None:
             os.close(fd)
-            raise StateError(f"lock {self.path} is not a regular file; refusing to use it")
+            raise StateError(f"refusing to use lock {self.path}: {why}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -154,8 +154,9 @@ class Ledger:
         suffixes = ("", "-wal", "-shm", "-journal")
         link = planted_link(*(self.path.with_name(self.path.name + s) for s in suffixes))
         if link is not None:
-            raise StateError(f"resume ledger file {link} is a symbolic link or not a regular "
-                             "file; refusing to use it (remove it, or choose another --out)")
+            raise StateError(f"resume ledger file {link} is a symbolic link, a hard link or "
+                             "not a regular file; refusing to use it (remove it, or choose "
+                             "another --out)")
         try:
             # check_same_thread off: with many tenants in one process the writer records
             # its checkpoints from a worker thread (see Writer ``offload``); SQLite

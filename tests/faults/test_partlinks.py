@@ -1,0 +1,152 @@
+"""A hard link or a FIFO in place of a file of ours is never written through, never read,
+and never blocks the run.
+
+A hard link shares its bytes with a file the harvester did not create: reopening it for
+appending writes into that file. A FIFO blocks any ``open`` until a writer comes, and the
+run (holding OUT's lock) would wait for ever, deaf to SIGTERM. Each is handled where a
+symbolic link at the same name is: a file the resume ledger counts on (a tracked ``.part``,
+a committed catalog file being reopened, the ledger, the lock) is refused with one line and
+exit 2; a file rebuilt from the ledger (``errors.ndjson``) or read for information only
+(``manifest.json``) is discarded and written again.
+
+The reruns are subprocesses bounded by a generous timeout: a hang fails the test instead of
+blocking the suite (the timeout is a guard, not a measurement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from harvester.errors import StateError
+from harvester.pipeline import Harvest
+from harvester.state import Ledger, RunLock
+from tests.conftest import SimStarter, settings_for
+from tests.integration.test_resume import spawn, wait_for
+
+OUTSIDE = "outside"
+GUARD_S = 60.0
+
+
+async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    """The exit code and stderr of a rerun; a rerun that hangs is killed and fails."""
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), GUARD_S)
+    except TimeoutError:
+        proc.send_signal(signal.SIGKILL)
+        await proc.communicate()
+        pytest.fail("the rerun hung on a planted file")
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+def one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def plant(path: Path, how: str, tmp: Path) -> Path | None:
+    """Replace ``path`` by a hard link to a copy outside OUT (returned), or by a FIFO."""
+    if how == "fifo":
+        path.unlink()
+        os.mkfifo(path)
+        return None
+    outside = tmp / OUTSIDE / path.name
+    outside.parent.mkdir(exist_ok=True)
+    outside.write_bytes(path.read_bytes())
+    path.unlink()
+    os.link(outside, path)
+    return outside
+
+
+async def killed_mid_run(start_sim: SimStarter, tmp: Path) -> tuple[object, Path, Path]:
+    """A run killed by SIGKILL during details; its tracked ``courses.ndjson.part``."""
+    srv = await start_sim(catalogs=2, items=150, latency_ms=2)
+    out = tmp / "out"
+    proc = await spawn(srv, out, tmp)
+    await wait_for(lambda: srv.state.stats.detail_requests >= 60, proc)
+    proc.kill()
+    await proc.communicate()
+    ledger = Ledger(out)
+    tracked = [rel for rel in ledger.files() if rel.endswith("/courses.ndjson.part")]
+    ledger.close()
+    assert tracked, "no checkpointed courses.ndjson.part to plant on"
+    return srv, out, out / tracked[0]
+
+
+@pytest.mark.parametrize("how", ["hardlink", "fifo"])
+async def test_a_tracked_part_that_is_not_ours_is_refused(
+        start_sim: SimStarter, tmp_path: Path, how: str) -> None:
+    srv, out, part = await killed_mid_run(start_sim, tmp_path)
+    outside = plant(part, how, tmp_path)
+    before = outside.read_bytes() if outside else b""
+    code, err = await finish(await spawn(srv, out, tmp_path))  # type: ignore[arg-type]
+    line = one_line(err)
+    assert code == 2 and str(part.name) in line, err
+    assert ("hard link" if how == "hardlink" else "FIFO") in line, line
+    if outside is not None:
+        assert outside.read_bytes() == before and outside.stat().st_nlink == 2
+
+
+async def partial_run(start_sim: SimStarter, tmp: Path) -> tuple[object, Path]:
+    """A finished run that ended partial (permanent 404s): a rerun reopens its files."""
+    srv = await start_sim(catalogs=2, items=60, seed=4, detail_404_rate=0.2,
+                          detail_404_mode="permanent")
+    out = tmp / "out"
+    result = await Harvest(settings_for(srv, out, **{"harvest.detail_404_retries": 0})).run()
+    assert result.exit_code == 3
+    return srv, out
+
+
+@pytest.mark.parametrize("how", ["hardlink", "fifo"])
+async def test_a_committed_catalog_file_that_is_not_ours_is_not_reopened(
+        start_sim: SimStarter, tmp_path: Path, how: str) -> None:
+    srv, out = await partial_run(start_sim, tmp_path)
+    final = sorted(out.glob("catalog=*/courses.ndjson"))[0]
+    outside = plant(final, how, tmp_path)
+    before = outside.read_bytes() if outside else b""
+    code, err = await finish(await spawn(srv, out, tmp_path))  # type: ignore[arg-type]
+    line = one_line(err)
+    assert code == 2 and "courses.ndjson" in line, err
+    if outside is not None:
+        assert outside.read_bytes() == before and outside.stat().st_nlink == 2
+        assert "hard link" in line, line
+
+
+async def test_a_fifo_at_errors_part_is_replaced_not_read(
+        start_sim: SimStarter, tmp_path: Path) -> None:
+    srv, out = await partial_run(start_sim, tmp_path)
+    os.mkfifo(out / "errors.ndjson.part")
+    code, err = await finish(await spawn(srv, out, tmp_path))  # type: ignore[arg-type]
+    assert code == 3, err  # still partial: the permanent 404s are retried from the ledger
+    assert (out / "errors.ndjson").is_file() and not (out / "errors.ndjson.part").exists()
+    assert (out / "errors.ndjson").read_bytes().count(b"\n") > 0
+
+
+async def test_a_fifo_at_the_manifest_of_a_complete_run_does_not_block(
+        start_sim: SimStarter, tmp_path: Path) -> None:
+    srv = await start_sim(catalogs=1, items=20)
+    out = tmp_path / "out"
+    assert (await Harvest(settings_for(srv, out)).run()).exit_code == 0
+    (out / "manifest.json").unlink()
+    os.mkfifo(out / "manifest.json")
+    code, err = await finish(await spawn(srv, out, tmp_path))  # type: ignore[arg-type]
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("name", ["lock", "ledger.sqlite"])
+def test_a_hard_link_at_the_lock_or_ledger_is_refused(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out"
+    state = out / ".state"
+    state.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"")
+    os.link(outside, state / name)
+    with pytest.raises(StateError, match="hard link"):
+        RunLock(out).acquire() if name == "lock" else Ledger(out)
+    assert outside.read_bytes() == b""
