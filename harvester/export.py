@@ -152,7 +152,7 @@ def _objects(path: Path, *, compressed: bool = False) -> Iterator[tuple[int, JSO
     """``(line number, object)`` per line of an export source. A line that is not a JSON
     object, or a last line cut short (no newline), is bad input: an export never skips
     what it cannot read, since a missing delete or upsert would go unnoticed."""
-    lines = enumerate(iter_lines(path, compressed=compressed, torn=True), 1)
+    lines = enumerate(iter_lines(path, compressed=compressed, torn=True, shared=True), 1)
     while True:
         try:
             n, line = next(lines)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from harvester.models import CONTENT_TYPES
 from harvester.obs import REDACTOR, Stats, event
 from harvester.policy import Sleep
 from harvester.run import CatalogState, read_json
-from harvester.sinks import write_bytes_atomic
+from harvester.sinks import open_ours, write_bytes_atomic
 from harvester.userpath import refuse_special
 
 __all__ = ["INTERVAL", "STATUSES", "MetricsFile", "Tenants", "check_metrics_path",
@@ -82,15 +81,14 @@ def check_metrics_path(path: Path, name: str = "--metrics-file",
 
 def read_last_success(path: Path) -> dict[str, float]:
     """Each command's last-success timestamp in the previous textfile at ``path``
-    (empty when there is none, it is a link, or it does not parse)."""
+    (empty when there is none, it is a link, symbolic or hard, or it does not parse)."""
     try:
-        # O_NONBLOCK: a FIFO planted there since the check must not hang the run's end
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+        # Non-blocking, one name: a FIFO planted there since the check must not hang the
+        # run's end, and a hard link's numbers are another file's, not our last run's.
+        fd = open_ours(path)
+    except (OSError, SinkError):
         return {}
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return {}
         raw = fh.read(_MAX_PREVIOUS + 1)
     try:
         families = list(text_string_to_metric_families(raw[:_MAX_PREVIOUS].decode()))

@@ -155,11 +155,12 @@ class PartFile:
 
 
 
-def iter_lines(path: Path, *, compressed: bool = False, torn: bool = False
-               ) -> Iterator[bytes]:
+def iter_lines(path: Path, *, compressed: bool = False, torn: bool = False,
+               shared: bool = False) -> Iterator[bytes]:
     """Complete lines of an NDJSON file (``.gz`` multi-member aware); with ``torn``, a
-    last line without its newline too (for a reader that must not skip it)."""
-    with disk_errors(path), os.fdopen(open_ours(path), "rb") as raw:
+    last line without its newline too (for a reader that must not skip it); ``shared``
+    allows a hard-linked file (a source the user names, never one of ours)."""
+    with disk_errors(path), os.fdopen(open_ours(path, shared=shared), "rb") as raw:
         fh: Any = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         for line in fh:
             if torn or line.endswith(b"\n"):

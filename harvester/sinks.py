@@ -156,18 +156,27 @@ def _kind(mode: int) -> str:
     return "not a plain file"
 
 
-def open_ours(path: Path | str, flags: int = os.O_RDONLY) -> int:
+def open_ours(path: Path | str, flags: int = os.O_RDONLY, *, shared: bool = False) -> int:
     """Open an existing file of ours (``flags``: ``O_RDONLY`` or ``O_RDWR``), never through
     a link and never blocking on a FIFO; raise :class:`UnsafePath` (one line naming the
-    file) unless the opened file is a regular file with exactly one name."""
+    file) unless the opened file is a regular file with exactly one name (any number with
+    ``shared``: for reading a source the user names, which may be a hard-linked copy)."""
     fd = os.open(path, flags | _OPEN_OURS)
-    why = not_ours(os.fstat(fd))
+    st = os.fstat(fd)
+    why = not_ours(st) if not (shared and stat.S_ISREG(st.st_mode)) else None
     if why is not None:
         os.close(fd)
         raise UnsafePath(f"refusing to use {path}: {why} (remove it, or rerun with "
                          "--restart)")
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return fd
+
+
+def read_ours(path: Path | str) -> bytes:
+    """The bytes of a small file of ours (see :func:`open_ours`; raises OSError or
+    :class:`UnsafePath`)."""
+    with os.fdopen(open_ours(path), "rb") as fh:
+        return fh.read()
 
 
 def open_existing(path: Path) -> int:

@@ -28,7 +28,14 @@ from harvester.errors import SinkError, StateError, UnsafePath
 from harvester.manifest import Manifest
 from harvester.outputs import clear_outputs, listed_catalogs
 from harvester.run import Phase
-from harvester.sinks import DIR_MODE, disk_errors, ensure_dir, fsync_dir, write_json_atomic
+from harvester.sinks import (
+    DIR_MODE,
+    disk_errors,
+    ensure_dir,
+    fsync_dir,
+    read_ours,
+    write_json_atomic,
+)
 from harvester.state import STATE_DIR, RunLock
 
 #: What a run writes in a snapshot's ``.state`` (besides its ``spool`` directory).
@@ -168,8 +175,8 @@ class Store:
         if not marker.exists():
             return None  # not started yet: the marker is written when the run starts
         try:
-            data = orjson.loads(marker.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            data = orjson.loads(read_ours(marker))
+        except (OSError, SinkError, orjson.JSONDecodeError):
             return "its record of the previous snapshot is unreadable"
         name = data.get("previous", "") if isinstance(data, dict) else ""
         if name is None:
@@ -186,7 +193,7 @@ class Store:
         if marker.exists():
             if (problem := self.marker_problem(snap)) is not None:
                 raise StateError(f"{snap}: {problem}")
-            name = orjson.loads(marker.read_bytes())["previous"]
+            name = orjson.loads(read_ours(marker))["previous"]
             return self.snapshots / name if name else None
         prev = self.latest()
         write_json_atomic(marker, {"previous": prev.name if prev else None}, private=True,

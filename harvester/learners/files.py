@@ -20,7 +20,7 @@ import orjson
 
 from harvester.errors import ConfigError, SinkError
 from harvester.partfile import sha256_file
-from harvester.sinks import PART, disk_errors, fsync_dir
+from harvester.sinks import PART, disk_errors, fsync_dir, is_ours, read_ours
 
 __all__ = ["CSV_NAME", "LEARNERS_DIR", "MANIFEST_NAME", "NDJSON_NAME", "STAGING_DIR",
            "check_out", "clear_enterprise", "files_intact", "previous_manifest", "private_dir",
@@ -93,11 +93,11 @@ def previous_manifest(root: Path) -> dict[str, Any] | None:
     """The published export's manifest, or None (none, unreadable, or not ours: then
     nothing of the previous export can be vouched for)."""
     path = root / MANIFEST_NAME
-    if path.is_symlink() or not path.is_file():
+    if not is_ours(path):  # a link (symbolic or hard), a FIFO...: never read
         return None
     try:
-        data = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        data = orjson.loads(read_ours(path))
+    except (OSError, SinkError, orjson.JSONDecodeError):
         return None
     ok = isinstance(data, dict) and isinstance(data.get("enterprises"), dict)
     return data if ok else None
@@ -110,7 +110,7 @@ def files_intact(directory: Path, files: Mapping[str, Any]) -> bool:
         return False
     for name, info in files.items():
         path = directory / name
-        if path.is_symlink() or not path.is_file() or not isinstance(info, dict):
+        if not is_ours(path) or not isinstance(info, dict):
             return False
         if sha256_file(path) != info.get("sha256"):
             return False

@@ -22,7 +22,14 @@ from typing import Any, Final, Protocol
 
 import orjson
 
-from harvester.errors import AuthError, ConfigError, HarvestError, StateError, UnsafePath
+from harvester.errors import (
+    AuthError,
+    ConfigError,
+    HarvestError,
+    SinkError,
+    StateError,
+    UnsafePath,
+)
 from harvester.obs import REDACTOR, TENANT, event
 from harvester.run import (
     EXIT_OK,
@@ -33,7 +40,7 @@ from harvester.run import (
     SyncResult,
     now_iso,
 )
-from harvester.sinks import ensure_dir, write_json_atomic
+from harvester.sinks import ensure_dir, read_ours, write_json_atomic
 from harvester.tenants import DEFAULT_SOURCE, Tenant, summary, tenant_dirname, worst_exit
 
 __all__ = ["TenantOutcome", "TenantRun", "TenantWork", "TenantsResult"]
@@ -105,8 +112,8 @@ _STATUS_EXIT: Final = {"complete": EXIT_OK, "partial": EXIT_PARTIAL}
 def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object written by an earlier run, or ``{}`` (missing, unreadable, not one)."""
     try:
-        data = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        data = orjson.loads(read_ours(path))
+    except (OSError, SinkError, orjson.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -43,12 +43,13 @@ from typing import Any, Final
 
 import orjson
 
-from harvester.errors import PublishError
+from harvester.errors import PublishError, SinkError
 from harvester.learners.files import CSV_NAME, NDJSON_NAME
 from harvester.outputs import CATALOG_FILES, TOP_FILES, catalog_dirname, is_catalog_dirname
 from harvester.publish.mirror import INDEX_NAME, MANIFEST_NAME, guard, publish_dir
 from harvester.publish.target import PublishReport, Target, check_target
 from harvester.run import RunResult, SyncResult
+from harvester.sinks import read_ours
 
 __all__ = ["INDEX_NAME", "LATEST_NAME", "PublishReport", "Target", "check_target",
            "publish_night", "publish_result", "publish_snapshot", "publish_tenants"]
@@ -102,7 +103,7 @@ def publish_tenants(target: Target | None, *, kind: str, root: Path, summary: st
     for dirname, result in sorted(finished.items()):
         add(_publish_tenant(target, kind, root, dirname, result))
     if (root / summary).is_file():
-        data = (root / summary).read_bytes()
+        data = read_ours(root / summary)
         guard(target, f"uploading {summary}",
                lambda: _summary_report(target, summary, data))
         total.uploaded += 1
@@ -139,8 +140,8 @@ def _harvest_files(root: Path) -> Callable[[PurePosixPath], bool]:
     a ``.gz`` name in a plain run, a ``catalog=<uuid>`` directory the run never wrote) is
     not named there, so it is never published; learner data never is either."""
     try:
-        manifest = orjson.loads((root / MANIFEST_NAME).read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
+        manifest = orjson.loads(read_ours(root / MANIFEST_NAME))
+    except (OSError, SinkError, orjson.JSONDecodeError) as exc:
         raise PublishError(f"cannot read {root / MANIFEST_NAME}: {exc}") from None
     names = {MANIFEST_NAME}
     if isinstance(manifest, dict):

@@ -20,6 +20,7 @@ import orjson
 from harvester.errors import PublishError
 from harvester.obs import event
 from harvester.publish.target import PublishReport, Target
+from harvester.sinks import open_ours
 
 __all__ = ["INDEX_NAME", "MANIFEST_NAME", "guard", "publish_dir"]
 
@@ -74,7 +75,7 @@ def _local_files(root: Path, include: Callable[[PurePosixPath], bool]) -> list[_
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    with os.fdopen(open_ours(path, shared=True), "rb") as fh:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()

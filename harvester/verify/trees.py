@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
 
 from harvester.errors import ConfigError
+from harvester.sinks import open_ours
 
 __all__ = ["FsspecTree", "LocalTree", "Tree", "open_tree"]
 
@@ -68,8 +69,8 @@ class LocalTree:
         return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
 
     def open(self, rel: str) -> IO[bytes]:
-        fd = os.open(self.root / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        return os.fdopen(fd, "rb")
+        # Never blocks on a FIFO planted since the walk; a hard-linked copy may be checked.
+        return os.fdopen(open_ours(self.root / rel, shared=True), "rb")
 
     def files(self, rel: str) -> Iterator[str]:
         with os.scandir(self.root / rel) as it:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from harvester.errors import StateError
+from harvester.metrics import MetricsFile, read_last_success
 from harvester.pipeline import Harvest
 from harvester.state import Ledger, RunLock
 from tests.conftest import SimStarter, settings_for
@@ -150,3 +151,19 @@ def test_a_hard_link_at_the_lock_or_ledger_is_refused(tmp_path: Path, name: str)
     with pytest.raises(StateError, match="hard link"):
         RunLock(out).acquire() if name == "lock" else Ledger(out)
     assert outside.read_bytes() == b""
+
+
+def test_a_hard_linked_metrics_file_is_neither_read_nor_written_through(
+        tmp_path: Path) -> None:
+    path = tmp_path / "m.prom"
+    clock = iter([100.0, 200.0, 300.0, 400.0]).__next__
+    MetricsFile(path, "sync", clock=clock).finish("complete", {})  # last success: 200
+    outside = tmp_path / OUTSIDE
+    outside.write_bytes(path.read_bytes().replace(b" 200.0", b" 999.0"))
+    path.unlink()
+    os.link(outside, path)
+    before = outside.read_bytes()
+    assert read_last_success(path) == {}  # another file's numbers are not our last run's
+    MetricsFile(path, "sync", clock=clock).finish("partial", {})
+    assert outside.read_bytes() == before and outside.stat().st_nlink == 1
+    assert path.stat().st_nlink == 1 and b"999" not in path.read_bytes()
