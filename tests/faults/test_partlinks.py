@@ -25,6 +25,7 @@ import pytest
 from harvester.errors import StateError
 from harvester.metrics import MetricsFile, read_last_success
 from harvester.pipeline import Harvest
+from harvester.sim import SimServer
 from harvester.state import Ledger, RunLock
 from tests.conftest import SimStarter, settings_for
 from tests.integration.test_resume import spawn, wait_for
@@ -65,7 +66,7 @@ def plant(path: Path, how: str, tmp: Path) -> Path | None:
     return outside
 
 
-async def killed_mid_run(start_sim: SimStarter, tmp: Path) -> tuple[object, Path, Path]:
+async def killed_mid_run(start_sim: SimStarter, tmp: Path) -> tuple[SimServer, Path, Path]:
     """A run killed by SIGKILL during details; its tracked ``courses.ndjson.part``."""
     srv = await start_sim(catalogs=2, items=150, latency_ms=2)
     out = tmp / "out"
@@ -86,7 +87,7 @@ async def test_a_tracked_part_that_is_not_ours_is_refused(
     srv, out, part = await killed_mid_run(start_sim, tmp_path)
     outside = plant(part, how, tmp_path)
     before = outside.read_bytes() if outside else b""
-    code, err = await finish(await spawn(srv, out, tmp_path))  # type: ignore[arg-type]
+    code, err = await finish(await spawn(srv, out, tmp_path))
     line = one_line(err)
     assert code == 2 and str(part.name) in line, err
     assert ("hard link" if how == "hardlink" else "FIFO") in line, line
@@ -94,7 +95,7 @@ async def test_a_tracked_part_that_is_not_ours_is_refused(
         assert outside.read_bytes() == before and outside.stat().st_nlink == 2
 
 
-async def partial_run(start_sim: SimStarter, tmp: Path) -> tuple[object, Path]:
+async def partial_run(start_sim: SimStarter, tmp: Path) -> tuple[SimServer, Path]:
     """A finished run that ended partial (permanent 404s): a rerun reopens its files."""
     srv = await start_sim(catalogs=2, items=60, seed=4, detail_404_rate=0.2,
                           detail_404_mode="permanent")
@@ -111,7 +112,7 @@ async def test_a_committed_catalog_file_that_is_not_ours_is_not_reopened(
     final = sorted(out.glob("catalog=*/courses.ndjson"))[0]
     outside = plant(final, how, tmp_path)
     before = outside.read_bytes() if outside else b""
-    code, err = await finish(await spawn(srv, out, tmp_path))  # type: ignore[arg-type]
+    code, err = await finish(await spawn(srv, out, tmp_path))
     line = one_line(err)
     assert code == 2 and "courses.ndjson" in line, err
     if outside is not None:
@@ -123,7 +124,7 @@ async def test_a_fifo_at_errors_part_is_replaced_not_read(
         start_sim: SimStarter, tmp_path: Path) -> None:
     srv, out = await partial_run(start_sim, tmp_path)
     os.mkfifo(out / "errors.ndjson.part")
-    code, err = await finish(await spawn(srv, out, tmp_path))  # type: ignore[arg-type]
+    code, err = await finish(await spawn(srv, out, tmp_path))
     assert code == 3, err  # still partial: the permanent 404s are retried from the ledger
     assert (out / "errors.ndjson").is_file() and not (out / "errors.ndjson.part").exists()
     assert (out / "errors.ndjson").read_bytes().count(b"\n") > 0
@@ -136,7 +137,7 @@ async def test_a_fifo_at_the_manifest_of_a_complete_run_does_not_block(
     assert (await Harvest(settings_for(srv, out)).run()).exit_code == 0
     (out / "manifest.json").unlink()
     os.mkfifo(out / "manifest.json")
-    code, err = await finish(await spawn(srv, out, tmp_path))  # type: ignore[arg-type]
+    code, err = await finish(await spawn(srv, out, tmp_path))
     assert code == 0, err
 
 
