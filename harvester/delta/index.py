@@ -86,15 +86,16 @@ class SnapshotIndex:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         try:
+            # SQLite follows links and blocks on a FIFO: never open one planted in place
+            # of ours (nor a hard link, which is another file too).
+            names = ("",) if readonly else ("", "-wal", "-shm", "-journal")
+            link = planted_link(*(path.with_name(path.name + s) for s in names))
+            if link is not None:
+                raise UnsafePath(f"refusing to use {link}: a symbolic link, a hard link or "
+                                 "not a regular file")
             if readonly:
                 self._db = sqlite3.connect(_readonly_uri(path), uri=True)
             else:
-                # SQLite follows links: never open one planted in place of ours.
-                link = planted_link(*(path.with_name(path.name + s)
-                                      for s in ("", "-wal", "-shm", "-journal")))
-                if link is not None:
-                    raise UnsafePath(f"refusing to use {link}: a symbolic link or not a "
-                                     "regular file")
                 self._db = sqlite3.connect(path, isolation_level=None)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.executescript(_INDEX_SCHEMA)
