@@ -197,8 +197,8 @@ def _committed(final: Path) -> bool:
     except FileNotFoundError:
         return False
     if why is not None:
-        raise UnsafePath(f"refusing to reopen {final}: {why} (remove it and rerun with "
-                         "--restart)")
+        raise UnsafePath(f"refusing to reopen {final}: {why}; rerun with --restart to "
+                         "start over")
     return True
 
 

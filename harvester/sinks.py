@@ -156,18 +156,19 @@ def _kind(mode: int) -> str:
     return "not a plain file"
 
 
-def open_ours(path: Path | str, flags: int = os.O_RDONLY, *, shared: bool = False) -> int:
+def open_ours(path: Path | str, flags: int = os.O_RDONLY, *, shared: bool = False,
+              hint: str = "") -> int:
     """Open an existing file of ours (``flags``: ``O_RDONLY`` or ``O_RDWR``), never through
     a link and never blocking on a FIFO; raise :class:`UnsafePath` (one line naming the
     file) unless the opened file is a regular file with exactly one name (any number with
-    ``shared``: for reading a source the user names, which may be a hard-linked copy)."""
+    ``shared``: for reading a source the user names, which may be a hard-linked copy);
+    ``hint`` ends that line."""
     fd = os.open(path, flags | _OPEN_OURS)
     st = os.fstat(fd)
     why = not_ours(st) if not (shared and stat.S_ISREG(st.st_mode)) else None
     if why is not None:
         os.close(fd)
-        raise UnsafePath(f"refusing to use {path}: {why} (remove it, or rerun with "
-                         "--restart)")
+        raise UnsafePath(f"refusing to use {path}: {why}{hint}")
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return fd
 
@@ -180,8 +181,8 @@ def read_ours(path: Path | str) -> bytes:
 
 
 def open_existing(path: Path) -> int:
-    """Reopen a file of ours read-write (see :func:`open_ours`)."""
-    return open_ours(path, os.O_RDWR)
+    """Reopen a file of ours read-write to resume it (see :func:`open_ours`)."""
+    return open_ours(path, os.O_RDWR, hint="; rerun with --restart to start over")
 
 
 def is_ours(path: Path | str) -> bool:
