@@ -24,7 +24,7 @@ from harvester.models import key_digest
 from harvester.outputs import ITEM_TYPES
 from harvester.partfile import iter_lines
 from harvester.run import CatalogState, Phase
-from harvester.sinks import disk_errors, fsync_dir, open_existing
+from harvester.sinks import disk_errors, fsync_dir, is_ours, open_existing
 from harvester.state import Checkpoint, Ledger
 from harvester.writer import Writer
 
@@ -68,7 +68,7 @@ def _plan_one(writer: Writer, cs: CatalogState, cp: Checkpoint,
         part, final = writer.part_path(key), writer.path_for(key)
         src = part if os.path.lexists(part) else final
         keep = mark[rel][1] if rel in mark else 0
-        ours = src.is_file() and not src.is_symlink()
+        ours = is_ours(src)  # a symbolic or hard link, a FIFO...: never read, dropped
         if ours:
             for n, line in enumerate(iter_lines(src, compressed=writer.compress)):
                 if n >= keep:
@@ -95,7 +95,7 @@ def _cut_one(writer: Writer, cs: CatalogState) -> None:
         writer.release(key)
         part = writer.part_path(key)
         with disk_errors(part):
-            if rel in mark and part.is_file() and not part.is_symlink():
+            if rel in mark and is_ours(part):
                 fd = open_existing(part)
                 try:
                     os.ftruncate(fd, mark[rel][0])
