@@ -22,11 +22,11 @@ from typing import Any
 from harvester.errors import StateError
 from harvester.outputs import ITEM_NAMES, catalog_dirname
 from harvester.partfile import sha256_file
-from harvester.run import read_json
+from harvester.run import Phase, read_json
 from harvester.sinks import PART, disk_errors, fsync_dir
-from harvester.state import Ledger
+from harvester.state import STATE_DIR, Ledger
 
-__all__ = ["Damage", "check_finished", "drop_item_files"]
+__all__ = ["Damage", "check_committed", "check_finished", "drop_item_files"]
 
 #: The top files a finished run's manifest describes (besides itself).
 _TOP = ("catalogs.ndjson", "errors.ndjson")
@@ -93,18 +93,35 @@ def check_finished(out: Path, ledger: Ledger) -> Damage:
         if manifest is not None and (not isinstance(entry, dict)
                                      or entry.get("files") != recorded):
             found.problems.append(f"manifest.json misdescribes catalog {uuid}")
-        where = _catalog_dir(out, uuid)
-        bad = [f"{name} {why}" for name, file_info in recorded.items()
-               if (why := _mismatch(where / name, file_info)) is not None]
-        # A link of one of our names that the run never wrote (a user's plain file of
-        # such a name is theirs, and stays).
-        bad += [f"{name} a symbolic link" for name in sorted(ITEM_NAMES - set(recorded))
-                if (where / name).is_symlink()]
-        if bad:
-            found.problems += [f"{catalog_dirname(uuid)}/{b}" for b in bad]
-            found.redo[uuid] = set(recorded) | {
-                n for n in ITEM_NAMES if (where / n).is_symlink()}
+        _check_catalog(out, uuid, recorded, found)
     return found
+
+
+def check_committed(out: Path, ledger: Ledger) -> Damage:
+    """Compare the committed catalogs of an unfinished or partial run with its ledger: a
+    rerun must not report ``complete`` over a committed file it lost, nor append the
+    items it refetches to a file that is gone or changed. Catalogs not committed yet are
+    the writer's (their ``.part`` files are checked when reopened)."""
+    found = Damage()
+    for uuid, _, phase, info in ledger.catalogs():
+        if phase == Phase.DONE:
+            _check_catalog(out, uuid, info.get("files") or {}, found)
+    return found
+
+
+def _check_catalog(out: Path, uuid: str, recorded: Mapping[str, Any], found: Damage) -> None:
+    """Add to ``found`` what of a committed catalog's item files is not as recorded."""
+    where = _catalog_dir(out, uuid)
+    bad = [f"{name} {why}" for name, file_info in recorded.items()
+           if (why := _mismatch(where / name, file_info)) is not None]
+    # A link of one of our names that the run never wrote (a user's plain file of
+    # such a name is theirs, and stays).
+    bad += [f"{name} a symbolic link" for name in sorted(ITEM_NAMES - set(recorded))
+            if (where / name).is_symlink()]
+    if bad:
+        found.problems += [f"{catalog_dirname(uuid)}/{b}" for b in bad]
+        found.redo[uuid] = set(recorded) | {
+            n for n in ITEM_NAMES if (where / n).is_symlink()}
 
 
 def drop_item_files(out: Path, redo: Mapping[str, Iterable[str]]) -> None:
@@ -119,3 +136,9 @@ def drop_item_files(out: Path, redo: Mapping[str, Iterable[str]]) -> None:
                     path.unlink(missing_ok=True)
         if where.is_dir():
             fsync_dir(where)
+        # A partial run keeps its listings: the catalog is listed afresh, so its spool
+        # goes too (else its lines would count as already seen, and never be written).
+        spool = out / STATE_DIR / "spool" / f"{catalog_dirname(uuid)}.ndjson"
+        for path in (spool, spool.with_name(spool.name + PART)):
+            with disk_errors(path):
+                path.unlink(missing_ok=True)

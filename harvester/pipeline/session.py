@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ import orjson
 from harvester import __version__
 from harvester.config import Settings
 from harvester.errors import StateError
-from harvester.intact import check_finished, drop_item_files
+from harvester.intact import Damage, check_committed, check_finished, drop_item_files
 from harvester.manifest import CatalogEntry, Manifest, Totals
 from harvester.messages import ERRORS_KEY, FileKey
 from harvester.models import Catalog
@@ -88,6 +89,7 @@ class RunSession:
         """Start or resume the run; a result when there is nothing to do."""
         ledger = self.ledger
         fp = fingerprint(self.settings, self._extra)
+        checked = False  # whether the committed output was compared with the ledger
         if self.restart:
             known = self._known_catalogs()
             ledger.reset()
@@ -95,7 +97,8 @@ class RunSession:
         elif ledger.is_empty():
             self._refuse_leftovers()
         elif ledger.meta("status") == "complete" and ledger.meta("fingerprint") == fp:
-            if not self._damaged():
+            checked = True
+            if not self._damaged(check_finished):
                 return RunResult("complete", EXIT_OK, self.out,
                                  read_json(self.out / "manifest.json"),
                                  f"{self.out} already holds a complete harvest "
@@ -112,14 +115,17 @@ class RunSession:
         if ledger.is_empty():
             self._start(fp)
         else:
+            if not checked:  # every rerun: never build on committed output it lost
+                self._damaged(check_committed)
             self._resume()
         return None
 
-    def _damaged(self) -> bool:
-        """A complete run is answered "nothing to do" only if its output is still what
-        the ledger says: else this session rebuilds the top files from the ledger and
-        harvests again the catalogs whose files are missing, changed or links."""
-        found = check_finished(self.out, self.ledger)
+    def _damaged(self, check: Callable[[Path, Ledger], Damage]) -> bool:
+        """A complete run is answered "nothing to do", and a rerun's committed catalogs
+        are kept, only if their output is still what the ledger says: else this session
+        rebuilds the top files from the ledger and harvests again the catalogs whose
+        files are missing, changed or links."""
+        found = check(self.out, self.ledger)
         if not found:
             return False
         event("harvest.repair", out=str(self.out), problems="; ".join(found.problems[:5]),
