@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harvester.errors import StateError
+from harvester.errors import StateError, UnsafePath
 from harvester.outputs import ITEM_NAMES, catalog_dirname
 from harvester.partfile import sha256_file
 from harvester.run import Phase, read_json
@@ -101,11 +101,23 @@ def check_committed(out: Path, ledger: Ledger) -> Damage:
     """Compare the committed catalogs of an unfinished or partial run with its ledger: a
     rerun must not report ``complete`` over a committed file it lost, nor append the
     items it refetches to a file that is gone or changed. Catalogs not committed yet are
-    the writer's (their ``.part`` files are checked when reopened)."""
+    the writer's (their ``.part`` files are checked when reopened).
+
+    A committed file that is a link or no regular file is refused (:class:`UnsafePath`),
+    as when a rerun reopens one: the run counts on its lines."""
     found = Damage()
     for uuid, _, phase, info in ledger.catalogs():
-        if phase == Phase.DONE:
-            _check_catalog(out, uuid, info.get("files") or {}, found)
+        if phase != Phase.DONE:
+            continue
+        recorded = info.get("files") or {}
+        for name in recorded:
+            path = _catalog_dir(out, uuid) / name
+            why = _mismatch(path, None)
+            if why in ("a symbolic link", "not a regular file"):
+                raise UnsafePath(f"refusing to build on {path}: {why} where the run "
+                                 "committed a file; remove it, or rerun with --restart to "
+                                 "start over")
+        _check_catalog(out, uuid, recorded, found)
     return found
 
 
