@@ -29,7 +29,7 @@ from harvester.state import Checkpoint, Ledger
 from harvester.writer import Writer
 
 
-def _items(writer: Writer, catalog: str) -> list[tuple[FileKey, str]]:
+def items(writer: Writer, catalog: str) -> list[tuple[FileKey, str]]:
     """A catalog's item file keys, with their ``.part`` path relative to OUT."""
     keys: list[FileKey] = [("out", catalog, t) for t in ITEM_TYPES]
     return [(k, str(writer.part_path(k).relative_to(writer.out))) for k in keys]
@@ -39,7 +39,7 @@ def carry_mark(ledger: Ledger, writer: Writer, catalog: str) -> dict[str, list[i
     """The committed ``[size, lines]`` of the catalog's item files now (after a Barrier):
     a file with none of its lines yet has no entry."""
     tracked = ledger.files()
-    return {rel: list(tracked[rel]) for _, rel in _items(writer, catalog) if rel in tracked}
+    return {rel: list(tracked[rel]) for _, rel in items(writer, catalog) if rel in tracked}
 
 
 def to_cut(catalogs: list[CatalogState]) -> list[CatalogState]:
@@ -64,7 +64,7 @@ def _plan_one(writer: Writer, cs: CatalogState, cp: Checkpoint,
               forget: list[str]) -> list[tuple[str, int]]:
     mark = cs.carried_from or {}
     undone: list[tuple[str, int]] = []
-    for key, rel in _items(writer, cs.uuid):
+    for key, rel in items(writer, cs.uuid):
         part, final = writer.part_path(key), writer.path_for(key)
         src = part if os.path.lexists(part) else final
         keep = mark[rel][1] if rel in mark else 0
@@ -91,7 +91,7 @@ def cut(writer: Writer, cuts: list[CatalogState]) -> None:
 
 def _cut_one(writer: Writer, cs: CatalogState) -> None:
     mark = cs.carried_from or {}
-    for key, rel in _items(writer, cs.uuid):
+    for key, rel in items(writer, cs.uuid):
         writer.release(key)
         part = writer.part_path(key)
         with disk_errors(part):

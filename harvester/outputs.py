@@ -65,7 +65,8 @@ ITEM_NAMES: Final = frozenset(f"{stem}{ext}" for stem in ITEM_STEMS
 #: Every file a harvest writes in a catalog directory: the item files (plain or gzip) and
 #: the change feed, each also as its ``.part``. Nothing else there is ours.
 CATALOG_FILES: Final = frozenset(f"{name}{part}" for name in ITEM_NAMES for part in ("", PART)
-                                 ) | {"changes.ndjson", "changes.ndjson" + PART}
+                                 ) | {"changes.ndjson", "changes.ndjson" + PART} | {
+    f".{name}{PART}.tmp" for name in ITEM_NAMES}  # a rewrite's (harvester.stalecut)
 #: What a harvest writes at the top of OUT (besides catalog directories and ``.state``).
 TOP_FILES: Final = ("manifest.json", ".manifest.json.tmp", "catalogs.ndjson",
                     "errors.ndjson", "catalogs.ndjson.part", "errors.ndjson.part",

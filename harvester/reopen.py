@@ -10,7 +10,9 @@ again:
   what is already spooled counts as seen, so only items not found yet are added); a sync's
   failed catalog too when its previous records were carried forward: those lines are no
   work done, so they are cut from its files and every item is decided again;
-* ``detail_failed``, ``not_found``: the item's detail is fetched again.
+* ``detail_failed``, ``not_found``: the item's detail is fetched again; a sync's record
+  kept stale for it is no work done either: its line is cut from its file first (see
+  :mod:`harvester.stalecut`).
 
 Those lines are dropped here, and the retried work writes them again if it still fails:
 so no line stays for work that succeeded, and none is duplicated. Lines that describe the
@@ -40,6 +42,7 @@ from harvester.outputs import ITEM_TYPES
 from harvester.partfile import iter_lines, recover_tail
 from harvester.run import CatalogState, Phase
 from harvester.sinks import disk_errors, fsync_dir, is_ours, not_ours
+from harvester.stalecut import PENDING, finish_cut, rewrite_stale
 from harvester.state import Checkpoint, Ledger
 from harvester.writer import Writer
 
@@ -92,10 +95,8 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
     known = {cs.uuid for cs in catalogs}
     relist = {cs.uuid for cs in catalogs if cs.phase == Phase.FAILED} | redo
     refetch = _failed_work(lines, known, relist)
-    for cat, digests in refetch.items():
-        # An item with a line in the output (a record kept stale) stays as it is, and so
-        # does its error line: fetching it again would write it twice.
-        digests -= _written(writer, cat, digests)
+    cp = Checkpoint.empty()
+    renames = _unwrite(writer, catalogs, refetch, cp)
     errors_part = writer.part_path(ERRORS_KEY)
     errors_rel = str(errors_part.relative_to(out))
     forget: list[str] = []
@@ -106,7 +107,6 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
                 relist.add(cat)
                 forget.append(str(spool.relative_to(out)))
     kept = _kept(lines, relist, refetch)
-    cp = Checkpoint.empty()
     cp.errors = [row for line in kept for row in error_rows(line)]
     if is_ours(errors_part):
         # All of it is in the ledger now: a session dying before the rewrite below must
@@ -125,7 +125,8 @@ def reopen_failures(out: Path, ledger: Ledger, writer: Writer, catalogs: list[Ca
     cuts = to_cut(catalogs)
     undone = [(c, d) for c, ds in refetch.items() for d in ds]
     ledger.reopen(relist=relist, undone=undone + plan_cut(writer, cuts, cp, forget),
-                  forget=forget, cp=cp)
+                  forget=forget, cp=cp, meta={PENDING: renames})
+    finish_cut(ledger, writer)
     for final, part in moves:
         with disk_errors(final):
             os.replace(final, part)
@@ -158,6 +159,19 @@ def _failed_work(lines: list[bytes], known: set[str], relist: set[str]
     return refetch
 
 
+def _unwrite(writer: Writer, catalogs: list[CatalogState], refetch: dict[str, set[int]],
+             cp: Checkpoint) -> str:
+    """Of the items to fetch again, those with a line in the output: a record kept stale
+    is failed work, so its line goes (the file rewritten without it, planned in ``cp``;
+    the renames to do are returned) and the item is fetched again. One with a fresh line
+    stays as it is, and so does its error line: fetching it again would write it twice."""
+    carried = {cs.uuid for cs in catalogs if cs.carried_from is not None}
+    renames = rewrite_stale(writer, refetch, carried, cp)
+    for cat in carried & set(refetch):  # their lines up to the mark stay as written
+        refetch[cat] -= _written(writer, cat, refetch[cat])
+    return renames
+
+
 def _reset(cs: CatalogState, *, relist: bool) -> None:
     """Put a catalog back to the phase that redoes its failed work."""
     if relist:
@@ -174,16 +188,18 @@ def _reset(cs: CatalogState, *, relist: bool) -> None:
 
 def _reopen_files(writer: Writer, catalog: str, cp: Checkpoint) -> list[tuple[Path, Path]]:
     """The committed item files of a catalog that must take more lines: tracked at their
-    committed size, to be renamed back to ``.part``."""
+    committed size, to be renamed back to ``.part`` (unless already planned in ``cp``:
+    rewritten without stale lines)."""
     moves: list[tuple[Path, Path]] = []
     for ctype in ITEM_TYPES:
         key: FileKey = ("out", catalog, ctype)
         final, part = writer.path_for(key), writer.part_path(key)
-        if _committed(final) and not os.path.lexists(part):
+        rel = str(part.relative_to(writer.out))
+        if rel not in cp.files and _committed(final) and not os.path.lexists(part):
             lines = sum(1 for _ in iter_lines(final, compressed=writer.compress))
             with disk_errors(final):
                 size = final.stat().st_size
-            cp.files[str(part.relative_to(writer.out))] = (size, lines)
+            cp.files[rel] = (size, lines)
             moves.append((final, part))
     return moves
 

@@ -262,11 +262,13 @@ class Ledger:
             self._db.execute("DELETE FROM files WHERE path=?", (rel,))
 
     def reopen(self, *, relist: Iterable[str], undone: Iterable[tuple[str, int]],
-               forget: Iterable[str], cp: Checkpoint) -> None:
+               forget: Iterable[str], cp: Checkpoint,
+               meta: dict[str, str] | None = None) -> None:
         """Make failed work to do again, in one transaction: forget the walks and pages of
         the catalogs to list again, the done marks of the items to fetch again, the
         files in ``forget`` and every error line, and record ``cp`` (new phases and
-        counters, the files reopened for appending, the error lines that stay).
+        counters, the files reopened for appending, the error lines that stay) and
+        ``meta`` (run-level values, such as file work still to finish).
 
         Call before anything that loses the record of those failures (the old error
         lines), so a crash in between only makes the next session do it again.
@@ -279,6 +281,8 @@ class Ledger:
             self._db.executemany("DELETE FROM files WHERE path=?", ((p,) for p in forget))
             self._db.execute("DELETE FROM errors")
             self._record(cp)
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                 (meta or {}).items())
 
     def redo_catalogs(self, catalogs: Iterable[str], forget: Iterable[str]) -> None:
         """A finished run whose output lost files: these catalogs start over (their

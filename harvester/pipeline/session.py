@@ -41,6 +41,7 @@ from harvester.run import (
     read_json,
 )
 from harvester.sinks import clear_dir, disk_errors, encode_line, write_json_atomic
+from harvester.stalecut import finish_cut
 from harvester.state import STATE_DIR, Ledger, RunLock
 from harvester.writer import Writer
 
@@ -182,6 +183,7 @@ class RunSession:
         for cs in catalogs:
             keys.append(("spool", cs.uuid))
             keys.extend(("out", cs.uuid, t) for t in ITEM_TYPES)
+        finish_cut(self.ledger, writer)  # a killed session's rewrites, before any reopen
         writer.reopen_tracked(keys)
         if self.resumed:
             # Every rerun retries what failed before, and drops those error lines first.

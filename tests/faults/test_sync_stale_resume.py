@@ -26,6 +26,7 @@ from harvester.delta import SyncOptions
 from harvester.pipeline import Harvest
 from harvester.run import CatalogState, Phase
 from harvester.sim import SimServer
+from harvester.writer import Writer
 from tests.conftest import SimStarter, settings_for
 from tests.faults.test_lifecycle import (
     assert_errors_describe_output,
@@ -36,7 +37,6 @@ from tests.faults.test_lifecycle import (
 )
 from tests.faults.test_sync_kill import NIGHT1, NIGHT2, feed, hold_at, post, stale_lines
 from tests.integration.helpers import fetch_json, truth
-
 
 
 async def night_with_stale(start_sim: SimStarter, tmp_path: Path, where: str, *,
@@ -82,7 +82,7 @@ def hold_after_done(harvest: Harvest, catalog: str) -> asyncio.Event:
             await emit.barrier()
             held.set()
             await asyncio.Event().wait()  # until cancelled: the kill
-    setattr(emit, "advance", advance)
+    emit.advance = advance
     return held
 
 
@@ -151,3 +151,32 @@ async def test_a_stale_detail_still_failing_on_resume_is_kept_stale_once(
     assert m["stale"] == {"items": len(failing), "catalogs": []}
     assert sorted(m["catalogs"][cat]["sync"]["stale_keys"]) == sorted(k for _, k in failing)
     assert_errors_describe_output(night2)
+
+
+@pytest.mark.parametrize("step", ["before_ledger", "before_renames"])
+async def test_a_resume_killed_while_it_rewrites_is_repeatable(
+        start_sim: SimStarter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        step: str) -> None:
+    """The rewrite is safe to interrupt: a resume killed once the temp files are written
+    but before the ledger knows (they are written again), or once the ledger knows but
+    before they are renamed over (the next session renames them first)."""
+    srv, night2, sync, _ = await night_with_stale(start_sim, tmp_path, "done", gz=True)
+    await post_config(srv, detail_403_keys=[])
+
+    def killed(*args: object) -> None:
+        next(a for a in args if isinstance(a, Writer)).close()  # as a kill closes them all
+        raise RuntimeError("killed mid-rewrite")
+
+    with monkeypatch.context() as patch:
+        # plan_cut comes just before the ledger learns of the rewrite, finish_cut after.
+        patch.setattr("harvester.reopen.plan_cut" if step == "before_ledger"
+                      else "harvester.reopen.finish_cut", killed)
+        with pytest.raises(RuntimeError, match="killed mid-rewrite"):
+            await resume(srv, night2, sync, gz=True)
+    assert list(night2.glob("catalog=*/.*.tmp")), "the kill came after a rewrite"
+    resumed = await resume(srv, night2, sync, gz=True)
+    assert (resumed.status, resumed.exit_code) == ("complete", 0)
+    assert stale_lines(night2) == []
+    await assert_each_listed_once(srv, night2)
+    assert errors(night2) == []
+    assert not list(night2.glob("catalog=*/.*.tmp"))
