@@ -163,7 +163,12 @@ def open_ours(path: Path | str, flags: int = os.O_RDONLY, *, shared: bool = Fals
     file) unless the opened file is a regular file with exactly one name (any number with
     ``shared``: for reading a source the user names, which may be a hard-linked copy);
     ``hint`` ends that line."""
-    fd = os.open(path, flags | _OPEN_OURS)
+    try:
+        fd = os.open(path, flags | _OPEN_OURS)
+    except OSError as exc:
+        if (why := unopenable(path, exc)) is not None:
+            raise UnsafePath(f"refusing to use {path}: {why}{hint}") from None
+        raise
     st = os.fstat(fd)
     why = not_ours(st) if not (shared and stat.S_ISREG(st.st_mode)) else None
     if why is not None:
@@ -171,6 +176,18 @@ def open_ours(path: Path | str, flags: int = os.O_RDONLY, *, shared: bool = Fals
         raise UnsafePath(f"refusing to use {path}: {why}{hint}")
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return fd
+
+
+def unopenable(path: Path | str, exc: OSError) -> str | None:
+    """Why ``open`` failed with ``exc`` if it is because the file at ``path`` is not ours:
+    ENXIO is what a socket (or a device with nothing behind it) gives, which is refused
+    like a FIFO there, never reported as a disk error a rerun would meet for ever."""
+    if exc.errno != errno.ENXIO:
+        return None
+    try:
+        return not_ours(os.lstat(path))
+    except OSError:
+        return None
 
 
 def read_ours(path: Path | str) -> bytes:

@@ -33,7 +33,7 @@ from typing import Any, Final
 import orjson
 
 from harvester.errors import SinkError, StateError
-from harvester.sinks import ensure_dir, not_ours, planted_link
+from harvester.sinks import ensure_dir, not_ours, planted_link, unopenable
 
 STATE_DIR: Final = ".state"
 SCHEMA_VERSION: Final = 1
@@ -113,6 +113,8 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
                          | os.O_CLOEXEC, 0o644)
         except OSError as exc:
+            if (why := unopenable(self.path, exc)) is not None:
+                raise StateError(f"refusing to use lock {self.path}: {why}") from None
             raise StateError(f"cannot create lock {self.path}: {exc.strerror}"
                              + (" (a symbolic link; refusing to follow it)"
                                 if exc.errno == errno.ELOOP else "")) from None

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -54,11 +55,24 @@ def one_line(err: str) -> str:
     return lines[0]
 
 
+def bind_socket(path: Path) -> None:
+    """Put a Unix socket at ``path`` (bound from its directory: a socket's address has
+    room for about 100 bytes, less than a pytest tmp path)."""
+    here = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(path.name)
+    finally:
+        os.chdir(here)
+
+
 def plant(path: Path, how: str, tmp: Path) -> Path | None:
-    """Replace ``path`` by a hard link to a copy outside OUT (returned), or by a FIFO."""
-    if how == "fifo":
+    """Replace ``path`` by a hard link to a copy outside OUT (returned), by a FIFO or by a
+    Unix socket."""
+    if how in ("fifo", "socket"):
         path.unlink()
-        os.mkfifo(path)
+        os.mkfifo(path) if how == "fifo" else bind_socket(path)
         return None
     outside = tmp / OUTSIDE / path.name
     outside.parent.mkdir(exist_ok=True)
@@ -94,18 +108,43 @@ def courses_tracked(out: Path) -> list[str]:
     return [r[0] for r in rows]
 
 
-@pytest.mark.parametrize("how", ["hardlink", "fifo"])
+KIND = {"hardlink": "hard link", "fifo": "FIFO", "socket": "a socket"}
+
+
+@pytest.mark.parametrize("how", ["hardlink", "fifo", "socket"])
 async def test_a_tracked_part_that_is_not_ours_is_refused(
         start_sim: SimStarter, tmp_path: Path, how: str) -> None:
+    """A socket cannot even be opened (ENXIO): still the same refusal, never "cannot
+    write ... rerun to resume", which no rerun would ever get past."""
     srv, out, part = await killed_mid_run(start_sim, tmp_path)
     outside = plant(part, how, tmp_path)
     before = outside.read_bytes() if outside else b""
     code, err = await finish(await spawn(srv, out, tmp_path))
     line = one_line(err)
     assert code == 2 and str(part.name) in line, err
-    assert ("hard link" if how == "hardlink" else "FIFO") in line, line
+    assert KIND[how] in line and "--restart" in line, line
     if outside is not None:
         assert outside.read_bytes() == before and outside.stat().st_nlink == 2
+
+
+async def test_a_socket_at_a_tracked_spool_part_is_refused(
+        start_sim: SimStarter, tmp_path: Path) -> None:
+    srv, out, _ = await killed_mid_run(start_sim, tmp_path)
+    spools = sorted((out / ".state" / "spool").glob("*.part"))
+    assert spools
+    plant(spools[0], "socket", tmp_path)
+    code, err = await finish(await spawn(srv, out, tmp_path))
+    line = one_line(err)
+    assert code == 2 and spools[0].name in line and "a socket" in line, err
+    assert "--restart" in line, line
+
+
+def test_a_socket_at_the_lock_is_refused_as_not_a_regular_file(tmp_path: Path) -> None:
+    state = tmp_path / "out" / ".state"
+    state.mkdir(parents=True)
+    bind_socket(state / "lock")
+    with pytest.raises(StateError, match="not a regular file \\(a socket\\)"):
+        RunLock(tmp_path / "out").acquire()
 
 
 async def partial_run(start_sim: SimStarter, tmp: Path) -> tuple[SimServer, Path]:
