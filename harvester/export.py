@@ -44,7 +44,7 @@ from harvester.delta import doc_id, safe_id
 from harvester.errors import ConfigError, SinkError
 from harvester.models import JSONDict
 from harvester.partfile import PartFile, iter_lines
-from harvester.sinks import encode_line
+from harvester.sinks import encode_line, resolved
 from harvester.userpath import refuse_special
 
 FORMATS: Final = ("es-bulk", "meili", "jsonl")
@@ -107,7 +107,7 @@ def events(source: Path, *, changes: bool) -> Iterator[Event]:
         yield from _feed(source)
         return
     if (source / "latest").is_symlink():  # a sync store: use its latest snapshot
-        source = (source / "latest").resolve()
+        source = resolved(source / "latest")
     if not (source / "manifest.json").exists():
         raise ConfigError(f"{source} is neither a finished snapshot nor a change feed "
                           "(no manifest.json)")
@@ -194,7 +194,7 @@ def check_out(out: Path, source: Path | None = None) -> None:
         raise ConfigError(f"--out: {out} is a directory; expected a file to write, e.g. "
                           f"{out / 'export.ndjson'}")
     refuse_special(out, "--out")
-    if source is not None and out.parent.resolve().is_relative_to(source.resolve()):
+    if source is not None and resolved(out.parent).is_relative_to(resolved(source)):
         raise ConfigError(f"--out: {out} is inside {source}, the output it exports; "
                           "name a file outside it")
 

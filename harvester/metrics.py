@@ -41,7 +41,7 @@ from harvester.models import CONTENT_TYPES
 from harvester.obs import REDACTOR, Stats, event
 from harvester.policy import Sleep
 from harvester.run import CatalogState, read_json
-from harvester.sinks import open_ours, write_bytes_atomic
+from harvester.sinks import open_ours, resolved, write_bytes_atomic
 from harvester.userpath import refuse_special
 
 __all__ = ["INTERVAL", "STATUSES", "MetricsFile", "Tenants", "check_metrics_path",
@@ -71,9 +71,9 @@ def check_metrics_path(path: Path, name: str = "--metrics-file",
     refuse_special(path, name)
     if not path.parent.is_dir():
         raise ConfigError(f"{name}: the directory {path.parent} does not exist")
-    where = path.parent.resolve() / path.name
+    where = resolved(path.parent) / path.name
     for root in own:
-        if root is not None and where.is_relative_to(root.resolve()):
+        if root is not None and where.is_relative_to(resolved(root)):
             raise ConfigError(f"{name}: {path} is inside {root}, which this run writes; "
                               "name a file outside it")
     return path

@@ -190,6 +190,19 @@ def unopenable(path: Path | str, exc: OSError) -> str | None:
         return None
 
 
+def resolved(path: Path) -> Path:
+    """``path.resolve()``, refusing (:class:`UnsafePath`, exit 2) a path that leads into
+    a symbolic link loop, which ``resolve`` reports with a bare RuntimeError (3.11) or
+    OSError (3.13+)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
+            raise
+        raise UnsafePath(f"refusing to use {path}: it leads into a symbolic link loop "
+                         "(a link the harvester did not create; remove it)") from None
+
+
 def read_ours(path: Path | str) -> bytes:
     """The bytes of a small file of ours (see :func:`open_ours`; raises OSError or
     :class:`UnsafePath`)."""

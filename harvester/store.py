@@ -34,6 +34,7 @@ from harvester.sinks import (
     ensure_dir,
     fsync_dir,
     read_ours,
+    resolved,
     write_json_atomic,
 )
 from harvester.state import STATE_DIR, RunLock
@@ -103,7 +104,7 @@ class Store:
         _our_link(self.latest_link)
         _our_link(self._latest_tmp)
         latest = self.latest()
-        if latest is not None and latest.parent != self.snapshots.resolve():
+        if latest is not None and latest.parent != resolved(self.snapshots):
             raise UnsafePath(f"refusing to use {self.latest_link}: it leads to {latest}, "
                              "outside the store's snapshots/ (through a symbolic link the "
                              "harvester did not create)")
@@ -116,7 +117,7 @@ class Store:
         """The latest good snapshot, if any."""
         if not self.latest_link.is_symlink():
             return None
-        target = self.latest_link.resolve()
+        target = resolved(self.latest_link)
         return target if target.is_dir() else None
 
     def _dirs(self) -> list[Path]:
@@ -151,7 +152,7 @@ class Store:
 
     def _is_latest(self, snap: Path) -> bool:
         latest = self.latest()
-        return latest is not None and latest == snap.resolve()
+        return latest is not None and latest == resolved(snap)
 
     def abandon(self, snap: Path) -> None:
         """Delete an unfinished snapshot that cannot be resumed (what a sync wrote in it,
@@ -218,9 +219,9 @@ class Store:
         spelled (relative, through a link)."""
         if keep < 1:
             return []
-        spared = {p.resolve() for p in (self.latest(), current) if p is not None}
+        spared = {resolved(p) for p in (self.latest(), current) if p is not None}
         finished = [s for s in self._dirs() if (s / "manifest.json").exists()]
-        doomed = [s for s in finished[:-keep] if s.resolve() not in spared]
+        doomed = [s for s in finished[:-keep] if resolved(s) not in spared]
         for snap in doomed:
             remove_snapshot(snap)
         return [s.name for s in doomed]

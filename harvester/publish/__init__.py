@@ -49,7 +49,7 @@ from harvester.outputs import CATALOG_FILES, TOP_FILES, catalog_dirname, is_cata
 from harvester.publish.mirror import INDEX_NAME, MANIFEST_NAME, guard, publish_dir
 from harvester.publish.target import PublishReport, Target, check_target
 from harvester.run import RunResult, SyncResult
-from harvester.sinks import read_ours
+from harvester.sinks import read_ours, resolved
 
 __all__ = ["INDEX_NAME", "LATEST_NAME", "PublishReport", "Target", "check_target",
            "publish_night", "publish_result", "publish_snapshot", "publish_tenants"]
@@ -195,8 +195,8 @@ def publish_snapshot(target: Target, store_root: Path, snapshot: Path,
     never a mix. ``store_root`` is the top of the store (a store of many holds one per
     tenant)."""
     home = snapshot.parent.parent  # the store whose `latest` names this snapshot
-    rel = snapshot.resolve().relative_to(store_root.resolve()).as_posix()
-    home_rel = home.resolve().relative_to(store_root.resolve()).as_posix()
+    rel = resolved(snapshot).relative_to(resolved(store_root)).as_posix()
+    home_rel = resolved(home).relative_to(resolved(store_root)).as_posix()
     home_rel = "" if home_rel == "." else home_rel
     in_home = f"{snapshot.parent.name}/{snapshot.name}"
 

@@ -14,6 +14,7 @@ import orjson
 
 from harvester.config import PUBLISH_SCHEMES, PublishConfig
 from harvester.errors import ConfigError, PublishError
+from harvester.sinks import resolved
 
 __all__ = ["PublishReport", "Target", "check_target"]
 
@@ -107,7 +108,7 @@ def check_target(config: PublishConfig, source: Path | None = None) -> Target | 
         return None
     target = Target(config)
     if target.local and source is not None:
-        here, there = source.resolve(), Path(target.root).resolve()
+        here, there = resolved(source), resolved(Path(target.root))
         if there == here or here in there.parents:
             raise ConfigError(f"--publish {config.url}: that is inside {source}, the output "
                               "it would publish; choose a directory outside it")

@@ -169,6 +169,9 @@ def _latest(c: Check, rel: str) -> str | None:
         return None
     resolved = None
     for where, name in named:
+        if where == link and c.tree.loops(link):
+            c.problem(link, "a symbolic link loop: following it never reaches a snapshot")
+            continue
         if not _safe_name(name):
             c.problem(where, "does not name a snapshot in snapshots/")
             continue

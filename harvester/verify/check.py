@@ -143,6 +143,9 @@ class Check:
         if name.endswith((".part", ".tmp")) or name.startswith(_PUBLISH_PROBE):
             self.problem(sub, "leftover partial file (a run was interrupted, or is still "
                          "running)")
+        elif self.tree.loops(sub):
+            self.problem(sub, "a symbolic link loop (it never reaches a file; the "
+                         "harvester never writes a link)")
         elif self.tree.kind(sub) == "link":
             self.problem(sub, "a symbolic link (the harvester never writes one)")
         else:

@@ -7,6 +7,7 @@ a published store's ``latest`` is ``latest.json``, which names the snapshot.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -45,6 +46,10 @@ class Tree(Protocol):
 
     def readlink(self, rel: str) -> str | None:
         """A link's target as written; None if ``rel`` is not a link."""
+        ...
+
+    def loops(self, rel: str) -> bool:
+        """Whether ``rel`` is a symbolic link that never reaches a file (a loop)."""
         ...
 
 
@@ -91,6 +96,9 @@ class LocalTree:
         except OSError:
             return None
 
+    def loops(self, rel: str) -> bool:
+        return _loops(self.root / rel)
+
 
 class FsspecTree:
     """A prefix of any fsspec filesystem (object storage has no links or directories:
@@ -135,6 +143,18 @@ class FsspecTree:
 
     def readlink(self, rel: str) -> str | None:
         return os.readlink(self._path(rel)) if self._local_link(rel) else None
+
+    def loops(self, rel: str) -> bool:
+        return self._local_link(rel) and _loops(self._path(rel))
+
+
+def _loops(path: Path | str) -> bool:
+    """Whether following ``path`` meets a symbolic link loop (stat says ELOOP)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def open_tree(target: str) -> Tree:

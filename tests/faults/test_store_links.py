@@ -197,3 +197,60 @@ def test_keep_never_clears_a_spool_through_a_linked_state_directory(
     assert (store / "latest").resolve() != old
     assert (elsewhere / "spool" / "precious").read_text() == "mine"
     assert (elsewhere / "lock").read_text() == "mine too"
+
+
+# --- (4) a symbolic link loop at latest or at a snapshot ---------------------------------
+
+def make_loop(store: Path, where: str) -> Path:
+    """``latest`` made a link to itself, or the snapshot it points to replaced by a link
+    to itself; the looping path is returned."""
+    if where == "latest":
+        (store / "latest").unlink()
+        (store / "latest").symlink_to("latest")
+        return store / "latest"
+    snap = store / "snapshots" / os.readlink(store / "latest").rsplit("/", 1)[-1]
+    shutil.rmtree(snap)
+    snap.symlink_to(snap.name)
+    return snap
+
+
+@pytest.mark.parametrize("where", ["latest", "snapshot"])
+@pytest.mark.parametrize("command", ["sync", "export", "plan"])
+def test_a_symlink_loop_in_the_store_is_refused_in_one_line(
+        where: str, command: str, sync: Callable[..., int], srv: SimServer,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A loop used to crash each command with a traceback (RuntimeError from resolve):
+    now one line naming the loop, exit 2, and the store as it was."""
+    store = tmp_path / "s"
+    assert sync(store, "2026-01-01") == 0
+    assert sync(store, "2026-01-02") == 0
+    loop = make_loop(store, where)
+    before = tree(store)
+    capsys.readouterr()
+    if command == "sync":
+        code = sync(store, "2026-01-03", "--keep", "1")
+    elif command == "export":
+        code = cli.main(["export", str(store), "--format", "jsonl",
+                         "--out", str(tmp_path / "x.jsonl")])
+    else:
+        code = cli.main(["plan", "--store", str(store), "--api-base", srv.base_url,
+                         "--rate-lms", "2000/s", "--progress", "off", "--no-details"])
+    assert code == 2
+    line = one_line_refusal(capsys, "loop")
+    assert str(loop) in line or str(store / "latest") in line, line
+    assert tree(store) == before
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.parametrize("where", ["latest", "snapshot"])
+def test_verify_names_a_symlink_loop(
+        where: str, sync: Callable[..., int], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s"
+    assert sync(store, "2026-01-01") == 0
+    make_loop(store, where)
+    capsys.readouterr()
+    assert cli.main(["verify", str(store)]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert "symbolic link loop" in out, out
