@@ -4,7 +4,7 @@ Every failure the harvester can report is one of these. Library errors (aiohttp,
 orjson, OSError from the disk) are translated into this tree at one boundary each:
 ``harvester/client/`` for HTTP, ``sinks.py``/``state.py`` for the disk. Messages are one line,
 name what failed and never contain a secret, a token or learner data: every message,
-``url`` and ``detail`` passes the redactor (``obs.REDACTOR``) on construction.
+``url`` and ``detail`` passes the redactor (``redact.REDACTOR``) on construction.
 
 ::
 
@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from harvester.obs import REDACTOR
+from harvester.redact import REDACTOR
 
 
 class HarvestError(Exception):

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harvester import __version__
-from harvester.obs import REDACTOR
 from harvester.outputs import catalog_dirname
+from harvester.redact import REDACTOR
 from harvester.run import CatalogState
 
 

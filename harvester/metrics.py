@@ -38,8 +38,9 @@ from prometheus_client.registry import Collector
 from harvester.errors import ConfigError, HarvestError, SinkError
 from harvester.manifest import CatalogEntry, Totals
 from harvester.models import CONTENT_TYPES
-from harvester.obs import REDACTOR, Stats, event
+from harvester.obs import Stats, event
 from harvester.policy import Sleep
+from harvester.redact import REDACTOR
 from harvester.run import CatalogState, read_json
 from harvester.sinks import open_ours, resolved, write_bytes_atomic
 from harvester.userpath import refuse_special

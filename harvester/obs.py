@@ -1,35 +1,31 @@
-"""Observability: run counters, structured logging, and secret redaction.
+"""Observability: run counters and structured logging.
 
 Log records carry a stable event name (``harvest.catalog_done``) and flat fields; the
 text formatter prints ``event k=v``, the JSON formatter one object per line. The
-redactor masks every registered secret (client secret, each issued token) and anything
-shaped like a credential (a JWT, ``Bearer <x>``, ``access_token=<x>``): as a filter on
-every log line whatever code path put it there, and for the writers of error records and
-manifests, so nothing a server sends reaches a file or a log unredacted. A secret is
-registered with the forms it travels or is echoed in (form- and percent-encoded, base64,
-HTTP Basic, JSON and repr escapes). The one definition of the characters a terminal acts
-on rather than shows (:func:`is_unsafe`) lives here too: both formatters escape them, so
-server text in a log line can neither drive a terminal nor forge a line, and the terminal
-gate (``display.text.term_text``) removes them. Nothing here changes control flow.
+redactor (:mod:`harvester.redact`) is a filter on every log line whatever code path put
+it there, and both formatters scrub the final line too. The one definition of the
+characters a terminal acts on rather than shows (:func:`is_unsafe`) lives here too: both
+formatters escape them, so server text in a log line can neither drive a terminal nor
+forge a line, and the terminal gate (``display.text.term_text``) removes them.
+Nothing here changes control flow.
 """
 
 from __future__ import annotations
 
-import base64
 import contextvars
 import logging
 import re
 import sys
-import threading
 import time
 import unicodedata
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO, TypeVar
-from urllib.parse import quote, quote_plus
 
 import orjson
+
+from harvester.redact import REDACTOR
 
 LOGGER_NAME = "harvester"
 log = logging.getLogger(LOGGER_NAME)
@@ -99,26 +95,6 @@ class Stats:
         }
 
 
-#: Credentials recognised by their shape, whoever sent them: a JWT (base64url of ``{"``,
-#: also when cut short by an excerpt), three long base64url segments, the value after an
-#: ``Authorization`` scheme, credential-named query or form parameters, and the password
-#: of a URL.
-_CREDENTIAL_SHAPES: Final = re.compile(
-    r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}"
-    r"|\b[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"
-    r"|(?P<scheme>\b(?i:bearer|jwt)\s+)[A-Za-z0-9._~+/=-]{16,}"
-    r"|(?P<param>\b(?:access_token|refresh_token|id_token|client_secret|token|secret|"
-    r"password)=)[^&\s\"'<>]+"
-    r"|(?P<userinfo>://)[^/\s@:\"'<>]*:[^/\s@\"'<>]*@")
-
-
-#: Bytes of a secret searched first: its group's shared prefix (see Redactor.mentions).
-_PROBE: Final = 16
-#: Stride of the one-pass pre-filter over data: any probe of 2 * _GRAM - 1 bytes or more
-#: that occurs in the data covers one whole aligned window of this many bytes.
-_GRAM: Final = 8
-
-
 #: Unicode categories a terminal (or a log reader) acts on rather than shows: controls
 #: (C0 with ESC, BEL, CR, LF; DEL; C1 with CSI and NEL), format characters (bidi
 #: overrides, isolates and marks, zero-width characters, BOM, tags), lone surrogates, and
@@ -168,152 +144,6 @@ def inert_json(data: bytes) -> bytes:
 
 
 _NOT_ASCII: Final = re.compile("[^\x00-\x7e]")
-
-
-def encoded_forms(secret: str) -> set[str]:
-    """The forms ``secret`` travels or is echoed back in: itself; form-encoded as the
-    token request sends it (aiohttp's form body is ``quote_plus``); percent-encoded, with
-    either case of hex; escaped in a JSON string or a Python repr; and base64 (standard
-    and URL-safe) at each of the three alignments it can take inside a longer value, so
-    HTTP Basic's ``base64(id:secret)`` (also with the RFC 6749 form-encoded secret) is
-    covered whatever the id."""
-    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
-    forms |= {_LOWER_HEX.sub(lambda m: m[0].lower(), f) for f in forms}
-    forms |= {orjson.dumps(secret).decode()[1:-1], repr(secret)[1:-1]}
-    for raw in {secret.encode(), quote_plus(secret).encode()}:
-        for k in range(3):
-            # base64 of k other bytes then raw: keep the characters that encode raw alone
-            enc = base64.b64encode(b"\0" * k + raw).decode()
-            inner = enc[-(-8 * k // 6):8 * (k + len(raw)) // 6]
-            forms |= {inner, inner.translate(_URLSAFE)}
-    return forms
-
-
-_LOWER_HEX: Final = re.compile("%[0-9A-F]{2}")
-_URLSAFE: Final = str.maketrans("+/", "-_")
-
-
-def _mask(m: re.Match[str]) -> str:
-    if m.group("userinfo"):
-        return "://***@"
-    return (m.group("scheme") or m.group("param") or "") + "***"
-
-
-class Redactor(logging.Filter):
-    """Masks credentials in text: every registered secret (the client secret, each token
-    ever issued to this process, old ones included) and anything shaped like one.
-
-    Applied to every log record that passes through a handler, and by the code that
-    writes server text anywhere else (error messages, errors.ndjson, manifests).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._secrets: tuple[str, ...] = ()
-        self._needles: tuple[bytes, ...] = ()
-        self._probes: tuple[tuple[bytes, tuple[bytes, ...]], ...] = ()
-        self._grams: frozenset[bytes] = frozenset()
-        self._short: tuple[tuple[bytes, tuple[bytes, ...]], ...] = ()  #: not in _grams
-        self._lock = threading.Lock()
-
-    def add(self, secret: str) -> None:
-        """Never print this string nor any of its :func:`encoded_forms` (ignored when too
-        short to be a real secret)."""
-        if len(secret) >= 6 and secret not in self._secrets:
-            forms = {f for f in encoded_forms(secret) if len(f) >= 6}
-            with self._lock:
-                # Longest first, so a secret that contains another is masked whole.
-                self._secrets = tuple(sorted({*self._secrets, *forms}, key=len, reverse=True))
-                # As the secret appears inside a JSON string that orjson wrote.
-                self._needles = tuple(orjson.dumps(s)[1:-1] for s in self._secrets)
-                groups: dict[bytes, list[bytes]] = {}
-                for n in self._needles:
-                    groups.setdefault(n[:_PROBE], []).append(n)
-                self._probes = tuple((p, tuple(ns)) for p, ns in groups.items())
-                self._grams = frozenset(p[j:j + _GRAM] for p in groups
-                                        if len(p) >= 2 * _GRAM - 1
-                                        for j in range(len(p) - _GRAM + 1))
-                self._short = tuple(pn for pn in self._probes if len(pn[0]) < 2 * _GRAM - 1)
-
-    def mentions(self, data: bytes) -> bool:
-        """Whether ``data`` (JSON as orjson writes it) holds a registered secret verbatim.
-
-        A literal search: the tokens of one issuer share their first bytes (the JWT
-        header), so one pass per distinct prefix finds whether any of them can be there,
-        however many were issued. Credential *shapes* are deliberately not searched: in
-        data they would mask legitimate values.
-
-        With many credentials (a hundred tenants' secrets) one search per probe is most of
-        a response's cost, so one pass first looks up every aligned window of the data in
-        the set of the probes' windows: no hit, and no short probe, means no secret."""
-        probes = self._probes
-        if not probes:
-            return False
-        grams, w = self._grams, _GRAM
-        if grams and grams.isdisjoint(data[i:i + w] for i in range(0, len(data) - w + 1, w)):
-            probes = self._short  # only those the windows cannot vouch for
-        return any(p in data and any(n in data for n in ns) for p, ns in probes)
-
-    def scrub_known(self, obj: T) -> T:
-        """``obj`` (JSON-like data) with every registered secret in a string or key
-        replaced by ``***``; nothing else changes (no credential shapes: this is data)."""
-        if isinstance(obj, str):
-            for s in self._secrets:
-                if s in obj:
-                    obj = obj.replace(s, "***")  # type: ignore[assignment]
-            return obj
-        if isinstance(obj, dict):
-            return {self.scrub_known(k): self.scrub_known(v)  # type: ignore[return-value]
-                    for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [self.scrub_known(v) for v in obj]  # type: ignore[return-value]
-        return obj
-
-    def scrub_known_line(self, line: bytes) -> bytes:
-        """An encoded JSON (or CSV) line with every registered secret replaced by
-        ``***`` (a literal replacement: the line stays valid JSON)."""
-        if self.mentions(line):
-            for n in self._needles:
-                line = line.replace(n, b"***")
-        return line
-
-    def scrub(self, text: str) -> str:
-        """``text`` with every registered secret and credential shape replaced by ``***``."""
-        for s in self._secrets:
-            if s in text:
-                text = text.replace(s, "***")
-        return _CREDENTIAL_SHAPES.sub(_mask, text)
-
-    def scrub_obj(self, obj: T) -> T:
-        """``obj`` (JSON-like data: dicts, lists, strings) with every string scrubbed."""
-        if isinstance(obj, str):
-            return self.scrub(obj)  # type: ignore[return-value]
-        if isinstance(obj, dict):
-            return {self.scrub_obj(k): self.scrub_obj(v)  # type: ignore[return-value]
-                    for k, v in obj.items()}
-        if isinstance(obj, list | tuple):
-            return type(obj)(self.scrub_obj(v) for v in obj)
-        return obj
-
-    def scrub_line(self, line: bytes) -> bytes:
-        """An encoded text line, scrubbed (bytes that are not UTF-8 pass unchanged)."""
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            return line
-        clean = self.scrub(text)
-        return line if clean == text else clean.encode("utf-8")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        fields = getattr(record, "fields", None)
-        record.msg = self.scrub(record.getMessage())
-        record.args = None
-        if isinstance(fields, dict):
-            record.fields = self.scrub_obj(fields)
-        return True
-
-
-REDACTOR = Redactor()
 
 
 #: The tenant whose work is running in this task (and every task it creates): each

@@ -37,12 +37,12 @@ from harvester.delta import (
 )
 from harvester.errors import HarvestError
 from harvester.models import detail_segment, key_digest
-from harvester.obs import REDACTOR
 from harvester.partfile import iter_lines
 from harvester.pipeline import Harvest
 from harvester.pipeline.records import routable
 from harvester.pipeline.tenants import STAGGER
 from harvester.policy import Clock, Sleep, admission_schedule, gate_margin, window_budget
+from harvester.redact import REDACTOR
 from harvester.store import Store
 from harvester.tenants import Tenant, tenant_dirname
 

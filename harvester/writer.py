@@ -40,10 +40,11 @@ from harvester.messages import (
     error_rows,
 )
 from harvester.models import CONTENT_TYPES, OTHER_STEM, key_digest
-from harvester.obs import REDACTOR, inert_json
+from harvester.obs import inert_json
 from harvester.outputs import ITEM_NAMES, ITEM_TYPES, catalog_dirname, output_path
 from harvester.partfile import FileInfo, PartFile, describe, recover_tail
 from harvester.policy import Clock
+from harvester.redact import REDACTOR
 from harvester.run import Phase
 from harvester.sinks import ensure_dir
 from harvester.spool import Spool

@@ -23,9 +23,10 @@ from harvester.display import term_text
 from harvester.errors import ConfigError, HarvestError, PublishError
 from harvester.export import SignalGuard
 from harvester.metrics import MetricsFile
-from harvester.obs import REDACTOR, event
+from harvester.obs import event
 from harvester.pipeline import with_ticks
 from harvester.publish import PublishReport
+from harvester.redact import REDACTOR
 from harvester.userpath import run_dirs
 
 __all__ = ["EXIT_SIGINT", "EXIT_SIGTERM", "Interrupted", "metrics_file", "publish_step",

@@ -28,9 +28,10 @@ from harvester.display import (
 from harvester.errors import ConfigError
 from harvester.export import SignalGuard, export
 from harvester.metrics import single
-from harvester.obs import REDACTOR, setup_logging
+from harvester.obs import setup_logging
 from harvester.pipeline import Harvest
 from harvester.planning import Plan, TenantsPlan, make_plan, plan_tenants
+from harvester.redact import REDACTOR
 from harvester.run import EXIT_OK, EXIT_PARTIAL, RunResult
 from harvester.tenants import select_tenants
 

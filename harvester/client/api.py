@@ -40,9 +40,10 @@ from harvester.client.translate import translated
 from harvester.config import Settings
 from harvester.errors import OutOfTime, PayloadError, RateLimited, ResponseTooLarge, Unauthorized
 from harvester.models import Page, Response
-from harvester.obs import REDACTOR, Stats, event
+from harvester.obs import Stats, event
 from harvester.paginate import PageRequest, parse_page
 from harvester.policy import Clock, Cutoff, OpenGate, RateGate, RetryPolicy, Sleep
+from harvester.redact import REDACTOR
 
 T = TypeVar("T")
 

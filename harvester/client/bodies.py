@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 
 from harvester.errors import NestedTooDeep
-from harvester.obs import REDACTOR
+from harvester.redact import REDACTOR
 
 #: How deep a body may nest: orjson, which writes every output line, stops at 254 levels
 #: (it parses up to 1024), and our own lines wrap a record in a few levels more.

@@ -20,7 +20,7 @@ import orjson
 from harvester.config import PiiMode
 from harvester.errors import ConfigError
 from harvester.models import JSONDict
-from harvester.obs import REDACTOR
+from harvester.redact import REDACTOR
 
 __all__ = ["FIELD_ORDER", "KNOWN_FIELDS", "PII_FIELDS", "PII_HELP", "PII_KEY_ENV",
            "PII_KEY_MIN", "PII_KINDS", "PiiMode", "PiiPolicy", "is_pii"]

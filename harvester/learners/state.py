@@ -14,7 +14,7 @@ from typing import Any, Final
 import orjson
 
 from harvester.models import JSONDict, key_digest
-from harvester.obs import REDACTOR
+from harvester.redact import REDACTOR
 from harvester.run import WalkCounters, error_record, now_iso
 
 __all__ = ["EnterpriseState", "Tally", "enrollment_identity"]

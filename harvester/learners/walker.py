@@ -28,10 +28,11 @@ from harvester.learners.options import LearnerOptions
 from harvester.learners.pii import KNOWN_FIELDS, PiiPolicy
 from harvester.learners.state import EnterpriseState, enrollment_identity
 from harvester.models import Page
-from harvester.obs import REDACTOR, Stats, event
+from harvester.obs import Stats, event
 from harvester.paginate import ListingPlan
 from harvester.partfile import FileInfo, PartFile, iter_lines
 from harvester.pipeline import walk_pages, walk_until_complete
+from harvester.redact import REDACTOR
 from harvester.run import now_iso
 from harvester.sinks import encode_item
 

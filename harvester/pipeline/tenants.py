@@ -30,7 +30,8 @@ from harvester.errors import (
     StateError,
     UnsafePath,
 )
-from harvester.obs import REDACTOR, TENANT, event
+from harvester.obs import TENANT, event
+from harvester.redact import REDACTOR
 from harvester.run import (
     EXIT_OK,
     EXIT_PARTIAL,

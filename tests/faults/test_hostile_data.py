@@ -30,8 +30,8 @@ from harvester import cli, errors
 from harvester.client import ApiClient, ThrottleClass, catalogs_path, content_path
 from harvester.config import Rate
 from harvester.errors import UnexpectedXML, Unreachable
-from harvester.obs import REDACTOR
 from harvester.policy import RateGate
+from harvester.redact import REDACTOR
 from harvester.sim import SimConfig, SimServer
 from harvester.sinks import encode_item
 from tests.conftest import SimStarter, settings_for

@@ -28,7 +28,8 @@ from yarl import URL
 
 from harvester import cli
 from harvester.display import term_text
-from harvester.obs import Redactor, event, setup_logging
+from harvester.obs import event, setup_logging
+from harvester.redact import Redactor
 from harvester.sim import SimConfig, SimServer
 from tests.faults.test_tokens_redaction import everything_under
 from tests.integration.helpers import LoopbackProxy, LoopThread, read_lines

@@ -25,9 +25,9 @@ from harvester import auth, cli
 from harvester.auth import TokenManager, parse_grant
 from harvester.config import Rate, build_settings
 from harvester.errors import ConfigError, Forbidden, RequestError
-from harvester.obs import REDACTOR, Redactor
 from harvester.pipeline import Harvest
 from harvester.policy import RateGate
+from harvester.redact import REDACTOR, Redactor
 from harvester.sim import SimConfig, SimServer
 from tests.conftest import FakeTime, SimStarter, settings_for
 from tests.integration.helpers import LoopThread, expire_tokens_after, read_lines

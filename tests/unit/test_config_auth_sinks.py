@@ -192,7 +192,7 @@ def test_redactor_finds_any_of_many_secrets_at_any_offset() -> None:
     """The one-pass pre-filter over data (a hundred tenants' secrets) misses nothing: a
     secret at every offset modulo the stride, a short one, a token among many; and data
     without one is left alone."""
-    from harvester.obs import Redactor
+    from harvester.redact import Redactor
 
     r = Redactor()
     secrets_ = [f"{i:02d}" + "abcdef0123456789" * 2 for i in range(100)]

@@ -25,8 +25,8 @@ from harvester.learners import (
     is_pii,
     write_csv,
 )
-from harvester.obs import REDACTOR
 from harvester.partfile import PartFile
+from harvester.redact import REDACTOR
 
 KEY = "k3y-for-unit-tests-0123456789"
 ENT = "6f1c2a55-0b7e-4d1a-9d5e-1c2b3a4d5e6f"
