@@ -53,10 +53,9 @@ _KEEPS: Final = ("-._~", "-._", "-._*", "-._~!'()*", "-._~/", "")
 def _pct(text: str, keep: str, plus: bool) -> str:
     """``text`` percent-encoded (upper-case hex) leaving letters, digits and ``keep``;
     a space as ``+`` when ``plus`` (form encoding)."""
-    return "".join(
-        ch if ch.isascii() and (ch.isalnum() or ch in keep)
-        else "+" if plus and ch == " "
-        else "".join(f"%{b:02X}" for b in ch.encode()) for ch in text)
+    def encoded(m: re.Match[str]) -> str:
+        return "+" if plus and m[0] == " " else "".join(f"%{b:02X}" for b in m[0].encode())
+    return re.sub(f"[^A-Za-z0-9{re.escape(keep)}]", encoded, text)  # in C for a token
 
 
 def _percent_forms(secret: str) -> set[str]:
@@ -153,6 +152,7 @@ class Redactor(logging.Filter):
         self._text_grams: frozenset[str] = frozenset()
         self._text_short: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self._needles: tuple[bytes, ...] = ()
+        self._json: dict[str, bytes] = {}  #: each form as orjson writes it in a string
         self._probes: tuple[tuple[bytes, tuple[bytes, ...]], ...] = ()
         self._grams: frozenset[bytes] = frozenset()
         self._short: tuple[tuple[bytes, tuple[bytes, ...]], ...] = ()  #: not in _grams
@@ -167,13 +167,14 @@ class Redactor(logging.Filter):
                 # Longest first, so a secret that contains another is masked whole.
                 self._secrets = tuple(sorted({*self._secrets, *plain}, key=len, reverse=True))
                 self._b64 = tuple(sorted({*self._b64, *b64}, key=len, reverse=True))
-                self._text_grams = _windows((*self._secrets, *self._b64))
+                self._text_grams |= _windows((*plain, *b64))
                 self._text_short = (tuple(f for f in self._b64 if len(f) < 2 * _GRAM - 1),
                                     tuple(f for f in self._secrets if len(f) < 2 * _GRAM - 1))
                 # As the secret appears inside a JSON string that orjson wrote.
-                self._needles = tuple(orjson.dumps(s)[1:-1] for s in self._secrets)
+                self._json.update((f, orjson.dumps(f)[1:-1]) for f in (*plain, *b64))
+                self._needles = tuple(self._json[s] for s in self._secrets)
                 groups: dict[bytes, list[bytes]] = {}
-                for n in (*self._needles, *(orjson.dumps(s)[1:-1] for s in self._b64)):
+                for n in (*self._needles, *(self._json[s] for s in self._b64)):
                     groups.setdefault(n[:_PROBE], []).append(n)
                 self._probes = tuple((p, tuple(ns)) for p, ns in groups.items())
                 self._grams = frozenset(p[j:j + _GRAM] for p in groups
