@@ -232,3 +232,49 @@ def test_a_sync_store_whose_latest_lost_its_manifest_syncs_a_new_night(
     latest = orjson.loads((pub / "latest.json").read_bytes())
     assert latest["snapshot"] == new.name
     assert run_cli("verify", f"file://{pub}").code == 0
+
+
+@pytest.mark.parametrize("name", ["catalogs.ndjson", "errors.ndjson", "manifest.json",
+                                  "items"])
+def test_a_hard_linked_file_of_a_finished_run_is_rebuilt_never_written_through(
+        world: World, run_cli: Callable[..., Outcome], tmp_path: Path, name: str) -> None:
+    """A second name of a finished run's file made every rerun refuse OUT (exit 2) until
+    the user removed it by hand: it is damage like any other, rebuilt from the ledger
+    under a name of its own, and the other name keeps its bytes."""
+    out, elsewhere = tmp_path / "o", tmp_path / "elsewhere"
+    assert run_cli("harvest", "--out", str(out), "--no-details").code == 0
+    path = first_item_file(out) if name == "items" else out / name
+    kept = path.read_bytes()
+    os.link(path, elsewhere)
+    again = run_cli("harvest", "--out", str(out), "--no-details")
+    assert again.code == 0, again.err
+    assert "nothing to do" not in again.err
+    assert os.stat(path).st_nlink == 1 and os.stat(elsewhere).st_nlink == 1
+    assert elsewhere.read_bytes() == kept, "never written through the other name"
+    assert run_cli("verify", str(out)).code == 0
+    assert_exactly_once(out, world.lt.run(truth(world.srv)))
+    assert "nothing to do" in run_cli("harvest", "--out", str(out), "--no-details").err
+
+
+def test_an_edited_manifest_of_a_finished_run_is_rewritten_as_the_run_wrote_it(
+        world: World, run_cli: Callable[..., Outcome], tmp_path: Path) -> None:
+    """A manifest whose counts or totals were changed was answered "nothing to do" (only
+    its run_id, status and file entries were compared), and verified and published as
+    is. The ledger keeps the bytes the run wrote; a rerun puts them back, no request."""
+    out, pub = tmp_path / "o", tmp_path / "pub"
+    assert run_cli("harvest", "--out", str(out), "--no-details").code == 0
+    wrote = (out / "manifest.json").read_bytes()
+    edited = orjson.loads(wrote)
+    edited["catalogs"][next(iter(edited["catalogs"]))]["count_reported"] = 999
+    edited["totals"] = {}
+    (out / "manifest.json").write_bytes(orjson.dumps(edited, option=orjson.OPT_INDENT_2))
+    asked = world.requests()
+    pub.mkdir()
+    again = run_cli("harvest", "--out", str(out), "--no-details", "--publish",
+                    f"file://{pub}")
+    assert again.code == 0, again.err
+    assert "nothing to do" not in again.err
+    assert (out / "manifest.json").read_bytes() == wrote
+    assert (pub / "manifest.json").read_bytes() == wrote
+    assert world.requests() == asked
+    assert "nothing to do" in run_cli("harvest", "--out", str(out), "--no-details").err
