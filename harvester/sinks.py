@@ -289,10 +289,13 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, data: Any, *, private: bool = False,
-                      root: Path | None = None) -> None:
-    """Write JSON to ``path`` atomically: temp file, fsync, rename, fsync the directory."""
-    payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-    write_bytes_atomic(path, inert_json(payload), private=private, root=root)
+                      root: Path | None = None) -> bytes:
+    """Write JSON to ``path`` atomically: temp file, fsync, rename, fsync the directory.
+    Returns the bytes written."""
+    payload = inert_json(orjson.dumps(
+        data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+    write_bytes_atomic(path, payload, private=private, root=root)
+    return payload
 
 
 def write_bytes_atomic(path: Path, payload: bytes, *, private: bool = False,

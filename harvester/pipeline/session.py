@@ -19,7 +19,13 @@ import orjson
 from harvester import __version__
 from harvester.config import Settings
 from harvester.errors import StateError
-from harvester.intact import Damage, check_committed, check_finished, drop_item_files
+from harvester.intact import (
+    MANIFEST_KEY,
+    Damage,
+    check_committed,
+    check_finished,
+    drop_item_files,
+)
 from harvester.manifest import CatalogEntry, Manifest, Totals
 from harvester.messages import ERRORS_KEY, FileKey
 from harvester.models import Catalog
@@ -40,7 +46,13 @@ from harvester.run import (
     new_run_id,
     read_json,
 )
-from harvester.sinks import clear_dir, disk_errors, encode_line, write_json_atomic
+from harvester.sinks import (
+    clear_dir,
+    disk_errors,
+    encode_line,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from harvester.stalecut import finish_cut
 from harvester.state import STATE_DIR, Ledger, RunLock
 from harvester.writer import Writer
@@ -99,11 +111,12 @@ class RunSession:
             self._refuse_leftovers()
         elif ledger.meta("status") == "complete" and ledger.meta("fingerprint") == fp:
             checked = True
-            if not self._damaged(check_finished):
+            restored = self._damaged(check_finished)
+            if restored is not None:
                 return RunResult("complete", EXIT_OK, self.out,
                                  read_json(self.out / "manifest.json"),
                                  f"{self.out} already holds a complete harvest "
-                                 f"(run {ledger.meta('run_id')}); nothing to do. "
+                                 f"(run {ledger.meta('run_id')}); {restored}. "
                                  "Use --restart to harvest again.")
         elif ledger.meta("fingerprint") != fp:
             old = orjson.loads(ledger.meta("fingerprint_parts") or "{}")
@@ -121,22 +134,27 @@ class RunSession:
             self._resume()
         return None
 
-    def _damaged(self, check: Callable[[Path, Ledger], Damage]) -> bool:
+    def _damaged(self, check: Callable[[Path, Ledger], Damage]) -> str | None:
         """A complete run is answered "nothing to do", and a rerun's committed catalogs
-        are kept, only if their output is still what the ledger says: else this session
-        rebuilds the top files from the ledger and harvests again the catalogs whose
-        files are missing, changed or links."""
+        are kept, only if their output is still what the ledger says: a manifest that
+        alone is wrong is put back as the run wrote it (the answer says so); else (None)
+        this session rebuilds the top files from the ledger and harvests again the
+        catalogs whose files are missing, changed or links."""
         found = check(self.out, self.ledger)
         if not found:
-            return False
+            return "nothing to do"
         event("harvest.repair", out=str(self.out), problems="; ".join(found.problems[:5]),
               catalogs_redone=len(found.redo))
+        if found.restore is not None:
+            # A new name of ours (a link's other name keeps its bytes).
+            write_bytes_atomic(self.out / "manifest.json", found.restore, root=self.out)
+            return f"{found.problems[0]}, so it was rewritten as the run wrote it"
         self.redo = frozenset(found.redo)
         # Their files and spools (a finished run's spools are gone) start afresh.
         self.ledger.redo_catalogs(found.redo, [p for u in found.redo for p in (
             f"{catalog_dirname(u)}/", f"{STATE_DIR}/spool/{catalog_dirname(u)}.")])
         drop_item_files(self.out, found.redo)
-        return True
+        return None
 
     def _start(self, fp: str) -> None:
         self.run_id = new_run_id()
@@ -223,8 +241,10 @@ class RunSession:
             status=status, config=self.settings.public_dict(),
             catalogs={cs.uuid: CatalogEntry.of(cs) for cs in catalogs}, files=files,
             totals=Totals.of(catalogs, errors=errors, stats=stats), sync=extra).to_json()
-        write_json_atomic(self.out / "manifest.json", manifest, root=self.out)
-        self.ledger.set_meta(status="complete" if status == "complete" else "finished-partial")
+        wrote = write_json_atomic(self.out / "manifest.json", manifest, root=self.out)
+        # Its bytes too: a later rerun puts back a manifest edited or lost since.
+        self.ledger.set_meta(status="complete" if status == "complete" else "finished-partial",
+                             **{MANIFEST_KEY: wrote.decode()})
         if status == "complete" or not keep_spool:
             clear_dir(self.out / STATE_DIR / "spool")
         return RunResult(status, EXIT_OK if status == "complete" else EXIT_PARTIAL,
