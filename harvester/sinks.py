@@ -87,7 +87,9 @@ def _checked_dir(path: Path) -> None:
         raise UnsafePath(f"refusing to write through {path}: it is a symbolic link the "
                          "harvester did not create (remove it, or choose another --out)")
     if not stat.S_ISDIR(st.st_mode):
-        raise SinkError(f"cannot write into {path}: it is not a directory")
+        # Not a disk fault a rerun could outlive: every rerun would meet it again.
+        raise UnsafePath(f"refusing to write into {path}: it is not a directory the "
+                         "harvester created (remove it, or choose another --out)")
     if st.st_mode & 0o022:
         if st.st_uid != os.geteuid():
             raise UnsafePath(f"refusing to write into {path}: another user owns it and it "

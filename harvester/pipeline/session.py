@@ -9,6 +9,7 @@ the writer anything.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,7 @@ from harvester.sinks import (
     clear_dir,
     disk_errors,
     encode_line,
+    ensure_dir,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -101,6 +103,10 @@ class RunSession:
     def open(self) -> RunResult | None:
         """Start or resume the run; a result when there is nothing to do."""
         ledger = self.ledger
+        # Before any work: a planted non-directory here must not surface only at finish,
+        # after a manifest said complete.
+        if os.path.lexists(spool := self.out / STATE_DIR / "spool"):
+            ensure_dir(spool, root=self.out)  # checks each part: nothing is created
         fp = fingerprint(self.settings, self._extra)
         checked = False  # whether the committed output was compared with the ledger
         if self.restart:

@@ -220,3 +220,31 @@ def test_a_hard_linked_metrics_file_is_neither_read_nor_written_through(
     MetricsFile(path, "sync", clock=clock).finish("partial", {})
     assert outside.read_bytes() == before and outside.stat().st_nlink == 1
     assert path.stat().st_nlink == 1 and b"999" not in path.read_bytes()
+
+
+async def test_a_fifo_at_the_spool_directory_is_refused_before_any_work(
+        start_sim: SimStarter, tmp_path: Path) -> None:
+    """Found by an adversary: a FIFO planted at ``.state/spool`` after a partial run was
+    met only at finish, after manifest.json said complete, and exited 1 on every rerun."""
+    from harvester.errors import UnsafePath
+
+    srv = await start_sim(catalogs=2, items=20, forbid_catalogs=("1",))
+    out = tmp_path / "out"
+    first = await Harvest(settings_for(srv, out)).run()
+    assert first.exit_code == 3
+    before = (out / "manifest.json").read_bytes()
+    spool = out / ".state" / "spool"
+    for f in spool.iterdir():
+        f.unlink()
+    spool.rmdir()
+    os.mkfifo(spool)
+    requests = srv.state.stats.detail_requests + sum(
+        sum(v.values()) for v in srv.state.stats.requests.values())
+    with pytest.raises(UnsafePath, match="spool: it is not a directory"):
+        await Harvest(settings_for(srv, out)).run()
+    assert (out / "manifest.json").read_bytes() == before  # still says partial
+    assert srv.state.stats.detail_requests + sum(
+        sum(v.values()) for v in srv.state.stats.requests.values()) == requests
+    spool.unlink()
+    healed = await Harvest(settings_for(srv, out)).run()
+    assert healed.exit_code == 3  # catalog 1 still forbidden: partial, truthfully
