@@ -62,6 +62,11 @@ def world() -> Iterator[World]:
 @pytest.fixture
 def run_cli(world: World, monkeypatch: pytest.MonkeyPatch,
             capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Callable[..., Outcome]:
+    return cli_runner(world, monkeypatch, capsys, tmp_path)
+
+
+def cli_runner(world: World, monkeypatch: pytest.MonkeyPatch,
+               capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Callable[..., Outcome]:
     """A ``harvester`` command in-process, as from a shell (zero backoff, fast budget)."""
     cfg = tmp_path / "fast.toml"
     cfg.write_text("[retry]\nbackoff_base = 0.0\nbackoff_cap = 0.0\n")

@@ -199,15 +199,8 @@ def test_a_hostile_server_echoing_the_secret_and_control_chars_is_inert_and_mask
     proxy = EchoingProxy(srv)
     loop.run(proxy.start())
     try:
-        monkeypatch.setenv("EDX_CLIENT_ID", CLIENT_ID)
-        monkeypatch.setenv("EDX_CLIENT_SECRET", SECRET)
-        cfg = tmp_path / "fast.toml"
-        cfg.write_text("[retry]\nmax_tries = 2\nbackoff_base = 0\nbackoff_cap = 0\n")
         out = tmp_path / "out"
-        code = cli.main(["harvest", "--out", str(out), "--api-base", proxy.base_url,
-                         "--progress", "off", "--no-details", "--config", str(cfg),
-                         "--log-format", log_format])
-        err = capsys.readouterr().err
+        code, err = harvest_once(proxy.base_url, out, log_format, monkeypatch, capsys)
     finally:
         loop.run(proxy.close())
         loop.run(srv.close())
@@ -240,3 +233,17 @@ def test_inert_json_escapes_unsafe_characters_and_keeps_the_values() -> None:
     assert not any(ch in inert_json(data).decode() for ch in UNSAFE if ch != "\n")
     assert orjson.loads(inert_json(data)) == value
     assert inert_json(b'{"a": 1}\n') == b'{"a": 1}\n'
+
+
+def harvest_once(base: str, out: Path, log_format: str, monkeypatch: pytest.MonkeyPatch,
+                 capsys: pytest.CaptureFixture[str], client: tuple[str, str] = (CLIENT_ID, SECRET)
+                 ) -> tuple[int, str]:
+    """One listing-only ``harvester harvest`` in-process with two fast tries, as
+    ``client`` (id, secret): its exit code and stderr."""
+    monkeypatch.setenv("EDX_CLIENT_ID", client[0])
+    monkeypatch.setenv("EDX_CLIENT_SECRET", client[1])
+    cfg = out.parent / "fast.toml"
+    cfg.write_text("[retry]\nmax_tries = 2\nbackoff_base = 0\nbackoff_cap = 0\n")
+    code = cli.main(["harvest", "--out", str(out), "--api-base", base, "--progress", "off",
+                     "--no-details", "--config", str(cfg), "--log-format", log_format])
+    return code, capsys.readouterr().err

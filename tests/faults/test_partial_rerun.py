@@ -20,9 +20,8 @@ from typing import Any
 import orjson
 import pytest
 
-from harvester import cli
 from harvester.sim import SimConfig, SimServer
-from tests.faults.test_finished_rerun import Outcome, World
+from tests.faults.test_finished_rerun import Outcome, World, cli_runner
 from tests.integration.helpers import LoopThread, assert_exactly_once, truth
 
 
@@ -50,21 +49,7 @@ def live(world: World, **knobs: Any) -> None:
 @pytest.fixture
 def run_cli(world: World, monkeypatch: pytest.MonkeyPatch,
             capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Iterator[Callable[..., Outcome]]:
-    cfg = tmp_path / "fast.toml"
-    cfg.write_text("[retry]\nbackoff_base = 0.0\nbackoff_cap = 0.0\n")
-    monkeypatch.setenv("EDX_CLIENT_ID", world.srv.client_id)
-    monkeypatch.setenv("EDX_CLIENT_SECRET", world.srv.client_secret)
-
-    def run(verb: str, *args: str) -> Outcome:
-        capsys.readouterr()
-        extra = [] if verb == "verify" else [
-            "--api-base", world.srv.base_url, "--config", str(cfg), "--progress", "off",
-            "--rate-lms", "1000/s"]
-        code = cli.main([verb, *extra, *args])
-        cap = capsys.readouterr()
-        return Outcome(code, cap.out, cap.err)
-
-    yield run
+    yield cli_runner(world, monkeypatch, capsys, tmp_path)
     live(world, forbid_catalogs=[], detail_403_keys=[])
 
 

@@ -19,8 +19,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from harvester import cli
 from harvester.redact import Redactor
+from tests.faults.test_log_safety import harvest_once
 from tests.faults.test_tokens_redaction import everything_under
 from tests.integration.helpers import LoopbackProxy, LoopThread
 
@@ -136,15 +136,9 @@ def test_a_server_echoing_the_secret_in_every_encoding_leaks_it_nowhere(
     server = HostileServer()
     loop.run(server.start())
     try:
-        monkeypatch.setenv("EDX_CLIENT_ID", CLIENT_ID)
-        monkeypatch.setenv("EDX_CLIENT_SECRET", SECRET)
-        cfg = tmp_path / "fast.toml"
-        cfg.write_text("[retry]\nmax_tries = 2\nbackoff_base = 0\nbackoff_cap = 0\n")
         out = tmp_path / "out"
-        code = cli.main(["harvest", "--out", str(out), "--api-base", server.base_url,
-                         "--progress", "off", "--no-details", "--config", str(cfg),
-                         "--log-format", log_format])
-        err = capsys.readouterr().err
+        code, err = harvest_once(server.base_url, out, log_format, monkeypatch, capsys,
+                                 (CLIENT_ID, SECRET))
     finally:
         loop.run(server.close())
     assert code == 3, err
